@@ -1,0 +1,86 @@
+"""The FastAPI application: `create_app(settings)` wires lifespan, middleware and routers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from apex import __version__
+from apex.kit.clock import Clock, SystemClock
+from apex.kit.db import Database
+from apex.kit.errors import install_error_handlers
+from apex.kit.redis import create_redis
+from apex.migrations import runner
+from apex.observability import health
+from apex.observability.logging import RequestContextMiddleware, configure_logging
+from apex.settings import Settings, load_settings
+
+log = structlog.get_logger("apex.app")
+
+
+def _database_check(database: Database) -> health.HealthCheck:
+    async def probe() -> dict[str, Any]:
+        await database.ping()
+        pool = database.pool_status()
+        return {"backend": database.backend, "in_use": pool.checked_out, "idle": pool.idle}
+
+    return health.HealthCheck("database", probe)
+
+
+def _redis_check(redis: Redis) -> health.HealthCheck:
+    async def probe() -> None:
+        await redis.ping()
+
+    return health.HealthCheck("redis", probe)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if settings.migrate_on_start:
+        await asyncio.to_thread(runner.upgrade, settings)
+    database = Database(settings)
+    redis = create_redis(settings)
+    app.state.database = database
+    app.state.redis = redis
+    app.state.health_checks = [_database_check(database), _redis_check(redis)]
+    log.info(
+        "apex_started",
+        version=__version__,
+        database=settings.safe_database_url(),
+        redis="embedded" if settings.redis_url is None else "external",
+    )
+    try:
+        yield
+    finally:
+        await redis.aclose()
+        await database.dispose()
+        log.info("apex_stopped")
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    app = FastAPI(
+        title="Apex",
+        version=__version__,
+        summary="Find the waste in LLM spend and prove the savings.",
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.clock = clock or SystemClock()
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(health.router)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory` (each worker process reads the environment)."""
+    return create_app(load_settings())

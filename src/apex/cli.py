@@ -1,0 +1,166 @@
+"""The `apex` command."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from apex import __version__
+from apex.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    help="Apex: find the waste in LLM spend and prove the savings.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+migrate_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
+app.add_typer(migrate_app, name="migrate")
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    console.print(message, style="red", highlight=False, markup=False)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        _fail(str(exc), 2)
+
+
+@contextmanager
+def _migration_errors(settings: Settings) -> Iterator[None]:
+    """Report a failed migration in one line and exit 1 (the revision's transaction rolled back)."""
+    try:
+        yield
+    except Exception as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        _fail(
+            f"Migration failed on {settings.safe_database_url()}: {type(exc).__name__}: {reason}", 1
+        )
+
+
+@app.command()
+def version() -> None:
+    """Print Apex's version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [env APEX_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [env APEX_PORT].")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes [env APEX_WORKERS].")
+    ] = None,
+) -> None:
+    """Run the HTTP and WebSocket server."""
+    import uvicorn
+
+    settings = _settings()
+    uvicorn.run(
+        "apex.app:create_app_from_env",
+        factory=True,
+        host=host or settings.host,
+        port=settings.port if port is None else port,
+        workers=workers or settings.workers,
+        log_config=None,
+        proxy_headers=True,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def health(
+    url: Annotated[str, typer.Option(help="Base URL of a running Apex.")] = "http://127.0.0.1:8000",
+    wait: Annotated[float, typer.Option(help="Seconds to wait for it to become ready.")] = 0,
+) -> None:
+    """Show a running Apex's readiness, check by check (exit 1 when not ready)."""
+    import time
+
+    import httpx
+    from rich.table import Table
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            response = httpx.get(f"{url}/health/ready", timeout=10)
+            if response.status_code == 200 or time.monotonic() >= deadline:
+                break
+        except httpx.HTTPError as exc:
+            if time.monotonic() >= deadline:
+                _fail(f"No answer from {url}: {exc}", 1)
+        time.sleep(0.2)
+    body = response.json()
+    table = Table(title=f"Apex {body['version']} at {url}: {body['status'].upper()}")
+    for column in ("check", "status", "latency ms", "critical", "detail"):
+        table.add_column(column)
+    for check in body["checks"]:
+        details = check["details"] or {}
+        detail = check["error"] or ", ".join(f"{k}={v}" for k, v in details.items())
+        colour = "green" if check["status"] == "ok" else "red"
+        table.add_row(
+            check["name"],
+            f"[{colour}]{check['status']}[/{colour}]",
+            f"{check['latency_ms']:.1f}",
+            "yes" if check["critical"] else "no",
+            detail,
+        )
+    Console().print(table)
+    if response.status_code != 200:
+        raise typer.Exit(1)
+
+
+@migrate_app.command("upgrade")
+def migrate_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Upgrade the schema to REVISION (default: head)."""
+    from apex.migrations import runner
+
+    settings = _settings()
+    with _migration_errors(settings), console.status(f"Upgrading to {revision}…"):
+        runner.upgrade(settings, revision)
+    console.print(f"[green]At revision:[/green] {runner.current(settings) or 'base'}")
+
+
+@migrate_app.command("downgrade")
+def migrate_downgrade(
+    revision: Annotated[str, typer.Argument(help="Target, e.g. -1 or base.")],
+) -> None:
+    """Downgrade the schema to REVISION."""
+    from apex.migrations import runner
+
+    settings = _settings()
+    with _migration_errors(settings), console.status(f"Downgrading to {revision}…"):
+        runner.downgrade(settings, revision)
+    console.print(f"[green]At revision:[/green] {runner.current(settings) or 'base'}")
+
+
+@migrate_app.command("current")
+def migrate_current() -> None:
+    """Print the revision the database is at."""
+    from apex.migrations import runner
+
+    settings = _settings()
+    with _migration_errors(settings):
+        typer.echo(runner.current(settings) or "base")
+
+
+@migrate_app.command("history")
+def migrate_history() -> None:
+    """List the revisions, newest first."""
+    from apex.migrations import runner
+
+    settings = _settings()
+    with _migration_errors(settings):
+        typer.echo(runner.history(settings))
+
+
+def main() -> None:
+    app()

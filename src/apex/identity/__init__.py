@@ -1,0 +1,1 @@
+"""Identity: organisations, users, memberships and roles (login and tokens come later)."""

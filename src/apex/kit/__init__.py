@@ -1,0 +1,1 @@
+"""Shared infrastructure, written like a small library: no domain logic lives here."""

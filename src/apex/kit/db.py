@@ -1,0 +1,155 @@
+"""Database access: engines, the unit of work, and the request-scoped session dependency.
+
+The request (or job) boundary owns the transaction: `Database.unit_of_work()` commits when
+the block succeeds and rolls back on any error. Services receive the session and `flush()`;
+they never commit. Driver failures are translated into Apex errors here, once:
+an integrity violation becomes `Conflict`, an exhausted pool or an unreachable server
+`ServiceUnavailable` (503 with Retry-After).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import structlog
+from fastapi import Depends, Request
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from apex.kit.errors import Conflict, ServiceUnavailable
+from apex.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    """What the pool holds right now; read by health and metrics."""
+
+    size: int
+    checked_out: int
+    overflow: int
+    idle: int
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def ensure_sqlite_directory(url: str) -> None:
+    """Create the folder of a SQLite file URL, so the embedded default starts from nothing."""
+    if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def create_engine(url: str, settings: Settings) -> AsyncEngine:
+    """An async engine for `url` configured from `settings` (pool and timeouts)."""
+    if url.startswith("sqlite"):
+        ensure_sqlite_directory(url)
+        engine = create_async_engine(url, echo=settings.db_echo)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(
+        url,
+        echo=settings.db_echo,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+        pool_recycle=settings.db_pool_recycle,
+        pool_pre_ping=settings.db_pool_pre_ping,
+        connect_args={
+            "timeout": settings.db_connect_timeout,
+            "command_timeout": settings.db_command_timeout,
+            "server_settings": {"application_name": "apex"},
+        },
+    )
+
+
+class Database:
+    """The primary engine and its session factory, opened once per process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = create_engine(settings.effective_database_url, settings)
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    async def ping(self) -> None:
+        """Round-trip `SELECT 1` on a pooled connection; raises if the server is unreachable."""
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    def pool_status(self) -> PoolStatus:
+        pool: Any = self.engine.pool
+        if not hasattr(pool, "checkedout"):
+            return PoolStatus(size=0, checked_out=0, overflow=0, idle=0)
+        return PoolStatus(
+            size=pool.size(),
+            checked_out=pool.checkedout(),
+            overflow=max(0, pool.overflow()),
+            idle=pool.checkedin(),
+        )
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
+        """A session whose transaction commits on success and rolls back on any error."""
+        async with self.sessionmaker() as session:
+            try:
+                yield session
+                await session.commit()
+            except BaseException as exc:
+                await session.rollback()
+                raise translate_db_error(exc) from exc
+
+
+def translate_db_error(exc: BaseException) -> BaseException:
+    """Map driver errors a client can act on to Apex errors; leave everything else alone."""
+    if isinstance(exc, IntegrityError):
+        return Conflict("The change conflicts with existing data.", reason=_constraint_name(exc))
+    if isinstance(exc, PoolTimeout):
+        return ServiceUnavailable("The database is busy; try again shortly.", retry_after=1)
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return ServiceUnavailable("The database connection was lost; try again.", retry_after=1)
+    if isinstance(exc, (ConnectionError, OSError)) and not isinstance(exc, FileNotFoundError):
+        return ServiceUnavailable("The database is unreachable; try again shortly.", retry_after=2)
+    return exc
+
+
+def _constraint_name(exc: IntegrityError) -> str | None:
+    diag = getattr(getattr(exc.orig, "__cause__", None), "constraint_name", None)
+    return diag or getattr(exc.orig, "constraint_name", None)
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    database: Database = request.app.state.database
+    async with database.unit_of_work() as session:
+        yield session
+
+
+# scope="function": commit (or roll back) before the response is sent, so a client that
+# got a 2xx can read its write from any instance, and a failed commit is an error response.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -1,0 +1,173 @@
+"""The one error hierarchy of Apex, and the handler that renders it.
+
+Every error a client can see is an `ApexError`; the handler renders it as
+`{"error": "<ClassName>", "detail": "...", **extra}` with the class's status code.
+Payload validation is the one exception: FastAPI's `RequestValidationError` is rendered
+as a 422 `ValidationFailed` body that names each offending field.
+
+    ApexError (500)
+    ├── BadRequest (400)
+    ├── Unauthorized (401)
+    ├── Forbidden (403)
+    ├── NotFound (404)
+    ├── Conflict (409)
+    ├── ValidationFailed (422)
+    ├── PaymentFailed (402)
+    ├── RateLimited (429, Retry-After)
+    └── ServiceUnavailable (503, Retry-After)
+
+Raise these from services; never raise `HTTPException` below the endpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = structlog.get_logger(__name__)
+
+
+class ApexError(Exception):
+    """Base of every error Apex reports to a client."""
+
+    status_code = 500
+
+    def __init__(self, detail: str, *, status_code: int | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if status_code is not None:
+            self.status_code = status_code
+        self.extra = extra
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": type(self).__name__, "detail": self.detail, **self.extra}
+
+
+class BadRequest(ApexError):
+    status_code = 400
+
+
+class Unauthorized(ApexError):
+    status_code = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ApexError):
+    status_code = 403
+
+
+class NotFound(ApexError):
+    status_code = 404
+
+
+class Conflict(ApexError):
+    status_code = 409
+
+
+class PaymentFailed(ApexError):
+    status_code = 402
+
+
+class ValidationFailed(ApexError):
+    """A domain rule rejected the input; `errors` lists `{"field", "message"}` items."""
+
+    status_code = 422
+
+    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail, errors=errors or [])
+
+
+class _RetryAfter(ApexError):
+    def __init__(self, detail: str, *, retry_after: float, **extra: Any) -> None:
+        super().__init__(detail, retry_after=retry_after, **extra)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+class RateLimited(_RetryAfter):
+    status_code = 429
+
+
+class ServiceUnavailable(_RetryAfter):
+    status_code = 503
+
+
+_STATUS_NAMES = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+    429: "RateLimited",
+    503: "ServiceUnavailable",
+}
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """`("body", "items", 2, "name")` → `items[2].name` (the part a client wrote)."""
+    if not loc:
+        return "body"
+    sources = {"body", "query", "path", "header", "cookie"}
+    parts = list(loc[1:]) if loc[0] in sources and len(loc) > 1 else list(loc)
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+async def _apex_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApexError)
+    if exc.status_code >= 500:
+        log.warning("apex_error", error=type(exc).__name__, detail=exc.detail)
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"field": _field_path(tuple(e["loc"])), "message": e["msg"], "type": e["type"]}
+        for e in exc.errors()
+    ]
+    fields = ", ".join(sorted({e["field"] for e in errors}))
+    body = {"error": "ValidationFailed", "detail": f"Invalid request: {fields}", "errors": errors}
+    return JSONResponse(body, status_code=422)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    name = _STATUS_NAMES.get(exc.status_code, "HTTPError")
+    return JSONResponse(
+        {"error": name, "detail": str(exc.detail)},
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+async def _unhandled_error(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled_error", error=type(exc).__name__)
+    return JSONResponse(
+        {"error": "InternalError", "detail": "An unexpected error occurred; it has been logged."},
+        status_code=500,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApexError, _apex_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unhandled_error)

@@ -1,0 +1,32 @@
+"""One Redis client factory. Unset `APEX_REDIS_URL` → an in-process fakeredis server.
+
+Both are `redis.asyncio.Redis` instances, so the rest of Apex never knows which it has.
+The real client reconnects by itself after a server restart: broken connections are
+dropped from its pool and commands are retried once with backoff.
+"""
+
+from __future__ import annotations
+
+import fakeredis
+from redis.asyncio import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from apex.settings import Settings
+
+
+def create_redis(settings: Settings) -> Redis:
+    if settings.redis_url is None:
+        return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    return Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_socket_timeout,
+        health_check_interval=30,
+        max_connections=settings.redis_max_connections,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )

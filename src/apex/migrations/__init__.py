@@ -1,0 +1,1 @@
+"""Alembic migrations: the schema of Apex. Run them with `apex migrate`."""

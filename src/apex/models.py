@@ -1,0 +1,13 @@
+"""Every domain's tables, imported once so `Base.metadata` describes the whole schema.
+
+Alembic's environment and `alembic check` read the metadata from here: a new domain adds
+its `models` import below.
+"""
+
+from apex.identity.models import Membership, Organization, User
+from apex.kit.models import Base
+from apex.realtime.models import Message, Thread
+
+metadata = Base.metadata
+
+__all__ = ["Base", "Membership", "Message", "Organization", "Thread", "User", "metadata"]

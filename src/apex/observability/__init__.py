@@ -1,0 +1,1 @@
+"""Observability: structured logs with request ids, health checks (tracing and metrics later)."""

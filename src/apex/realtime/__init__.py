@@ -1,0 +1,1 @@
+"""Realtime: chat threads and messages (the WebSocket gateway comes later)."""

@@ -1,0 +1,255 @@
+"""Apex configuration: one `Settings` object, read from `APEX_*` environment variables.
+
+With nothing set, Apex runs on the embedded default: a SQLite file under `APEX_DATA_DIR`,
+an in-process Redis (fakeredis) and the offline LLM provider. Only the URLs differ in
+production. `load_settings()` turns a validation failure into a `SettingsError` whose
+message names each offending variable and says what it expects.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+ENV_PREFIX = "APEX_"
+
+_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+_DATABASE_URL_HINT = (
+    "a postgresql:// (or postgresql+asyncpg://) or sqlite:// URL, "
+    "for example postgresql://apex:secret@db:5432/apex"
+)
+
+
+class SettingsError(Exception):
+    """Configuration is invalid; the message names every offending `APEX_*` variable."""
+
+
+def normalise_database_url(value: str) -> str:
+    """Parse a database URL and pin the async driver Apex uses for its backend."""
+    try:
+        url = make_url(value)
+    except ArgumentError as exc:
+        raise ValueError(f"expected {_DATABASE_URL_HINT}") from exc
+    driver = _DRIVERS.get(url.drivername)
+    if driver is None:
+        raise ValueError(f"unsupported scheme {url.drivername!r}; expected {_DATABASE_URL_HINT}")
+    if driver.startswith("postgresql") and not url.database:
+        raise ValueError("the PostgreSQL URL names no database; expected .../<database>")
+    return url.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def _split_list(value: Any) -> Any:
+    """Accept a JSON list or a comma-separated string for list-valued variables."""
+    if isinstance(value, str):
+        value = value.strip()
+        if value.startswith("["):
+            return json.loads(value)
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=None,
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Field(
+        default=Path(".apex"),
+        description="Where the embedded default keeps its SQLite file.",
+    )
+
+    # --- database -------------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None,
+        description="Primary database. Unset: a SQLite file in APEX_DATA_DIR.",
+    )
+    database_replica_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Read replicas, comma-separated or a JSON list.",
+    )
+    db_pool_size: int = Field(default=10, ge=1, le=1000)
+    db_max_overflow: int = Field(default=5, ge=0, le=1000)
+    db_pool_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds to wait for a pooled connection."
+    )
+    db_pool_recycle: int = Field(
+        default=1800, ge=-1, description="Seconds before a connection is replaced."
+    )
+    db_pool_pre_ping: bool = True
+    db_connect_timeout: float = Field(default=5.0, gt=0)
+    db_command_timeout: float = Field(default=30.0, gt=0)
+    db_echo: bool = False
+    auto_migrate: bool | None = Field(
+        default=None,
+        description="Upgrade the schema at start-up. Unset: on for SQLite, off for PostgreSQL.",
+    )
+
+    # --- redis ----------------------------------------------------------------------------
+    redis_url: str | None = Field(
+        default=None,
+        description="redis:// or rediss:// URL. Unset: an in-process fakeredis.",
+    )
+    redis_socket_timeout: float = Field(default=2.0, gt=0)
+    redis_max_connections: int = Field(default=100, ge=1)
+
+    # --- security -------------------------------------------------------------------------
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Signs sessions and tokens. Required outside the embedded default.",
+    )
+
+    # --- LLM ------------------------------------------------------------------------------
+    llm_provider: Literal["offline", "openai", "anthropic"] = "offline"
+    llm_base_url: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_model: str | None = None
+    llm_timeout_seconds: float = Field(default=60.0, gt=0)
+
+    # --- server and operations ------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    health_check_timeout: float = Field(
+        default=2.0, gt=0, description="Seconds per readiness check."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        return None if value is None else normalise_database_url(value)
+
+    @field_validator("database_replica_urls", "cors_origins", mode="before")
+    @classmethod
+    def _parse_list(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("database_replica_urls")
+    @classmethod
+    def _check_replica_urls(cls, value: list[str]) -> list[str]:
+        urls = [normalise_database_url(item) for item in value]
+        if any(not url.startswith("postgresql") for url in urls):
+            raise ValueError("replicas are PostgreSQL streaming standbys: postgresql:// URLs only")
+        return urls
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                "expected a redis://, rediss:// or unix:// URL, for example redis://cache:6379/0"
+            )
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError(
+                "must be at least 32 characters "
+                "(try: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _require_secret_outside_embedded(self) -> Settings:
+        if self.environment == "production" and self.secret_key is None:
+            raise ValueError("APEX_SECRET_KEY is required when APEX_ENVIRONMENT=production")
+        return self
+
+    # --- derived --------------------------------------------------------------------------
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'apex.db').as_posix()}"
+
+    @property
+    def database_backend(self) -> Literal["postgresql", "sqlite"]:
+        return "postgresql" if self.effective_database_url.startswith("postgresql") else "sqlite"
+
+    @property
+    def embedded(self) -> bool:
+        """True when Apex runs without external services (SQLite and fakeredis)."""
+        return self.database_url is None and self.redis_url is None
+
+    @property
+    def migrate_on_start(self) -> bool:
+        if self.auto_migrate is not None:
+            return self.auto_migrate
+        return self.database_backend == "sqlite"
+
+    @cached_property
+    def signing_secret(self) -> str:
+        """The configured secret, or a per-process one (fine for one embedded process only)."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        return secrets.token_urlsafe(48)
+
+    def safe_database_url(self) -> str:
+        """The primary URL with its password masked, for logs and error messages."""
+        url: URL = make_url(self.effective_database_url)
+        return url.render_as_string(hide_password=True)
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    field = str(loc[0]) if loc else ""
+    return f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")
+
+
+def _format_error(error: Any) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    value = error.get("input")
+    secret = any(word in str(error["loc"]) for word in ("key", "secret", "password"))
+    if isinstance(value, str):
+        value = _URL_PASSWORD.sub(r"\1***@", value)
+    shown = "" if secret or isinstance(value, dict) else f" (got {value!r})"
+    return f"{_env_name(error['loc'])}: {message}{shown}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment (and `overrides`); raise `SettingsError` if invalid."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [_format_error(error) for error in exc.errors()]
+        raise SettingsError("Invalid Apex configuration:\n  " + "\n  ".join(lines)) from None
+
+
+__all__ = ["Settings", "SettingsError", "load_settings", "normalise_database_url"]

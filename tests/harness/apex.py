@@ -1,0 +1,96 @@
+"""A real `apex serve` subprocess with given settings, waited on until it is ready."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import httpx
+
+from tests.harness.procs import (
+    HarnessError,
+    ManagedProcess,
+    free_port,
+    make_workdir,
+    register_dir,
+    tail,
+)
+
+
+class ApexServer:
+    """`python -m apex serve` on a free port. `env` holds APEX_* settings for it alone."""
+
+    def __init__(self, env: dict[str, str], *, name: str = "apex") -> None:
+        self.root = make_workdir(name)
+        register_dir(self.root)
+        self.log_path = self.root / "apex.log"
+        self.port = free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("APEX_")},
+            "APEX_DATA_DIR": str(self.root / "data"),
+            "APEX_LOG_LEVEL": "INFO",
+            **env,
+        }
+        self.process: ManagedProcess | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=10, **kwargs)  # type: ignore[arg-type]
+
+    def start(self, timeout: float = 30) -> ApexServer:
+        self.process = ManagedProcess(
+            [
+                sys.executable,
+                "-m",
+                "apex",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            log_path=self.log_path,
+            cwd=self.root,
+            env=self.env,
+        )
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Wait for `/health/ready` to answer 200; fail with the server's log if it never does."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.process is None or not self.process.alive():
+                raise HarnessError(
+                    f"apex serve exited during start-up. Log tail:\n{tail(self.log_path)}"
+                )
+            try:
+                response = httpx.get(f"{self.base_url}/health/ready", timeout=2)
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text[:300]}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(0.05)
+        raise HarnessError(
+            f"apex serve not ready in {timeout}s ({last}). Log tail:\n{tail(self.log_path)}"
+        )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate(signal.SIGTERM, timeout=15)
+            self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process = None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

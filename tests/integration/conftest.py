@@ -1,0 +1,97 @@
+"""Fixtures that start real services. Session-scoped ones are shared by the tests of one
+worker and must not be broken by a test; tests that kill or restart a service take the
+function-scoped `fresh_*` fixtures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.harness import ApexServer, HarnessError, PostgresCluster, RedisServer
+
+SECRET = "test-secret-key-0123456789-abcdefghijklmnop"
+
+
+def migrate(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `apex migrate ARGS` as a real subprocess against `database_url`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APEX_")}
+    env["APEX_DATABASE_URL"] = database_url
+    return subprocess.run(
+        [sys.executable, "-m", "apex", "migrate", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster().init().start()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def template_database(postgres: PostgresCluster) -> str:
+    """A database migrated to head once; each test clones it (CREATE DATABASE ... TEMPLATE)."""
+    name = postgres.create_database("apex_template")
+    result = migrate(postgres.url(name), "upgrade", "head")
+    if result.returncode != 0:
+        raise HarnessError(f"migrating the template failed:\n{result.stdout}{result.stderr}")
+    return name
+
+
+@pytest.fixture
+def database_url(postgres: PostgresCluster, template_database: str) -> Iterator[str]:
+    name = postgres.create_database(template=template_database)
+    yield postgres.url(name)
+    postgres.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def fresh_postgres() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster(name="fresh").init().start()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def fresh_redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def start_apex() -> Iterator[Callable[..., ApexServer]]:
+    """Start real `apex serve` processes; all are stopped when the test ends."""
+    servers: list[ApexServer] = []
+
+    def start(database_url: str, redis_url: str, **settings: str) -> ApexServer:
+        env = {
+            "APEX_DATABASE_URL": database_url,
+            "APEX_REDIS_URL": redis_url,
+            "APEX_SECRET_KEY": SECRET,
+            "APEX_ENVIRONMENT": "test",
+            **{f"APEX_{key.upper()}": value for key, value in settings.items()},
+        }
+        server = ApexServer(env)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()

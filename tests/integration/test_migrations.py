@@ -1,0 +1,224 @@
+"""Migrations are the schema: upgrade, downgrade and upgrade again on PostgreSQL and SQLite,
+through the real `apex migrate` command."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, inspect, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from apex.migrations.runner import head_revision
+from apex.models import metadata
+from apex.settings import normalise_database_url
+from tests.harness import PostgresCluster
+from tests.integration.conftest import migrate
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+CORE_TABLES = {"organizations", "users", "memberships", "threads", "messages"}
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def empty_database(
+    request: pytest.FixtureRequest, postgres: PostgresCluster, tmp_path: Path
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'apex.db'}"
+        return
+    name = postgres.create_database()
+    yield postgres.url(name)
+    postgres.drop_database(name)
+
+
+def _run(url: str, fn: Any) -> Any:
+    """Run `fn(sync_connection)` in one committed transaction on `url`."""
+
+    async def go() -> Any:
+        engine = create_async_engine(normalise_database_url(url))
+        try:
+            async with engine.begin() as connection:
+                if connection.dialect.name == "sqlite":
+                    await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                return await connection.run_sync(fn)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def _schema(connection: Connection) -> dict[str, Any]:
+    inspector = inspect(connection)
+    tables = set(inspector.get_table_names()) - {"alembic_version"}
+    return {
+        table: {
+            "columns": sorted(
+                (c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)
+            ),
+            "fks": sorted(
+                (fk["name"], fk["referred_table"]) for fk in inspector.get_foreign_keys(table)
+            ),
+            "indexes": sorted(i["name"] for i in inspector.get_indexes(table)),
+            "uniques": sorted(str(u["name"]) for u in inspector.get_unique_constraints(table)),
+        }
+        for table in sorted(tables)
+    }
+
+
+def _seed(connection: Connection) -> dict[str, uuid.UUID]:
+    """One row in each core table, written through the tables the migration created."""
+    ids = {name: uuid.uuid4() for name in ("org", "user", "membership", "thread", "message")}
+    stamp = {"created_at": NOW, "updated_at": NOW}
+    rows = [
+        ("organizations", {"id": ids["org"], "name": "Acme", "slug": "acme"}),
+        ("users", {"id": ids["user"], "email": "ada@acme.test"}),
+        (
+            "memberships",
+            {
+                "id": ids["membership"],
+                "organization_id": ids["org"],
+                "user_id": ids["user"],
+                "role": "owner",
+            },
+        ),
+        (
+            "threads",
+            {
+                "id": ids["thread"],
+                "organization_id": ids["org"],
+                "created_by_id": ids["user"],
+                "title": "Spend",
+            },
+        ),
+        (
+            "messages",
+            {
+                "id": ids["message"],
+                "thread_id": ids["thread"],
+                "organization_id": ids["org"],
+                "author_id": ids["user"],
+                "seq": 1,
+                "role": "user",
+                "content": "Where does the money go?",
+            },
+        ),
+    ]
+    for table, values in rows:
+        connection.execute(metadata.tables[table].insert().values(**values, **stamp))
+    return ids
+
+
+def _snapshot(connection: Connection) -> list[Any]:
+    return [
+        connection.execute(
+            text(
+                "SELECT o.name, o.tier, u.email, m.role FROM organizations o"
+                " JOIN memberships m ON m.organization_id = o.id JOIN users u ON u.id = m.user_id"
+            )
+        ).all(),
+        connection.execute(
+            text(
+                "SELECT t.title, g.seq, g.role, g.content FROM threads t"
+                " JOIN messages g ON g.thread_id = t.id"
+            )
+        ).all(),
+    ]
+
+
+def _autogenerate_diff(connection: Connection) -> list[Any]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    return list(compare_metadata(context, metadata))
+
+
+def _ok(result: Any) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return str(result.stdout).strip()
+
+
+def test_upgrade_downgrade_upgrade_keeps_schema_and_data(empty_database: str) -> None:
+    head = head_revision()
+    assert head is not None
+    assert head[:4].isdigit()
+
+    assert _ok(migrate(empty_database, "current")) == "base"
+    _ok(migrate(empty_database, "upgrade", "head"))
+    assert _ok(migrate(empty_database, "current")).startswith(head)
+    assert set(_schema_tables(empty_database)) == CORE_TABLES
+    assert _run(empty_database, _autogenerate_diff) == []  # models and migrations agree
+    first_schema = _run(empty_database, _schema)
+
+    _run(empty_database, _seed)
+    before = _run(empty_database, _snapshot)
+    assert before[0] == [("Acme", "free", "ada@acme.test", "owner")]  # tier defaults to free
+
+    # Upgrading an up-to-date database changes nothing and keeps every row.
+    _ok(migrate(empty_database, "upgrade", "head"))
+    assert _run(empty_database, _snapshot) == before
+
+    _ok(migrate(empty_database, "downgrade", "base"))
+    assert _ok(migrate(empty_database, "current")) == "base"
+    assert set(_schema_tables(empty_database)) == set()
+
+    _ok(migrate(empty_database, "upgrade", "head"))
+    assert _run(empty_database, _schema) == first_schema
+    assert _run(empty_database, _snapshot) == [[], []]
+    _run(empty_database, _seed)
+    assert _run(empty_database, _snapshot) == before
+
+
+def _schema_tables(url: str) -> list[str]:
+    return list(_run(url, _schema))
+
+
+def test_foreign_keys_are_enforced(empty_database: str) -> None:
+    _ok(migrate(empty_database, "upgrade", "head"))
+
+    def orphan_message(connection: Connection) -> None:
+        missing = uuid.uuid4()
+        connection.execute(
+            metadata.tables["messages"]
+            .insert()
+            .values(
+                id=uuid.uuid4(),
+                thread_id=missing,
+                organization_id=missing,
+                seq=1,
+                role="user",
+                content="x",
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
+
+    with pytest.raises(IntegrityError):
+        _run(empty_database, orphan_message)
+    assert (
+        _run(empty_database, lambda c: c.execute(text("SELECT count(*) FROM messages")).scalar())
+        == 0
+    )
+
+
+def test_deleting_an_organisation_cascades_to_its_threads_and_messages(empty_database: str) -> None:
+    _ok(migrate(empty_database, "upgrade", "head"))
+    ids = _run(empty_database, _seed)
+    organizations = metadata.tables["organizations"]
+    _run(
+        empty_database,
+        lambda c: c.execute(organizations.delete().where(organizations.c.id == ids["org"])),
+    )
+    counts = _run(
+        empty_database,
+        lambda c: [
+            c.execute(text(f"SELECT count(*) FROM {t}")).scalar()  # noqa: S608 (fixed names)
+            for t in ("threads", "messages", "memberships", "users")
+        ],
+    )
+    assert counts == [0, 0, 0, 1]  # the user outlives the organisation

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from apex.kit.clock import FrozenClock, SystemClock
+from apex.kit.errors import ApexError, Conflict, RateLimited, ServiceUnavailable, _field_path
+from apex.kit.ids import new_id
+
+
+def test_new_ids_are_uuid7_and_sort_by_creation() -> None:
+    ids = [new_id() for _ in range(2000)]
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    assert len(set(ids)) == 2000
+    millis = [i.int >> 80 for i in ids]
+    assert millis == sorted(millis)
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    assert abs(millis[-1] - now_ms) < 5000
+
+
+def test_frozen_clock_moves_only_when_told() -> None:
+    clock = FrozenClock(datetime(2026, 3, 1, tzinfo=UTC))
+    first = clock.now()
+    assert clock.now() == first
+    clock.advance(90)
+    assert (clock.now() - first).total_seconds() == 90
+    assert clock.monotonic() == 90
+    assert SystemClock().now().tzinfo is UTC
+
+
+def test_error_bodies_and_headers() -> None:
+    assert Conflict("taken", reason="uq_x").body() == {
+        "error": "Conflict",
+        "detail": "taken",
+        "reason": "uq_x",
+    }
+    assert Conflict("x").status_code == 409
+    limited = RateLimited("slow down", retry_after=0.2)
+    assert limited.headers() == {"Retry-After": "1"}  # never 0: clients would spin
+    assert ServiceUnavailable("busy", retry_after=7.6).headers() == {"Retry-After": "8"}
+    assert ApexError("teapot", status_code=418).status_code == 418
+
+
+def test_field_paths_read_like_the_payload() -> None:
+    assert _field_path(("body", "items", 2, "name")) == "items[2].name"
+    assert _field_path(("body", 0, "slug")) == "[0].slug"
+    assert _field_path(("query", "limit")) == "limit"
+    assert _field_path(("body",)) == "body"
+    assert _field_path(()) == "body"

@@ -101,6 +101,7 @@ _CHILD = textwrap.dedent(
     print(json.dumps({{"pids": [pg.process.pid, rs.process.pid, *pids],
                        "dirs": [str(pg.root), str(rs.root)]}}), flush=True)
     if sys.argv[1] == "raise":
+        sys.stdin.readline()  # the parent has seen everything running
         raise SystemExit("test failed inside the child")
     time.sleep(120)
     """
@@ -124,14 +125,21 @@ def test_no_process_outlives_the_test_run(ending: str, tmp_path: Path) -> None:
     script = tmp_path / "child.py"
     script.write_text(_CHILD.format(repo=str(REPO)))
     child = subprocess.Popen(
-        [sys.executable, str(script), ending], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(script), ending],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert child.stdout is not None
     started = json.loads(child.stdout.readline())
     assert len(started["pids"]) >= 4  # postmaster, redis, and postgres's own helpers
     assert all(_pid_alive(pid) for pid in started["pids"])
 
-    if ending != "raise":
+    if ending == "raise":
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    else:
         child.send_signal(
             {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM, "sigint": signal.SIGINT}[ending]
         )

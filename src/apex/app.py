@@ -12,9 +12,13 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from apex import __version__
+from apex.identity import endpoints as identity_endpoints
+from apex.kit.cache import TwoLevelCache
 from apex.kit.clock import Clock, SystemClock
 from apex.kit.db import Database
 from apex.kit.errors import install_error_handlers
+from apex.kit.failpoints import Failpoints
+from apex.kit.outbox import OutboxRelay
 from apex.kit.redis import create_redis
 from apex.migrations import runner
 from apex.observability import health
@@ -47,9 +51,21 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(runner.upgrade, settings)
     database = Database(settings)
     redis = create_redis(settings)
+    cache = TwoLevelCache(
+        redis,
+        l1_max_entries=settings.cache_l1_max_entries,
+        l1_ttl=settings.cache_l1_ttl_seconds,
+        l2_ttl=settings.cache_l2_ttl_seconds,
+    )
+    database.after_commit(cache.after_commit)
+    relay = OutboxRelay(database, redis)
     app.state.database = database
     app.state.redis = redis
+    app.state.cache = cache
+    app.state.outbox = relay
     app.state.health_checks = [_database_check(database), _redis_check(redis)]
+    cache.start()
+    relay.start()
     log.info(
         "apex_started",
         version=__version__,
@@ -59,6 +75,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await relay.stop()
+        await cache.stop()
         await redis.aclose()
         await database.dispose()
         log.info("apex_stopped")
@@ -75,9 +93,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     )
     app.state.settings = settings
     app.state.clock = clock or SystemClock()
+    app.state.failpoints = Failpoints(settings.failpoints)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)
+    app.include_router(identity_endpoints.router)
     return app
 
 

@@ -6,8 +6,18 @@ its `models` import below.
 
 from apex.identity.models import Membership, Organization, User
 from apex.kit.models import Base
+from apex.kit.outbox import OutboxMessage
 from apex.realtime.models import Message, Thread
 
 metadata = Base.metadata
 
-__all__ = ["Base", "Membership", "Message", "Organization", "Thread", "User", "metadata"]
+__all__ = [
+    "Base",
+    "Membership",
+    "Message",
+    "Organization",
+    "OutboxMessage",
+    "Thread",
+    "User",
+    "metadata",
+]

@@ -110,6 +110,22 @@ class Settings(BaseSettings):
         description="Upgrade the schema at start-up. Unset: on for SQLite, off for PostgreSQL.",
     )
 
+    replica_max_lag_seconds: float = Field(
+        default=5.0, gt=0, description="A replica further behind than this serves no reads."
+    )
+    replica_retry_seconds: float = Field(
+        default=5.0, gt=0, description="How long a failed replica is left alone before a retry."
+    )
+    read_your_writes_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="After a principal writes, its reads use the primary this long.",
+    )
+    migration_extra_locations: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra Alembic version folders (plugins, tests), comma-separated.",
+    )
+
     # --- redis ----------------------------------------------------------------------------
     redis_url: str | None = Field(
         default=None,
@@ -117,12 +133,17 @@ class Settings(BaseSettings):
     )
     redis_socket_timeout: float = Field(default=2.0, gt=0)
     redis_max_connections: int = Field(default=100, ge=1)
+    cache_l1_ttl_seconds: float = Field(default=30.0, gt=0, description="Per-process cache bound.")
+    cache_l1_max_entries: int = Field(default=10_000, ge=1)
+    cache_l2_ttl_seconds: int = Field(default=300, ge=1, description="Redis cache entry lifetime.")
 
     # --- security -------------------------------------------------------------------------
     secret_key: SecretStr | None = Field(
         default=None,
         description="Signs sessions and tokens. Required outside the embedded default.",
     )
+
+    access_token_ttl_seconds: int = Field(default=900, ge=30, le=86_400)
 
     # --- LLM ------------------------------------------------------------------------------
     llm_provider: Literal["offline", "openai", "anthropic"] = "offline"
@@ -141,6 +162,10 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="Seconds per readiness check."
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    failpoints: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Named fault-injection points to trigger (tests only; refused in production).",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -152,7 +177,13 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: str | None) -> str | None:
         return None if value is None else normalise_database_url(value)
 
-    @field_validator("database_replica_urls", "cors_origins", mode="before")
+    @field_validator(
+        "database_replica_urls",
+        "cors_origins",
+        "failpoints",
+        "migration_extra_locations",
+        mode="before",
+    )
     @classmethod
     def _parse_list(cls, value: Any) -> Any:
         return _split_list(value)
@@ -188,6 +219,10 @@ class Settings(BaseSettings):
     def _require_secret_outside_embedded(self) -> Settings:
         if self.environment == "production" and self.secret_key is None:
             raise ValueError("APEX_SECRET_KEY is required when APEX_ENVIRONMENT=production")
+        if self.environment == "production" and self.failpoints:
+            raise ValueError(
+                "APEX_FAILPOINTS are for tests and refused when APEX_ENVIRONMENT=production"
+            )
         return self
 
     # --- derived --------------------------------------------------------------------------

@@ -9,7 +9,7 @@ an integrity violation becomes `Conflict`, an exhausted pool or an unreachable s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,8 @@ from apex.kit.errors import Conflict, ServiceUnavailable
 from apex.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+AfterCommit = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,15 @@ class Database:
         self.settings = settings
         self.engine = create_engine(settings.effective_database_url, settings)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        self._after_commit: list[AfterCommit] = []
+
+    def after_commit(self, hook: AfterCommit) -> None:
+        """Call `hook(session.info)` after every unit of work that commits (never on rollback).
+
+        This is how side effects leave a transaction: a service records what to send in
+        `session.info`; a hook sends it once the data it describes is durable.
+        """
+        self._after_commit.append(hook)
 
     @property
     def backend(self) -> str:
@@ -124,6 +135,8 @@ class Database:
             except BaseException as exc:
                 await session.rollback()
                 raise translate_db_error(exc) from exc
+            for hook in self._after_commit:
+                await hook(session.info)
 
 
 def translate_db_error(exc: BaseException) -> BaseException:

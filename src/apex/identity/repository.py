@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import select
+
+from apex.identity.models import Membership, Organization, User
+from apex.kit.repository import Repository
+
+
+class UserRepository(Repository[User]):
+    model = User
+
+    async def get_by_email(self, email: str) -> User | None:
+        result: User | None = await self.session.scalar(select(User).where(User.email == email))
+        return result
+
+
+class OrganizationRepository(Repository[Organization]):
+    model = Organization
+
+
+class MembershipRepository(Repository[Membership]):
+    model = Membership
+
+    async def for_user(self, user_id: uuid.UUID) -> Sequence[Membership]:
+        statement = (
+            select(Membership).where(Membership.user_id == user_id).order_by(Membership.created_at)
+        )
+        return (await self.session.scalars(statement)).all()
+
+    async def role_of(self, user_id: uuid.UUID, organization_id: uuid.UUID) -> str | None:
+        statement = select(Membership.role).where(
+            Membership.user_id == user_id, Membership.organization_id == organization_id
+        )
+        role: str | None = await self.session.scalar(statement)
+        return role

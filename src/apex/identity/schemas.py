@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Email = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, to_lower=True, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+    ),
+]
+Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$")]
+
+
+class SignupRequest(BaseModel):
+    email: Email
+    password: str = Field(min_length=12, max_length=256)
+    display_name: str | None = Field(default=None, max_length=200)
+    organization_name: str = Field(min_length=1, max_length=200)
+    organization_slug: Slug | None = Field(
+        default=None, description="URL name of the organisation; derived from its name if absent."
+    )
+
+
+class LoginRequest(BaseModel):
+    email: Email
+    password: str = Field(min_length=1, max_length=256)
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: str = "bearer"  # noqa: S105 (the OAuth token type, not a secret)
+    expires_in: int
+    user_id: uuid.UUID
+    organization_id: uuid.UUID
+
+
+class OrganizationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    slug: str
+    tier: str
+
+
+class OrganizationUpdate(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class MembershipOut(BaseModel):
+    organization_id: uuid.UUID
+    role: str
+
+
+class UserOut(BaseModel):
+    id: uuid.UUID
+    email: str
+    display_name: str | None
+    memberships: list[MembershipOut]

@@ -1,0 +1,130 @@
+"""Sign-up, login and the organisation reads every request needs (cached)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from apex.identity.models import Membership, Organization, Role, User
+from apex.identity.passwords import hash_password, verify_password
+from apex.identity.repository import MembershipRepository, OrganizationRepository, UserRepository
+from apex.identity.schemas import SignupRequest
+from apex.kit.cache import TwoLevelCache, invalidate_after_commit
+from apex.kit.errors import Conflict, Unauthorized
+from apex.kit.failpoints import Failpoints
+from apex.kit.outbox import enqueue
+from apex.realtime.service import start_thread
+
+WELCOME = (
+    "Welcome to Apex. Send your LLM call records and ask where the money goes: "
+    "I will break the spend down and show what can be saved."
+)
+
+
+def slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:90]
+    return slug or "org"
+
+
+async def signup(
+    session: AsyncSession, data: SignupRequest, failpoints: Failpoints
+) -> tuple[User, Organization]:
+    """One unit: user → organisation (Free) → owner membership → welcome thread → message,
+    and a `user.signed_up` event that leaves only if all of it commits."""
+    users = UserRepository(session)
+    if await users.get_by_email(data.email) is not None:
+        raise Conflict("An account with this email already exists.", field="email")
+    user = await users.add(
+        User(
+            email=data.email,
+            display_name=data.display_name,
+            password_hash=await hash_password(data.password),
+        )
+    )
+    failpoints.hit("signup.after_user")
+    organization = await OrganizationRepository(session).add(
+        Organization(name=data.organization_name, slug=data.organization_slug or _unique_slug(data))
+    )
+    await MembershipRepository(session).add(
+        Membership(organization_id=organization.id, user_id=user.id, role=Role.OWNER.value)
+    )
+    failpoints.hit("signup.after_membership")
+    await start_thread(
+        session,
+        organization_id=organization.id,
+        created_by_id=user.id,
+        title="Welcome",
+        first_message=WELCOME,
+    )
+    failpoints.hit("signup.after_thread")
+    await enqueue(
+        session,
+        "user.signed_up",
+        {
+            "user_id": str(user.id),
+            "organization_id": str(organization.id),
+            "tier": organization.tier,
+        },
+    )
+    return user, organization
+
+
+def _unique_slug(data: SignupRequest) -> str:
+    return f"{slugify(data.organization_name)}-{uuid.uuid4().hex[:8]}"
+
+
+async def authenticate(session: AsyncSession, email: str, password: str) -> tuple[User, uuid.UUID]:
+    """The user and the organisation their token acts for (the first they joined)."""
+    user = await UserRepository(session).get_by_email(email)
+    if not await verify_password(user.password_hash if user else None, password) or user is None:
+        raise Unauthorized("Wrong email or password.")
+    if not user.is_active:
+        raise Unauthorized("This account is disabled.")
+    memberships = await MembershipRepository(session).for_user(user.id)
+    if not memberships:
+        raise Unauthorized("This account belongs to no organisation.")
+    return user, memberships[0].organization_id
+
+
+def organization_key(organization_id: uuid.UUID) -> str:
+    return f"org:{organization_id}"
+
+
+def role_key(user_id: uuid.UUID, organization_id: uuid.UUID) -> str:
+    return f"role:{user_id}:{organization_id}"
+
+
+async def organization_view(
+    session: AsyncSession, cache: TwoLevelCache, organization_id: uuid.UUID
+) -> dict[str, Any] | None:
+    async def load() -> dict[str, Any] | None:
+        org = await OrganizationRepository(session).get(organization_id)
+        if org is None:
+            return None
+        return {"id": str(org.id), "name": org.name, "slug": org.slug, "tier": org.tier}
+
+    result: dict[str, Any] | None = await cache.get(organization_key(organization_id), load)
+    return result
+
+
+async def role_in(
+    session: AsyncSession, cache: TwoLevelCache, user_id: uuid.UUID, organization_id: uuid.UUID
+) -> str | None:
+    async def load() -> str | None:
+        return await MembershipRepository(session).role_of(user_id, organization_id)
+
+    result: str | None = await cache.get(role_key(user_id, organization_id), load)
+    return result
+
+
+async def rename_organization(
+    session: AsyncSession, organization_id: uuid.UUID, name: str
+) -> Organization:
+    org = await OrganizationRepository(session).get_or_raise(organization_id)
+    org.name = name
+    await session.flush()
+    invalidate_after_commit(session, organization_key(organization_id))
+    return org

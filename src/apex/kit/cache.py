@@ -1,8 +1,9 @@
 """Two-level cache: a bounded per-process L1 (TTL) over Redis (L2), with versioned entries.
 
-Every key has a version counter in Redis. A write, after its transaction commits, calls
-`invalidate(key)`: the version is incremented, the L2 entry deleted and the key published
-on `apex:cache:invalidate` so every instance drops its L1 copy.
+Every key has a version in Redis: a random token, replaced by `invalidate(key)` after the
+write's transaction commits (tokens never repeat, so a Redis restart that forgets them
+cannot make an old L1 copy look current). `invalidate` also deletes the L2 entry and
+publishes the key on `apex:cache:invalidate` so every instance drops its L1 copy.
 
 Why reads cannot be stale after a write's response:
 - an L1 hit is served only if its version still equals the Redis version (one small GET),
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -31,15 +33,28 @@ from sqlalchemy.ext.asyncio import AsyncSession
 T = TypeVar("T")
 INVALIDATION_CHANNEL = "apex:cache:invalidate"
 _AFTER_COMMIT_KEYS = "cache_invalidations"
+# KEYS: version, data. ARGV: a fresh token, used only if the key has no version yet.
+_READ = """
+local version = redis.call('GET', KEYS[1])
+if not version then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return {ARGV[1], false}
+end
+return {version, redis.call('GET', KEYS[2])}
+"""
+# KEYS: version, data. ARGV: the version the value was loaded under, payload, ttl.
 _SET_IF_VERSION = """
-local current = redis.call('GET', KEYS[1]) or '0'
-if current == ARGV[1] then
+if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
   return 1
 end
 return 0
 """
 log = structlog.get_logger(__name__)
+
+
+def _token() -> str:
+    return secrets.token_hex(8)
 
 
 def invalidate_after_commit(session: AsyncSession, key: str) -> None:
@@ -104,6 +119,7 @@ class TwoLevelCache:
         self._pending: set[str] = set()
         self._listener: asyncio.Task[None] | None = None
         self._stopping = False
+        self._read = redis.register_script(_READ)
         self._set_if_version = redis.register_script(_SET_IF_VERSION)
         self.stats = {"l1_hits": 0, "l2_hits": 0, "misses": 0, "bypassed": 0}
 
@@ -126,14 +142,13 @@ class TwoLevelCache:
     async def _get(self, key: str, load: Callable[[], Awaitable[Any]]) -> Any:
         local = self.l1.get(key)
         if local is not None:
-            current = str(await self.redis.get(self._version_key(key)) or "0")
-            if current == local[0]:
+            if await self.redis.get(self._version_key(key)) == local[0]:
                 self.stats["l1_hits"] += 1
                 return local[1]
             self.l1.drop(key)
-        found_version, raw = await self.redis.mget(self._version_key(key), self._data_key(key))
-        version = str(found_version or "0")
-        if raw is not None:
+        keys = [self._version_key(key), self._data_key(key)]
+        version, raw = await self._read(keys=keys, args=[_token()])
+        if raw:
             stored = json.loads(raw)
             if stored["v"] == version:
                 self.stats["l2_hits"] += 1
@@ -167,7 +182,7 @@ class TwoLevelCache:
 
     async def _invalidate_remote(self, key: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.incr(self._version_key(key))
+            pipe.set(self._version_key(key), _token())
             pipe.delete(self._data_key(key))
             pipe.publish(INVALIDATION_CHANNEL, key)
             await pipe.execute()

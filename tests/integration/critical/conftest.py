@@ -1,0 +1,38 @@
+"""Helpers shared by the critical suite: sign-ups through the real API, row counts."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+
+from tests.harness import PostgresCluster
+
+CORE_TABLES = ("users", "organizations", "memberships", "threads", "messages", "outbox_messages")
+
+
+def signup(client: httpx.Client, **overrides: Any) -> httpx.Response:
+    tag = uuid.uuid4().hex[:10]
+    body = {
+        "email": f"user-{tag}@example.test",
+        "password": "correct horse battery staple",
+        "organization_name": f"Org {tag}",
+        **overrides,
+    }
+    return client.post("/api/v1/auth/signup", json=body)
+
+
+def bearer(response: httpx.Response) -> dict[str, str]:
+    assert response.status_code in (200, 201), response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def row_counts(cluster: PostgresCluster, database: str) -> dict[str, int]:
+    query = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in CORE_TABLES)
+    rows = cluster.sql(query, database).splitlines()
+    return {name: int(count) for name, count in (row.split("|") for row in rows)}
+
+
+def database_name(url: str) -> str:
+    return url.rsplit("/", 1)[1]

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, Request
+from greenlet import getcurrent, greenlet
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
 from apex.kit.errors import Conflict, ServiceUnavailable
 from apex.settings import Settings
@@ -44,6 +46,38 @@ class PoolStatus:
     checked_out: int
     overflow: int
     idle: int
+    waiting: int
+
+
+class InstrumentedPool(AsyncAdaptedQueuePool):
+    """The async queue pool, counting the checkouts waiting for a free connection
+    (those opening a new connection are not waiting for one)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._getting: set[greenlet] = set()  # one entry per checkout (_do_get recurses)
+        self._opening = 0
+
+    @property
+    def waiting(self) -> int:
+        return max(0, len(self._getting) - self._opening)
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        checkout = getcurrent()
+        outermost = checkout not in self._getting
+        self._getting.add(checkout)
+        try:
+            return super()._do_get()
+        finally:
+            if outermost:
+                self._getting.discard(checkout)
+
+    def _create_connection(self) -> ConnectionPoolEntry:
+        self._opening += 1
+        try:
+            return super()._create_connection()
+        finally:
+            self._opening -= 1
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
@@ -72,6 +106,7 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
     return create_async_engine(
         url,
         echo=settings.db_echo,
+        poolclass=InstrumentedPool,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
@@ -113,13 +148,14 @@ class Database:
 
     def pool_status(self) -> PoolStatus:
         pool: Any = self.engine.pool
-        if not hasattr(pool, "checkedout"):
-            return PoolStatus(size=0, checked_out=0, overflow=0, idle=0)
+        if not isinstance(pool, InstrumentedPool):
+            return PoolStatus(size=0, checked_out=0, overflow=0, idle=0, waiting=0)
         return PoolStatus(
             size=pool.size(),
             checked_out=pool.checkedout(),
             overflow=max(0, pool.overflow()),
             idle=pool.checkedin(),
+            waiting=pool.waiting,
         )
 
     async def dispose(self) -> None:

@@ -6,16 +6,25 @@ and real `apex serve` subprocesses where the behaviour spans instances.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import redis
+from fastapi import APIRouter, FastAPI
+from sqlalchemy import text
 
+from apex.app import create_app
+from apex.kit.db import SessionDep
+from apex.settings import Settings
 from tests.harness import ApexServer, PostgresCluster, RedisServer
 from tests.harness.procs import wait_until
+from tests.integration.conftest import migrate
 from tests.integration.critical.conftest import bearer, database_name, row_counts, signup
 
 
@@ -23,7 +32,8 @@ from tests.integration.critical.conftest import bearer, database_name, row_count
 def _events(redis_url: str) -> list[dict[str, str]]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        return [fields for _, fields in client.xrange("apex:events")]
+        entries: list[tuple[str, dict[str, str]]] = client.xrange("apex:events")  # type: ignore[assignment]
+        return [fields for _, fields in entries]
     finally:
         client.close()
 
@@ -43,8 +53,14 @@ def test_transaction_rollback_integration(
         assert first.status_code == 201, first.text
         assert wait_until(lambda: len(_events(fresh_redis.url)) == 1, 10)
         baseline = row_counts(postgres, db)
-        assert baseline == {"users": 1, "organizations": 1, "memberships": 1, "threads": 1,
-                            "messages": 1, "outbox_messages": 1}
+        assert baseline == {
+            "users": 1,
+            "organizations": 1,
+            "memberships": 1,
+            "threads": 1,
+            "messages": 1,
+            "outbox_messages": 1,
+        }
 
         # Step 2 (the organisation) violates a real unique constraint after step 1 (the user).
         clash = signup(ok_client, email="second@example.test", organization_slug="acme")
@@ -75,7 +91,10 @@ def test_transaction_rollback_integration(
         event = _events(fresh_redis.url)[-1]
         assert event["topic"] == "user.signed_up"
         assert json.loads(event["payload"])["user_id"] == good.json()["user_id"]
-        assert postgres.sql("SELECT count(*) FROM outbox_messages WHERE published_at IS NULL", db) == "0"
+        assert (
+            postgres.sql("SELECT count(*) FROM outbox_messages WHERE published_at IS NULL", db)
+            == "0"
+        )
 
     assert "FailpointTriggered" in crashing.logs()  # the crash was the injected one
 
@@ -86,7 +105,9 @@ def test_cache_invalidation_integration(
     fresh_redis: RedisServer,
     start_apex: Callable[..., ApexServer],
 ) -> None:
-    servers = [start_apex(database_url, fresh_redis.url, cache_l1_ttl_seconds="600") for _ in range(3)]
+    servers = [
+        start_apex(database_url, fresh_redis.url, cache_l1_ttl_seconds="600") for _ in range(3)
+    ]
     clients = [server.client() for server in servers]
     auth = bearer(signup(clients[0]))
 
@@ -96,12 +117,16 @@ def test_cache_invalidation_integration(
         return str(response.json()["name"])
 
     def write(i: int, name: str) -> None:
-        response = clients[i].patch("/api/v1/organizations/current", headers=auth, json={"name": name})
+        response = clients[i].patch(
+            "/api/v1/organizations/current", headers=auth, json={"name": name}
+        )
         assert response.status_code == 200, response.text
 
     original = read(0)
     assert [read(i) for i in range(3)] == [original] * 3  # now cached in every instance
-    org_id = clients[0].get("/api/v1/users/me", headers=auth).json()["memberships"][0]["organization_id"]
+    org_id = (
+        clients[0].get("/api/v1/users/me", headers=auth).json()["memberships"][0]["organization_id"]
+    )
     l2 = redis.Redis.from_url(fresh_redis.url, decode_responses=True)
     entry = json.loads(l2.get(f"apex:cache:d:org:{org_id}") or "{}")
     assert entry["data"]["name"] == original
@@ -114,8 +139,10 @@ def test_cache_invalidation_integration(
     for i in range(3):
         assert read(i) == "Renamed once"
         delays.append(time.perf_counter() - written_at)
-    print(f"\ncache: new value visible on all 3 instances; worst delay after the write's response "
-          f"{max(delays) * 1000:.1f} ms")
+    print(
+        f"\ncache: new value visible on all 3 instances; worst delay after the write's response "
+        f"{max(delays) * 1000:.1f} ms"
+    )
 
     rng = random.Random(20261125)
     current, stale, reads, writes = "Renamed once", 0, 0, 0
@@ -137,10 +164,196 @@ def test_cache_invalidation_integration(
         current = f"final-{i}"
         write(i, current)
         stale += sum(read(j) != current for j in range(3))
-    print(f"cache: {writes} writes, {reads} reads across 3 instances with a Redis kill/restart: "
-          f"{stale} stale reads")
+    print(
+        f"cache: {writes} writes, {reads} reads across 3 instances with a Redis kill/restart: "
+        f"{stale} stale reads"
+    )
     assert stale == 0
     for client in clients:
         client.close()
     for server in servers:
-        assert " 500" not in server.logs() and "Traceback" not in server.logs()
+        assert '"status": 500' not in server.logs()
+        assert "Traceback" not in server.logs()
+
+
+# --- 1. connection pooling --------------------------------------------------------------------
+pool_router = APIRouter(prefix="/t")
+
+
+@pool_router.get("/sleep")
+async def _sleep(seconds: float, session: SessionDep) -> dict[str, int]:
+    """A request whose transaction holds its connection for `seconds`."""
+    pid = await session.scalar(text("SELECT pg_backend_pid()"))
+    await session.execute(text("SELECT pg_sleep(:s)"), {"s": seconds})
+    return {"pid": int(pid or 0)}
+
+
+@pool_router.get("/quick")
+async def _quick(session: SessionDep) -> dict[str, int]:
+    return {"one": int(await session.scalar(text("SELECT 1")) or 0)}
+
+
+@asynccontextmanager
+async def _pooled_app(
+    url: str, **settings: Any
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    app = create_app(
+        Settings(
+            database_url=url, environment="test", db_pool_size=10, db_max_overflow=0, **settings
+        )
+    )
+    app.include_router(pool_router)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://apex.test", timeout=60) as client,
+    ):
+        yield app, client
+
+
+async def _active_sleepers(cluster: PostgresCluster, db: str) -> list[int]:
+    query = (
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'apex' AND state = 'active'"
+        " AND query LIKE 'SELECT pg_sleep%'"
+    )
+    output = await asyncio.to_thread(cluster.sql, query, db)
+    return [int(pid) for pid in output.split()]
+
+
+async def test_connection_pooling_integration(fresh_postgres: PostgresCluster) -> None:
+    db = fresh_postgres.create_database("apex")
+    url = fresh_postgres.url(db)
+    assert migrate(url, "upgrade", "head").returncode == 0
+
+    # 15 slow requests on a pool of 10: 10 run at once, 5 wait, all 15 complete.
+    async with _pooled_app(url, db_pool_timeout=30) as (app, client):
+        requests = [
+            asyncio.create_task(client.get("/t/sleep", params={"seconds": 1})) for _ in range(15)
+        ]
+        peak_active, peak_waiting = 0, 0
+        while not all(r.done() for r in requests):
+            peak_active = max(peak_active, len(await _active_sleepers(fresh_postgres, db)))
+            peak_waiting = max(peak_waiting, app.state.database.pool_status().waiting)
+            await asyncio.sleep(0.05)
+        statuses = [r.result().status_code for r in requests]
+        print(
+            f"\npool: 15 requests, pool 10 → peak {peak_active} running on PostgreSQL, "
+            f"peak {peak_waiting} waiting, statuses {sorted(set(statuses))}"
+        )
+        assert statuses == [200] * 15
+        assert peak_active == 10
+        # The 5 requests beyond the pool, plus at most the outbox relay's own periodic checkout.
+        assert 5 <= peak_waiting <= 6
+
+    # A checkout timeout shorter than the work: the 5 waiting requests get a 503, nothing hangs.
+    async with _pooled_app(url, db_pool_timeout=0.5) as (app, client):
+        started = time.perf_counter()
+        responses = await asyncio.wait_for(
+            asyncio.gather(*(client.get("/t/sleep", params={"seconds": 2}) for _ in range(15))), 30
+        )
+        refused = [r for r in responses if r.status_code == 503]
+        print(
+            f"pool: checkout timeout 0.5 s → {len(refused)} x 503 in "
+            f"{time.perf_counter() - started:.2f} s for the whole batch"
+        )
+        assert sorted(r.status_code for r in responses) == [200] * 10 + [503] * 5
+        for response in refused:
+            assert response.json()["error"] == "ServiceUnavailable"
+            assert response.headers["retry-after"] == "1"
+
+    # 200 backends terminated mid-transaction, with pre-ping off so nothing masks a broken
+    # connection: afterwards every pooled connection works.
+    async with _pooled_app(url, db_pool_timeout=30, db_pool_pre_ping=False) as (app, client):
+        terminated, failed = 0, 0
+        for _ in range(20):
+            batch = [
+                asyncio.create_task(client.get("/t/sleep", params={"seconds": 30}))
+                for _ in range(10)
+            ]
+            pids: list[int] = []
+            while len(pids) < 10:
+                pids = await _active_sleepers(fresh_postgres, db)
+            count = await asyncio.to_thread(
+                fresh_postgres.sql,
+                f"SELECT count(pg_terminate_backend(pid)) FROM unnest(ARRAY{pids}) pid",  # noqa: S608
+                db,
+            )
+            terminated += int(count)
+            results = await asyncio.wait_for(asyncio.gather(*batch), 30)
+            failed += sum(r.status_code == 503 for r in results)
+        assert terminated == 200
+        assert failed == 200
+        status = app.state.database.pool_status()
+        assert status.checked_out == 0
+        rounds = [
+            await asyncio.gather(*(client.get("/t/quick") for _ in range(10))) for _ in range(20)
+        ]
+        broken = sum(r.status_code != 200 for batch in rounds for r in batch)
+        print(
+            f"pool: {terminated} mid-transaction terminations → {failed} clean 503s, "
+            f"{broken} broken connections found in the pool afterwards"
+        )
+        assert broken == 0
+
+        # Cancelled requests (the client went away) leave nothing checked out or idle in a
+        # transaction.
+        cancelled = [
+            asyncio.create_task(client.get("/t/sleep", params={"seconds": 30})) for _ in range(10)
+        ]
+        while len(await _active_sleepers(fresh_postgres, db)) < 10:  # noqa: ASYNC110 (polls PostgreSQL)
+            await asyncio.sleep(0.02)
+        for task in cancelled:
+            task.cancel()
+        await asyncio.gather(*cancelled, return_exceptions=True)
+        assert wait_until(lambda: app.state.database.pool_status().checked_out == 0, 10)
+        idle_in_tx = "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
+        assert await asyncio.to_thread(fresh_postgres.sql, idle_in_tx, db) == "0"
+        assert [
+            r.status_code
+            for r in await asyncio.gather(*(client.get("/t/quick") for _ in range(10)))
+        ] == [200] * 10
+
+    # 100 concurrent requests on a pool of 10.
+    async with _pooled_app(url) as (app, client):
+        responses = await asyncio.gather(*(client.get("/t/quick") for _ in range(100)))
+        rate = 100 * sum(r.status_code == 200 for r in responses) / len(responses)
+        print(f"pool: 100 concurrent requests on a pool of 10 → {rate:.1f}% succeeded")
+        assert rate >= 99.5
+
+        # PostgreSQL killed under load, then restarted: only in-flight requests fail, and Apex
+        # recovers without a restart.
+        killed = asyncio.Event()
+        in_flight, outcomes = 0, {"ok": 0, "failed": 0}
+        in_flight_at_kill = -1
+
+        async def worker() -> None:
+            nonlocal in_flight
+            while not killed.is_set():
+                in_flight += 1
+                response = await client.get("/t/quick")
+                in_flight -= 1
+                outcomes["ok" if response.status_code == 200 else "failed"] += 1
+
+        workers = [asyncio.create_task(worker()) for _ in range(20)]
+        await asyncio.sleep(1.0)
+        killed.set()  # no new request starts from here on
+        in_flight_at_kill = in_flight
+        await asyncio.to_thread(fresh_postgres.kill)
+        await asyncio.wait_for(asyncio.gather(*workers), 60)
+        print(
+            f"pool: PostgreSQL killed with {in_flight_at_kill} requests in flight "
+            f"({outcomes['ok']} succeeded before) → {outcomes['failed']} failed"
+        )
+        assert outcomes["failed"] <= in_flight_at_kill
+
+        fresh_postgres.start()  # from the main thread: the harness ties children to it
+        accepting = time.perf_counter()
+        first = await client.get("/t/quick")
+        recovery = time.perf_counter() - accepting
+        after = await asyncio.gather(*(client.get("/t/quick") for _ in range(200)))
+        print(
+            f"pool: recovery {recovery * 1000:.1f} ms after PostgreSQL accepted connections; "
+            f"{sum(r.status_code == 200 for r in after)}/200 requests succeeded afterwards"
+        )
+        assert first.status_code == 200
+        assert [r.status_code for r in after] == [200] * 200

@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from sqlalchemy import text
 
 from apex import __version__
 from apex.identity import endpoints as identity_endpoints
@@ -20,6 +21,7 @@ from apex.kit.errors import install_error_handlers
 from apex.kit.failpoints import Failpoints
 from apex.kit.outbox import OutboxRelay
 from apex.kit.redis import create_redis
+from apex.kit.replicas import ReadYourWrites, Replica
 from apex.migrations import runner
 from apex.observability import health
 from apex.observability.logging import RequestContextMiddleware, configure_logging
@@ -35,6 +37,26 @@ def _database_check(database: Database) -> health.HealthCheck:
         return {"backend": database.backend, "in_use": pool.checked_out, "idle": pool.idle}
 
     return health.HealthCheck("database", probe)
+
+
+def _replica_checks(database: Database) -> list[health.HealthCheck]:
+    """One non-critical check per replica: reads fall back to the primary without it."""
+    if database.replicas is None:
+        return []
+    replicas = database.replicas
+
+    def check(replica: Replica) -> health.HealthCheck:
+        async def probe() -> dict[str, Any]:
+            async with replica.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            return {
+                "lag_seconds": round(replica.lag_seconds, 3),
+                "serving_reads": replicas.usable(replica),
+            }
+
+        return health.HealthCheck(f"replica:{replica.name}", probe, critical=False)
+
+    return [check(replica) for replica in replicas.replicas]
 
 
 def _redis_check(redis: Redis) -> health.HealthCheck:
@@ -58,12 +80,20 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         l2_ttl=settings.cache_l2_ttl_seconds,
     )
     database.after_commit(cache.after_commit)
+    read_your_writes = ReadYourWrites(redis, settings.read_your_writes_seconds)
+    database.after_commit(read_your_writes.after_commit)
     relay = OutboxRelay(database, redis)
     app.state.database = database
     app.state.redis = redis
     app.state.cache = cache
+    app.state.read_your_writes = read_your_writes
     app.state.outbox = relay
-    app.state.health_checks = [_database_check(database), _redis_check(redis)]
+    app.state.health_checks = [
+        _database_check(database),
+        _redis_check(redis),
+        *_replica_checks(database),
+    ]
+    database.start()
     cache.start()
     relay.start()
     log.info(

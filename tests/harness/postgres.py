@@ -247,6 +247,7 @@ class PostgresCluster:
                 "-X",
                 "stream",
                 "--no-sync",
+                "--checkpoint=fast",  # a spread checkpoint can keep it waiting for minutes
             ],
             cwd=replica.root,
         )

@@ -53,6 +53,7 @@ async def get_principal(
     role = await role_in(session, cache, claims.user_id, claims.organization_id)
     if role is None:
         raise Unauthorized("You are no longer a member of this organisation.")
+    await request.app.state.read_your_writes.apply(session, str(claims.user_id))
     return Principal(claims.user_id, claims.organization_id, role, claims.token_id)
 
 

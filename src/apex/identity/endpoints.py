@@ -56,13 +56,14 @@ async def login(body: LoginRequest, request: Request, session: SessionDep) -> To
 @router.get("/users/me", response_model=UserOut)
 async def me(principal: CurrentPrincipal, session: SessionDep) -> UserOut:
     user = await UserRepository(session).get_or_raise(principal.user_id)
-    memberships = await MembershipRepository(session).for_user(user.id)
+    memberships = await MembershipRepository(session).with_organization_names(user.id)
     return UserOut(
         id=user.id,
         email=user.email,
         display_name=user.display_name,
         memberships=[
-            MembershipOut(organization_id=m.organization_id, role=m.role) for m in memberships
+            MembershipOut(organization_id=org_id, organization_name=name, role=role)
+            for org_id, name, role in memberships
         ],
     )
 

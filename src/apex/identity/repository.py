@@ -30,6 +30,18 @@ class MembershipRepository(Repository[Membership]):
         )
         return (await self.session.scalars(statement)).all()
 
+    async def with_organization_names(
+        self, user_id: uuid.UUID
+    ) -> Sequence[tuple[uuid.UUID, str, str]]:
+        """(organisation id, organisation name, role) of each membership, oldest first."""
+        statement = (
+            select(Membership.organization_id, Organization.name, Membership.role)
+            .join(Organization, Organization.id == Membership.organization_id)
+            .where(Membership.user_id == user_id)
+            .order_by(Membership.created_at)
+        )
+        return [(row[0], row[1], row[2]) for row in (await self.session.execute(statement)).all()]
+
     async def role_of(self, user_id: uuid.UUID, organization_id: uuid.UUID) -> str | None:
         statement = select(Membership.role).where(
             Membership.user_id == user_id, Membership.organization_id == organization_id

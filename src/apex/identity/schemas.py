@@ -52,6 +52,7 @@ class OrganizationUpdate(BaseModel):
 
 class MembershipOut(BaseModel):
     organization_id: uuid.UUID
+    organization_name: str
     role: str
 
 

@@ -9,6 +9,8 @@ an integrity violation becomes `Conflict`, an exhausted pool or an unreachable s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
 from apex.kit.errors import Conflict, ServiceUnavailable
+from apex.kit.replicas import ROUTER, Replica, ReplicaSet, RoutingAsyncSession, RoutingSession
 from apex.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -121,13 +124,39 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
 
 
 class Database:
-    """The primary engine and its session factory, opened once per process."""
+    """The primary engine, the replicas, and the session factory, opened once per process."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine = create_engine(settings.effective_database_url, settings)
-        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        self.replicas: ReplicaSet | None = None
+        info: dict[str, Any] = {}
+        if settings.database_replica_urls and self.engine.dialect.name == "postgresql":
+            self.replicas = ReplicaSet(
+                primary=self.engine,
+                replicas=[
+                    Replica(url, create_engine(url, settings))
+                    for url in settings.database_replica_urls
+                ],
+                max_lag=settings.replica_max_lag_seconds,
+                retry_after=settings.replica_retry_seconds,
+            )
+            info[ROUTER] = self.replicas
+        self.sessionmaker = async_sessionmaker(
+            self.engine,
+            class_=RoutingAsyncSession,
+            sync_session_class=RoutingSession,
+            expire_on_commit=False,
+            autoflush=False,
+            info=info,
+        )
         self._after_commit: list[AfterCommit] = []
+        self._monitor: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start background work (replica lag monitoring)."""
+        if self.replicas is not None:
+            self._monitor = asyncio.create_task(self.replicas.monitor(), name="replica-monitor")
 
     def after_commit(self, hook: AfterCommit) -> None:
         """Call `hook(session.info)` after every unit of work that commits (never on rollback).
@@ -159,6 +188,12 @@ class Database:
         )
 
     async def dispose(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        if self.replicas is not None:
+            await self.replicas.dispose()
         await self.engine.dispose()
 
     @asynccontextmanager

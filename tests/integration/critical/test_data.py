@@ -357,3 +357,104 @@ async def test_connection_pooling_integration(fresh_postgres: PostgresCluster) -
         )
         assert first.status_code == 200
         assert [r.status_code for r in after] == [200] * 200
+
+
+# --- 5. read/write splitting ------------------------------------------------------------------
+USER_READ = "SELECT users.email"  # the one users query of GET /api/v1/users/me
+WRITES = ("INSERT INTO", "UPDATE ", "DELETE FROM")
+
+
+def _logged(cluster: PostgresCluster, fragment: str) -> int:
+    """Statements containing `fragment` that this server executed (it logs every statement)."""
+    return sum(
+        fragment in line and ("statement:" in line or "execute " in line)
+        for line in cluster.log_path.read_text(errors="replace").splitlines()
+    )
+
+
+def test_read_write_splitting_integration(
+    fresh_postgres: PostgresCluster,
+    fresh_redis: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    db = fresh_postgres.create_database("apex")
+    assert migrate(fresh_postgres.url(db), "upgrade", "head").returncode == 0
+    # Both servers log every statement they execute: that is what the test counts.
+    fresh_postgres.sql("ALTER SYSTEM SET log_statement = 'all'")
+    fresh_postgres.sql("SELECT pg_reload_conf()")
+    replica = fresh_postgres.add_replica()  # inherits the setting with the base backup
+    server = start_apex(
+        fresh_postgres.url(db),
+        fresh_redis.url,
+        database_replica_urls=replica.url(db),
+        read_your_writes_seconds="1",
+        replica_max_lag_seconds="3",
+        replica_retry_seconds="1",
+    )
+    client = server.client()
+    writer = bearer(signup(client))
+    reader = bearer(signup(client))
+    time.sleep(1.1)  # the sign-ups' read-your-writes windows end
+
+    def names(auth: dict[str, str]) -> str:
+        response = client.get("/api/v1/users/me", headers=auth)
+        assert response.status_code == 200, response.text
+        return str(response.json()["memberships"][0]["organization_name"])
+
+    # 1,000 reads, counted on the replica's side.
+    replica_before, primary_before = _logged(replica, USER_READ), _logged(fresh_postgres, USER_READ)
+    started = time.perf_counter()
+    for _ in range(1000):
+        names(reader)
+    elapsed = time.perf_counter() - started
+    replica_reads = _logged(replica, USER_READ) - replica_before
+    primary_reads = _logged(fresh_postgres, USER_READ) - primary_before
+    print(
+        f"\nsplit: 1000 reads in {elapsed:.1f} s → {replica_reads} executed by the replica, "
+        f"{primary_reads} by the primary"
+    )
+    assert replica_reads == 1000
+    assert primary_reads == 0
+
+    # Replay paused: the writer reads its own write (primary); others may see the replica's past.
+    replica.pause_replay()
+    before = names(reader)
+    patched = client.patch(
+        "/api/v1/organizations/current", headers=writer, json={"name": "After the write"}
+    )
+    assert patched.status_code == 200
+    assert names(writer) == "After the write"
+    reader_org = client.patch(
+        "/api/v1/organizations/current", headers=reader, json={"name": "Reader renamed"}
+    )
+    assert reader_org.status_code == 200
+    time.sleep(1.1)  # the reader's own window ends: its reads go back to the (paused) replica
+    assert names(reader) == before  # served by the paused replica: proof reads really go there
+    # Once the replica is further behind than the threshold, it is skipped.
+    assert wait_until(lambda: names(reader) == "Reader renamed", 10)
+    replica.resume_replay()
+    fresh_postgres.wait_for_replica(replica)
+
+    # Replica stopped: no read fails, the primary serves them; restarted: reads return to it.
+    replica.stop()
+    failures = sum(
+        client.get("/api/v1/users/me", headers=reader).status_code != 200 for _ in range(200)
+    )
+    assert failures == 0
+    replica.start()
+    time.sleep(1.5)  # past the retry interval
+    returned_before = _logged(replica, USER_READ)
+    for _ in range(100):
+        names(reader)
+    returned = _logged(replica, USER_READ) - returned_before
+    print(
+        f"split: replica stopped → 0/200 reads failed; restarted → {returned}/100 reads back on it"
+    )
+    assert returned == 100
+    assert sum(_logged(replica, write) for write in WRITES) == 0
+
+    health = client.get("/health/ready").json()
+    assert [c["status"] for c in health["checks"] if c["name"].startswith("replica:")] == ["ok"]
+    client.close()
+    for log in (server.logs(), replica.log_path.read_text(), fresh_postgres.log_path.read_text()):
+        assert "read-only transaction" not in log

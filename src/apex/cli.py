@@ -119,8 +119,8 @@ def health(
 
 
 @migrate_app.command("upgrade")
-def migrate_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
-    """Upgrade the schema to REVISION (default: head)."""
+def migrate_upgrade(revision: Annotated[str, typer.Argument()] = "heads") -> None:
+    """Upgrade the schema to REVISION (default: every head)."""
     from apex.migrations import runner
 
     settings = _settings()

@@ -16,10 +16,14 @@ from tests.harness import ApexServer, HarnessError, PostgresCluster, RedisServer
 SECRET = "test-secret-key-0123456789-abcdefghijklmnop"
 
 
-def migrate(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def migrate(
+    database_url: str, *args: str, extra_locations: str = ""
+) -> subprocess.CompletedProcess[str]:
     """Run `apex migrate ARGS` as a real subprocess against `database_url`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("APEX_")}
     env["APEX_DATABASE_URL"] = database_url
+    if extra_locations:
+        env["APEX_MIGRATION_EXTRA_LOCATIONS"] = extra_locations
     return subprocess.run(
         [sys.executable, "-m", "apex", "migrate", *args],
         env=env,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
 
 from alembic import context
-from sqlalchemy import pool
+from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -30,10 +32,46 @@ def _configure(connection: Connection) -> None:
     )
 
 
+# Any constant works, as long as every Apex version uses the same one.
+MIGRATION_LOCK_ID = 0x41504558  # "APEX"
+
+
+def _acquire_migration_lock(connection: Connection) -> None:
+    """Take the session-level advisory lock, polling in short transactions.
+
+    Blocking in `pg_advisory_lock` would keep a snapshot open while waiting, and the holder's
+    `CREATE INDEX CONCURRENTLY` waits for every older snapshot: a deadlock.
+    """
+    announced = False
+    while True:
+        got = connection.execute(
+            text("SELECT pg_try_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID}
+        )
+        acquired = bool(got.scalar())
+        connection.commit()  # the lock belongs to the session and outlives this transaction
+        if acquired:
+            return
+        if not announced:
+            print("Another apex migrate holds the migration lock; waiting for it…", file=sys.stderr)
+            announced = True
+        time.sleep(0.2)
+
+
 def _run(connection: Connection) -> None:
-    _configure(connection)
-    with context.begin_transaction():
-        context.run_migrations()
+    """Run the revisions, on PostgreSQL under an advisory lock: a second `apex migrate`
+    started meanwhile waits, then finds nothing left to do."""
+    locked = connection.dialect.name == "postgresql"
+    if locked:
+        _acquire_migration_lock(connection)
+    try:
+        _configure(connection)
+        with context.begin_transaction():
+            context.run_migrations()
+    finally:
+        if locked:
+            connection.rollback()
+            connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
+            connection.commit()
 
 
 async def _run_online() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -18,20 +20,32 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent
 FILE_TEMPLATE = "%%(rev)s_%%(slug)s"
 
 
-def alembic_config(database_url: str, *, stdout: TextIO | None = None) -> Config:
+def alembic_config(
+    database_url: str, *, stdout: TextIO | None = None, extra_locations: Sequence[str] = ()
+) -> Config:
     ensure_sqlite_directory(database_url)
     config = Config(stdout=stdout) if stdout is not None else Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    locations = [
+        str(MIGRATIONS_DIR / "versions"),
+        *(str(Path(p).resolve()) for p in extra_locations),
+    ]
+    config.set_main_option("version_locations", os.pathsep.join(locations))
     config.set_main_option("file_template", FILE_TEMPLATE)
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     return config
 
 
 def config_for(settings: Settings, *, stdout: TextIO | None = None) -> Config:
-    return alembic_config(settings.effective_database_url, stdout=stdout)
+    return alembic_config(
+        settings.effective_database_url,
+        stdout=stdout,
+        extra_locations=settings.migration_extra_locations,
+    )
 
 
-def upgrade(settings: Settings, revision: str = "head") -> None:
+def upgrade(settings: Settings, revision: str = "heads") -> None:
     command.upgrade(config_for(settings), revision)
 
 

@@ -2,17 +2,17 @@
 
 Both are `redis.asyncio.Redis` instances, so the rest of Apex never knows which it has.
 The real client reconnects by itself after a server restart: broken connections are
-dropped from its pool and commands are retried once with backoff.
+dropped from its pool and commands are retried (twice, with backoff).
 """
 
 from __future__ import annotations
 
 import fakeredis
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from apex.settings import Settings
 
@@ -27,6 +27,6 @@ def create_redis(settings: Settings) -> Redis:
         socket_connect_timeout=settings.redis_socket_timeout,
         health_check_interval=30,
         max_connections=settings.redis_max_connections,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )

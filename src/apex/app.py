@@ -34,7 +34,13 @@ def _database_check(database: Database) -> health.HealthCheck:
     async def probe() -> dict[str, Any]:
         await database.ping()
         pool = database.pool_status()
-        return {"backend": database.backend, "in_use": pool.checked_out, "idle": pool.idle}
+        return {
+            "backend": database.backend,
+            "in_use": pool.checked_out,
+            "idle": pool.idle,
+            "overflow": pool.overflow,
+            "waiting": pool.waiting,
+        }
 
     return health.HealthCheck("database", probe)
 

@@ -590,7 +590,9 @@ def test_database_migration_integration(
     results = [racer.communicate(timeout=120) for racer in racers]
     assert [racer.returncode for racer in racers] == [0, 0], results
     waited = [err for _, err in results if "holds the migration lock; waiting" in err]
-    assert len(waited) == 1  # exactly one of them waited for the other
+    # At least one waited for the other (both may, if the previous run's backend still held
+    # the lock for a moment while exiting).
+    assert len(waited) >= 1
     assert (
         postgres.sql("SELECT count(*) FROM alembic_version WHERE version_num = 'zdt_0001'", db)
         == "1"

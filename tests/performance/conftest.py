@@ -1,0 +1,3 @@
+from tests.integration.conftest import database_url, postgres, template_database
+
+__all__ = ["database_url", "postgres", "template_database"]

@@ -41,16 +41,16 @@ class Timing:
 def write_section(key: str, title: str, body: str) -> None:
     """Replace (or add) the section `key` of docs/benchmarks.md."""
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else HEADER
-    stamp = (
+    when = (
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.python_version()}, {platform.machine()}"
     )
-    section = f"<!-- bench:{key} -->\n## {title}\n\n_Measured {stamp}._\n\n{body.strip()}\n<!-- /bench:{key} -->"
-    pattern = re.compile(rf"<!-- bench:{key} -->.*?<!-- /bench:{key} -->", re.DOTALL)
-    text = (
-        pattern.sub(lambda _: section, text)
-        if pattern.search(text)
-        else f"{text.rstrip()}\n\n{section}\n"
-    )
+    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+    section = f"{start}\n## {title}\n\n_Measured {when}._\n\n{body.strip()}\n{end}"
+    pattern = re.compile(rf"{re.escape(start)}.*?{re.escape(end)}", re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = f"{text.rstrip()}\n\n{section}\n"
     BENCHMARKS.write_text(text)
 
 
@@ -62,6 +62,7 @@ def timing_table(rows: list[Timing], baseline: Timing) -> str:
     for row in rows:
         ratio = row.p50_ms / baseline.p50_ms
         lines.append(
-            f"| {row.name} | {row.p50_ms:.3f} | {row.p99_ms:.3f} | {row.per_second:,.0f} | {ratio:.2f}× |"
+            f"| {row.name} | {row.p50_ms:.3f} | {row.p99_ms:.3f} | {row.per_second:,.0f} "
+            f"| {ratio:.2f}x |"
         )
     return "\n".join(lines)

@@ -31,31 +31,40 @@ async def _measure(name: str, once: Callable[[], Awaitable[int]]) -> Timing:
 async def test_checkout_and_query_round_trip(database_url: str) -> None:
     raw_pool = await asyncpg.create_pool(database_url, min_size=10, max_size=10)
     database = Database(Settings(database_url=database_url, environment="test"))
+    no_ping = Database(
+        Settings(database_url=database_url, environment="test", db_pool_pre_ping=False)
+    )
 
     async def raw() -> int:
         async with raw_pool.acquire() as connection:
             return int(await connection.fetchval("SELECT 1"))
 
-    async def apex_session() -> int:
-        async with database.unit_of_work() as session:
-            return int(await session.scalar(text("SELECT 1")) or 0)
+    def unit_of_work(db: Database) -> Callable[[], Awaitable[int]]:
+        async def once() -> int:
+            async with db.unit_of_work() as session:
+                return int(await session.scalar(text("SELECT 1")) or 0)
+
+        return once
 
     try:
         baseline = await _measure("raw asyncpg pool (baseline)", raw)
         ours = await _measure(
-            "Apex unit of work (SQLAlchemy session, pre-ping, commit)", apex_session
+            "Apex unit of work (pre-ping on, the default)", unit_of_work(database)
         )
+        unpinged = await _measure("Apex unit of work, pre-ping off", unit_of_work(no_ping))
     finally:
         await raw_pool.close()
         await database.dispose()
+        await no_ping.dispose()
 
     write_section(
         "db_roundtrip",
         "Database: checkout-and-query round trip",
         f"{ROUNDS} sequential `SELECT 1` round trips after {WARMUP} warm-up ones, each checking a\n"
         "connection out of a pool of 10 on the same throwaway PostgreSQL.\n\n"
-        + timing_table([baseline, ours], baseline)
-        + "\n\nThe difference is SQLAlchemy's session and pool bookkeeping, the pre-ping on checkout\n"
-        "(`APEX_DB_POOL_PRE_PING`, one extra round trip) and the explicit COMMIT of the unit of work.",
+        + timing_table([baseline, ours, unpinged], baseline)
+        + "\n\nThe difference is SQLAlchemy's session and pool bookkeeping, the pre-ping on\n"
+        "checkout (`APEX_DB_POOL_PRE_PING`: one extra round trip, which is what lets a pool\n"
+        "survive a PostgreSQL restart unnoticed) and the explicit COMMIT of the unit of work.",
     )
     print(f"\nround trip p50: asyncpg {baseline.p50_ms:.3f} ms, Apex {ours.p50_ms:.3f} ms")

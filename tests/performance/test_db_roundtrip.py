@@ -57,6 +57,7 @@ async def test_checkout_and_query_round_trip(database_url: str) -> None:
         await database.dispose()
         await no_ping.dispose()
 
+    assert [len(t.samples) for t in (baseline, ours, unpinged)] == [ROUNDS] * 3
     write_section(
         "db_roundtrip",
         "Database: checkout-and-query round trip",

@@ -14,6 +14,8 @@ from sqlalchemy import text
 
 from apex import __version__
 from apex.identity import endpoints as identity_endpoints
+from apex.identity.denylist import Denylist
+from apex.identity.keys import KeyRing
 from apex.kit.cache import TwoLevelCache
 from apex.kit.clock import Clock, SystemClock
 from apex.kit.db import Database
@@ -89,6 +91,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     read_your_writes = ReadYourWrites(redis, settings.read_your_writes_seconds)
     database.after_commit(read_your_writes.after_commit)
     relay = OutboxRelay(database, redis)
+    keyring = KeyRing(
+        database,
+        secret=settings.signing_secret,
+        clock=app.state.clock,
+        overlap_seconds=settings.signing_key_overlap_seconds,
+    )
+    await keyring.ensure_signer()
+    app.state.keyring = keyring
+    app.state.denylist = Denylist(redis, leeway=settings.token_leeway_seconds)
     app.state.database = database
     app.state.redis = redis
     app.state.cache = cache
@@ -102,6 +113,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     database.start()
     cache.start()
     relay.start()
+    keyring.start(settings.signing_keys_refresh_seconds)
     log.info(
         "apex_started",
         version=__version__,
@@ -111,6 +123,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await keyring.stop()
         await relay.stop()
         await cache.stop()
         await redis.aclose()
@@ -134,6 +147,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)
     app.include_router(identity_endpoints.router)
+    app.include_router(identity_endpoints.well_known)
     return app
 
 

@@ -19,6 +19,8 @@ app = typer.Typer(
 )
 migrate_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
 app.add_typer(migrate_app, name="migrate")
+keys_app = typer.Typer(help="Token signing keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console(stderr=True, soft_wrap=True)
 
 
@@ -160,6 +162,36 @@ def migrate_history() -> None:
     settings = _settings()
     with _migration_errors(settings):
         typer.echo(runner.history(settings))
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Start signing with a new key; the old one verifies for APEX_SIGNING_KEY_OVERLAP_SECONDS."""
+    import asyncio
+
+    from apex.identity.keys import KeyRing
+    from apex.kit.clock import SystemClock
+    from apex.kit.db import Database
+
+    settings = _settings()
+    if settings.secret_key is None:
+        _fail("APEX_SECRET_KEY must be set: keys are stored encrypted with it.", 2)
+
+    async def rotate() -> str:
+        database = Database(settings)
+        try:
+            ring = KeyRing(
+                database,
+                secret=settings.signing_secret,
+                clock=SystemClock(),
+                overlap_seconds=settings.signing_key_overlap_seconds,
+            )
+            return await ring.rotate()
+        finally:
+            await database.dispose()
+
+    kid = asyncio.run(rotate())
+    console.print(f"[green]Signing with key[/green] {kid}")
 
 
 def main() -> None:

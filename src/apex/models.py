@@ -4,7 +4,7 @@ Alembic's environment and `alembic check` read the metadata from here: a new dom
 its `models` import below.
 """
 
-from apex.identity.models import Membership, Organization, User
+from apex.identity.models import Membership, Organization, RefreshToken, SigningKey, User
 from apex.kit.models import Base
 from apex.kit.outbox import OutboxMessage
 from apex.realtime.models import Message, Thread
@@ -17,6 +17,8 @@ __all__ = [
     "Message",
     "Organization",
     "OutboxMessage",
+    "RefreshToken",
+    "SigningKey",
     "Thread",
     "User",
     "metadata",

@@ -143,7 +143,15 @@ class Settings(BaseSettings):
         description="Signs sessions and tokens. Required outside the embedded default.",
     )
 
-    access_token_ttl_seconds: int = Field(default=900, ge=30, le=86_400)
+    access_token_ttl_seconds: int = Field(default=900, ge=1, le=86_400)
+    refresh_token_ttl_seconds: int = Field(default=30 * 86_400, ge=60)
+    token_leeway_seconds: int = Field(default=30, ge=0, le=300, description="Clock skew allowed.")
+    signing_key_overlap_seconds: int = Field(
+        default=1800, ge=0, description="How long a rotated-out key still verifies tokens."
+    )
+    signing_keys_refresh_seconds: float = Field(
+        default=10.0, gt=0, description="How often each instance reloads the signing keys."
+    )
 
     # --- LLM ------------------------------------------------------------------------------
     llm_provider: Literal["offline", "openai", "anthropic"] = "offline"

@@ -24,7 +24,16 @@ from tests.harness import PostgresCluster
 from tests.integration.conftest import migrate
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-CORE_TABLES = {"organizations", "users", "memberships", "threads", "messages", "outbox_messages"}
+CORE_TABLES = {
+    "organizations",
+    "users",
+    "memberships",
+    "threads",
+    "messages",
+    "outbox_messages",
+    "signing_keys",
+    "refresh_tokens",
+}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from apex.identity.policy import LEAST_ROLE, allows
 from apex.identity.service import role_in
-from apex.identity.tokens import decode_access_token
+from apex.identity.tokens import AccessClaims, decode_access_token
 from apex.kit.cache import TwoLevelCache
 from apex.kit.db import SessionDep
 from apex.kit.errors import Forbidden, Unauthorized
@@ -26,7 +26,7 @@ class Principal:
     user_id: uuid.UUID
     organization_id: uuid.UUID
     role: str
-    token_id: str
+    claims: AccessClaims
 
 
 def get_cache(request: Request) -> TwoLevelCache:
@@ -45,16 +45,21 @@ async def get_principal(
 ) -> Principal:
     if credentials is None:
         raise Unauthorized("Authentication required: send 'Authorization: Bearer <token>'.")
-    settings = request.app.state.settings
+    state = request.app.state
     claims = decode_access_token(
-        credentials.credentials, secret=settings.signing_secret, now=request.app.state.clock.now()
+        credentials.credentials,
+        keyring=state.keyring,
+        now=state.clock.now(),
+        leeway=state.settings.token_leeway_seconds,
     )
+    if await state.denylist.contains(claims.token_id):
+        raise Unauthorized("This access token was revoked (logged out).")
     # The role is read per request (through the cache), so a change applies on the next request.
     role = await role_in(session, cache, claims.user_id, claims.organization_id)
     if role is None:
         raise Unauthorized("You are no longer a member of this organisation.")
     await request.app.state.read_your_writes.apply(session, str(claims.user_id))
-    return Principal(claims.user_id, claims.organization_id, role, claims.token_id)
+    return Principal(claims.user_id, claims.organization_id, role, claims)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

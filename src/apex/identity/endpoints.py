@@ -1,42 +1,66 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from apex.identity import service
+from apex.identity import refresh, service
 from apex.identity.deps import CacheDep, CurrentPrincipal, Principal, RequirePermission
-from apex.identity.models import User
 from apex.identity.repository import MembershipRepository, UserRepository
 from apex.identity.schemas import (
     LoginRequest,
     MembershipOut,
     OrganizationOut,
     OrganizationUpdate,
+    RefreshRequest,
     SignupRequest,
     TokenResponse,
     UserOut,
 )
 from apex.identity.tokens import issue_access_token
 from apex.kit.db import SessionDep
-from apex.kit.errors import NotFound
+from apex.kit.errors import NotFound, Unauthorized, error_response
 
 router = APIRouter(prefix="/api/v1", tags=["identity"])
 
 
-def _token(request: Request, user: User, organization_id: uuid.UUID) -> TokenResponse:
-    settings = request.app.state.settings
-    ttl = settings.access_token_ttl_seconds
-    token = issue_access_token(
-        secret=settings.signing_secret,
-        user_id=user.id,
+async def _token_pair(
+    request: Request,
+    session: AsyncSession,
+    user_id: uuid.UUID,
+    organization_id: uuid.UUID,
+    family_id: uuid.UUID | None = None,
+    refresh_token: str | None = None,
+) -> TokenResponse:
+    state = request.app.state
+    settings, now = state.settings, state.clock.now()
+    if refresh_token is None:
+        refresh_token, row = await refresh.issue(
+            session,
+            user_id=user_id,
+            organization_id=organization_id,
+            family_id=family_id,
+            now=now,
+            ttl_seconds=settings.refresh_token_ttl_seconds,
+        )
+        family_id = row.family_id
+    access = issue_access_token(
+        state.keyring,
+        user_id=user_id,
         organization_id=organization_id,
-        now=request.app.state.clock.now(),
-        ttl_seconds=ttl,
+        family_id=family_id,
+        now=now,
+        ttl_seconds=settings.access_token_ttl_seconds,
     )
     return TokenResponse(
-        access_token=token, expires_in=ttl, user_id=user.id, organization_id=organization_id
+        access_token=access,
+        refresh_token=refresh_token,
+        expires_in=settings.access_token_ttl_seconds,
+        user_id=user_id,
+        organization_id=organization_id,
     )
 
 
@@ -44,13 +68,48 @@ def _token(request: Request, user: User, organization_id: uuid.UUID) -> TokenRes
 async def signup(body: SignupRequest, request: Request, session: SessionDep) -> TokenResponse:
     """Create an account with its own organisation on the Free tier."""
     user, organization = await service.signup(session, body, request.app.state.failpoints)
-    return _token(request, user, organization.id)
+    return await _token_pair(request, session, user.id, organization.id)
 
 
 @router.post("/auth/token", response_model=TokenResponse)
 async def login(body: LoginRequest, request: Request, session: SessionDep) -> TokenResponse:
     user, organization_id = await service.authenticate(session, body.email, body.password)
-    return _token(request, user, organization_id)
+    return await _token_pair(request, session, user.id, organization_id)
+
+
+@router.post(
+    "/auth/refresh", response_model=TokenResponse, responses={401: {"description": "Refused"}}
+)
+async def refresh_tokens(
+    body: RefreshRequest, request: Request, session: SessionDep
+) -> TokenResponse | JSONResponse:
+    """Trade a refresh token for a new pair. Each refresh token works once: presenting a used
+    one revokes every token of its family (someone else has a copy)."""
+    now = request.app.state.clock.now()
+    ttl = request.app.state.settings.refresh_token_ttl_seconds
+    rotation = await refresh.rotate(session, body.refresh_token, now=now, ttl_seconds=ttl)
+    if rotation.token is None or rotation.row is None:
+        detail = (
+            "This refresh token was already used: its whole family is now revoked."
+            if rotation.reused
+            else "Invalid, expired or revoked refresh token."
+        )
+        # Returned, not raised: the family revocation must commit with this answer.
+        return error_response(Unauthorized(detail))
+    row = rotation.row
+    return await _token_pair(
+        request, session, row.user_id, row.organization_id, row.family_id, rotation.token
+    )
+
+
+@router.post("/auth/logout", status_code=204)
+async def logout(principal: CurrentPrincipal, request: Request, session: SessionDep) -> None:
+    """Revoke this access token on every instance, and its refresh token family."""
+    state = request.app.state
+    claims = principal.claims
+    await state.denylist.add(claims.token_id, claims.expires_at, state.clock.now())
+    if claims.family_id is not None:
+        await refresh.revoke_family(session, uuid.UUID(claims.family_id), state.clock.now())
 
 
 @router.get("/users/me", response_model=UserOut)
@@ -88,3 +147,13 @@ async def update_organization(
 ) -> OrganizationOut:
     org = await service.rename_organization(session, principal.organization_id, body.name)
     return OrganizationOut.model_validate(org)
+
+
+well_known = APIRouter(tags=["identity"])
+
+
+@well_known.get("/.well-known/jwks.json")
+async def jwks(request: Request) -> dict[str, Any]:
+    """The public keys that verify Apex's access tokens (current and rotated-out ones)."""
+    keys: dict[str, Any] = request.app.state.keyring.jwks()
+    return keys

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import enum
 import uuid
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, String, UniqueConstraint, true
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, String, Text, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column
 
-from apex.kit.models import RecordModel, enum_check
+from apex.kit.models import Base, RecordModel, enum_check, utc_now
 
 
 class Tier(enum.StrEnum):
@@ -61,3 +63,38 @@ class Membership(RecordModel):
         ForeignKey("users.id", ondelete="CASCADE"), index=True
     )
     role: Mapped[str] = mapped_column(String(20), default=Role.MEMBER.value)
+
+
+class SigningKey(Base):
+    """An RS256 key pair. The newest active key signs; retired keys still verify for the
+    overlap window, so tokens issued before a rotation stay valid until they expire."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(10), default="RS256")
+    private_key_pem: Mapped[str] = mapped_column(
+        Text, comment="PKCS8, encrypted with APEX_SECRET_KEY"
+    )
+    public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    retired_at: Mapped[datetime | None]
+
+
+class RefreshToken(RecordModel):
+    """An opaque refresh token, stored as a SHA-256 hash. Each use rotates it within its
+    family; presenting a used one revokes the whole family (it was stolen or replayed)."""
+
+    __tablename__ = "refresh_tokens"
+
+    family_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE")
+    )
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]

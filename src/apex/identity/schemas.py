@@ -31,10 +31,15 @@ class LoginRequest(BaseModel):
 
 class TokenResponse(BaseModel):
     access_token: str
+    refresh_token: str
     token_type: str = "bearer"  # noqa: S105 (the OAuth token type, not a secret)
     expires_in: int
     user_id: uuid.UUID
     organization_id: uuid.UUID
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: str = Field(min_length=20, max_length=200)
 
 
 class OrganizationOut(BaseModel):

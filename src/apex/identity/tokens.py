@@ -1,23 +1,33 @@
-"""Access tokens: short-lived JWTs naming the user and the organisation they act for.
+"""Access tokens: short-lived RS256 JWTs naming the user and the organisation they act for.
 
-Validation pins the algorithm, issuer, audience and `typ`, and allows 30 s of clock skew.
-(Asymmetric keys with JWKS and rotation replace the shared secret in the identity issue.)
+Validation is strict and fails closed, every failure being a 401:
+- the header must say `alg: RS256`, carry a known `kid` (plain characters only), and no
+  `jku`, `x5u`, `x5c` or `jwk` (keys never come from the token);
+- the signature must verify with that key (the algorithm list is pinned: no `none`, no HS256
+  with the public key as secret);
+- `iss`, `aud` and `typ` must be Apex's, `exp` and `nbf` hold within the leeway, measured
+  on the injected clock; `jti` must not be on the logout denylist (checked by the caller).
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import jwt
 
+from apex.identity.keys import KeyRing
 from apex.kit.errors import Unauthorized
 
 ISSUER = "apex"
 AUDIENCE = "apex-api"
-ALGORITHM = "HS256"
-LEEWAY_SECONDS = 30
+ALGORITHM = "RS256"
+TOKEN_TYPE = "access"  # noqa: S105 (a claim value, not a secret)
+_KID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_FORBIDDEN_HEADERS = ("jku", "x5u", "x5c", "jwk")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,50 +35,86 @@ class AccessClaims:
     user_id: uuid.UUID
     organization_id: uuid.UUID
     token_id: str
+    family_id: str | None
     expires_at: datetime
 
 
 def issue_access_token(
-    *, secret: str, user_id: uuid.UUID, organization_id: uuid.UUID, now: datetime, ttl_seconds: int
+    keyring: KeyRing,
+    *,
+    user_id: uuid.UUID,
+    organization_id: uuid.UUID,
+    family_id: uuid.UUID | None,
+    now: datetime,
+    ttl_seconds: int,
 ) -> str:
-    claims = {
+    kid, private_key = keyring.signer()
+    claims: dict[str, Any] = {
         "iss": ISSUER,
         "aud": AUDIENCE,
-        "typ": "access",
+        "typ": TOKEN_TYPE,
         "sub": str(user_id),
         "org": str(organization_id),
         "jti": uuid.uuid4().hex,
-        "iat": now,
-        "nbf": now,
-        "exp": now + timedelta(seconds=ttl_seconds),
+        "iat": int(now.timestamp()),
+        "nbf": int(now.timestamp()),
+        "exp": int((now + timedelta(seconds=ttl_seconds)).timestamp()),
     }
-    return jwt.encode(claims, secret, algorithm=ALGORITHM, headers={"typ": "JWT"})
+    if family_id is not None:
+        claims["fam"] = str(family_id)
+    return jwt.encode(
+        claims, private_key, algorithm=ALGORITHM, headers={"kid": kid, "typ": "at+jwt"}
+    )
 
 
-def decode_access_token(token: str, *, secret: str, now: datetime) -> AccessClaims:
+def _key_for(token: str, keyring: KeyRing) -> Any:
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise Unauthorized("Malformed access token.") from exc
+    if header.get("alg") != ALGORITHM or any(name in header for name in _FORBIDDEN_HEADERS):
+        raise Unauthorized("Access token header not accepted.")
+    kid = header.get("kid")
+    key = keyring.verification_key(kid) if isinstance(kid, str) and _KID.match(kid) else None
+    if key is None:
+        raise Unauthorized("Access token signed by an unknown key.")
+    return key
+
+
+def decode_access_token(
+    token: str, *, keyring: KeyRing, now: datetime, leeway: int
+) -> AccessClaims:
+    key = _key_for(token, keyring)
     try:
         claims = jwt.decode(
             token,
-            secret,
+            key,
             algorithms=[ALGORITHM],
             audience=AUDIENCE,
             issuer=ISSUER,
-            leeway=LEEWAY_SECONDS,
             options={
                 "require": ["exp", "nbf", "iat", "sub", "jti", "iss", "aud"],
+                "verify_exp": False,  # checked below against the injected clock
+                "verify_nbf": False,
                 "verify_iat": False,
             },
         )
-        if claims.get("typ") != "access":
-            raise Unauthorized("Not an access token.")
-        expires_at = datetime.fromtimestamp(claims["exp"], now.tzinfo)
-        if expires_at + timedelta(seconds=LEEWAY_SECONDS) < now:
-            raise Unauthorized("The access token has expired.")
+    except jwt.PyJWTError as exc:
+        raise Unauthorized("Invalid access token.") from exc
+    if claims.get("typ") != TOKEN_TYPE:
+        raise Unauthorized("Not an access token.")
+    stamp = now.timestamp()
+    if claims["exp"] + leeway < stamp:
+        raise Unauthorized("The access token has expired.")
+    if claims["nbf"] - leeway > stamp:
+        raise Unauthorized("The access token is not valid yet.")
+    try:
         return AccessClaims(
             user_id=uuid.UUID(claims["sub"]),
             organization_id=uuid.UUID(claims["org"]),
-            token_id=claims["jti"],
-            expires_at=expires_at,
+            token_id=str(claims["jti"]),
+            family_id=claims.get("fam"),
+            expires_at=datetime.fromtimestamp(claims["exp"], UTC),
         )
-    except (jwt.PyJWTError, KeyError, ValueError) as exc:
+    except (KeyError, ValueError, TypeError) as exc:
         raise Unauthorized("Invalid access token.") from exc

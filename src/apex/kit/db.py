@@ -33,7 +33,14 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
 from apex.kit.errors import Conflict, ServiceUnavailable
-from apex.kit.replicas import ROUTER, Replica, ReplicaSet, RoutingAsyncSession, RoutingSession
+from apex.kit.replicas import (
+    ROUTER,
+    USE_PRIMARY,
+    Replica,
+    ReplicaSet,
+    RoutingAsyncSession,
+    RoutingSession,
+)
 from apex.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -197,9 +204,12 @@ class Database:
         await self.engine.dispose()
 
     @asynccontextmanager
-    async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
-        """A session whose transaction commits on success and rolls back on any error."""
+    async def unit_of_work(self, *, primary: bool = False) -> AsyncIterator[AsyncSession]:
+        """A session whose transaction commits on success and rolls back on any error.
+        `primary=True` keeps even its reads off the replicas (it must see the latest data)."""
         async with self.sessionmaker() as session:
+            if primary:
+                session.sync_session.info[USE_PRIMARY] = True
             try:
                 yield session
                 await session.commit()

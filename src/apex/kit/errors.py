@@ -130,11 +130,17 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def error_response(exc: ApexError) -> JSONResponse:
+    """The documented error body, for the rare endpoint that must answer an error without
+    raising (so that its transaction still commits)."""
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
+
+
 async def _apex_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApexError)
     if exc.status_code >= 500:
         log.warning("apex_error", error=type(exc).__name__, detail=exc.detail)
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
+    return error_response(exc)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

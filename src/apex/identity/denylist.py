@@ -1,0 +1,35 @@
+"""Logged-out access tokens: their `jti` stays on a Redis denylist until the token expires,
+so every instance refuses them on the next request."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = structlog.get_logger(__name__)
+
+
+class Denylist:
+    def __init__(self, redis: Redis, *, leeway: int) -> None:
+        self.redis = redis
+        self.leeway = leeway
+        self._local: set[str] = set()  # what this instance denied, for when Redis is down
+
+    @staticmethod
+    def _key(jti: str) -> str:
+        return f"apex:denylist:{jti}"
+
+    async def add(self, jti: str, expires_at: datetime, now: datetime) -> None:
+        self._local.add(jti)
+        ttl = max(1, int((expires_at - now).total_seconds()) + self.leeway + 1)
+        await self.redis.set(self._key(jti), "1", ex=ttl)
+
+    async def contains(self, jti: str) -> bool:
+        try:
+            return bool(await self.redis.exists(self._key(jti)))
+        except RedisError as exc:
+            log.warning("denylist_unavailable", error=type(exc).__name__)
+            return jti in self._local

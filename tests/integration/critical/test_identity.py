@@ -1,0 +1,229 @@
+"""Tier 2, identity: token lifecycle across real `apex serve` instances.
+
+(OAuth/OIDC login, browser sessions, the RBAC matrix and tenant isolation are still to come.)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.harness import ApexServer, PostgresCluster, RedisServer
+from tests.harness.procs import wait_until
+from tests.integration.conftest import SECRET
+from tests.integration.critical.conftest import database_name, signup
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def _me(client: httpx.Client, token: str) -> httpx.Response:
+    return client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
+
+
+def _kid(token: str) -> str:
+    return str(jwt.get_unverified_header(token)["kid"])
+
+
+def _login(client: httpx.Client, email: str) -> dict[str, Any]:
+    response = client.post(
+        "/api/v1/auth/token", json={"email": email, "password": "correct horse battery staple"}
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _server_key(postgres: PostgresCluster, db: str, kid: str) -> Any:
+    """The server's own private key, decrypted with its secret: lets the matrix below forge
+    tokens that differ from a genuine one in exactly one claim."""
+    pem = postgres.sql(f"SELECT private_key_pem FROM signing_keys WHERE kid = '{kid}'", db)  # noqa: S608
+    return serialization.load_pem_private_key(pem.encode(), SECRET.encode())
+
+
+def test_jwt_lifecycle_management_integration(
+    postgres: PostgresCluster,
+    database_url: str,
+    fresh_redis: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    db = database_name(database_url)
+    settings = {
+        "access_token_ttl_seconds": "60",
+        "token_leeway_seconds": "0",
+        "signing_key_overlap_seconds": "2",
+        "signing_keys_refresh_seconds": "0.3",
+    }
+    a = start_apex(database_url, fresh_redis.url, **settings)
+    b = start_apex(database_url, fresh_redis.url, **settings)
+    short = start_apex(
+        database_url, fresh_redis.url, **{**settings, "access_token_ttl_seconds": "2"}
+    )
+    ca, cb, cs = a.client(), b.client(), short.client()
+
+    # Issue and use, on both instances.
+    created = signup(ca)
+    assert created.status_code == 201
+    pair = created.json()
+    email = _me(ca, pair["access_token"]).json()["email"]
+    assert _me(cb, pair["access_token"]).status_code == 200
+
+    # Expiry: a 2-second token stops working once it is past `exp`.
+    brief = _login(cs, email)
+    assert _me(ca, brief["access_token"]).status_code == 200
+    time.sleep(2.2)
+    expired = _me(ca, brief["access_token"])
+    assert expired.status_code == 401
+    assert expired.json() == {"error": "Unauthorized", "detail": "The access token has expired."}
+
+    # Refresh rotates; presenting the old refresh token again revokes the whole family.
+    renewed = cb.post("/api/v1/auth/refresh", json={"refresh_token": brief["refresh_token"]})
+    assert renewed.status_code == 200
+    assert _me(ca, renewed.json()["access_token"]).status_code == 200
+    reused = ca.post("/api/v1/auth/refresh", json={"refresh_token": brief["refresh_token"]})
+    assert reused.status_code == 401
+    assert "already used" in reused.json()["detail"]
+    after_reuse = cb.post(
+        "/api/v1/auth/refresh", json={"refresh_token": renewed.json()["refresh_token"]}
+    )
+    assert after_reuse.status_code == 401
+    family = postgres.sql(
+        "SELECT count(*), count(revoked_at) FROM refresh_tokens WHERE family_id ="
+        " (SELECT family_id FROM refresh_tokens WHERE used_at IS NOT NULL LIMIT 1)",
+        db,
+    )
+    assert family == "2|2"
+
+    # Logout on A: B refuses the token within a second; its refresh token is dead too.
+    session = _login(ca, email)
+    assert _me(cb, session["access_token"]).status_code == 200
+    out = ca.post(
+        "/api/v1/auth/logout", headers={"Authorization": f"Bearer {session['access_token']}"}
+    )
+    assert out.status_code == 204
+    logged_out_at = time.perf_counter()
+    assert wait_until(lambda: _me(cb, session["access_token"]).status_code == 401, 1.0)
+    honoured_ms = (time.perf_counter() - logged_out_at) * 1000
+    print(f"\njwt: logout honoured by the other instance after {honoured_ms:.1f} ms")
+    assert (
+        _me(cb, session["access_token"]).json()["detail"]
+        == "This access token was revoked (logged out)."
+    )
+    assert (
+        cb.post(
+            "/api/v1/auth/refresh", json={"refresh_token": session["refresh_token"]}
+        ).status_code
+        == 401
+    )
+
+    # Key rotation: old tokens stay valid during the overlap, not after.
+    before = _login(ca, email)["access_token"]
+    old_kid = _kid(before)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APEX_")}
+    env |= {"APEX_DATABASE_URL": database_url, "APEX_SECRET_KEY": SECRET}
+    rotated = subprocess.run(
+        [sys.executable, "-m", "apex", "keys", "rotate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert rotated.returncode == 0, rotated.stderr
+    assert wait_until(lambda: _kid(_login(cb, email)["access_token"]) != old_kid, 5)
+    new_kid = _kid(_login(ca, email)["access_token"])
+    assert {k["kid"] for k in ca.get("/.well-known/jwks.json").json()["keys"]} == {old_kid, new_kid}
+    assert _me(ca, before).status_code == 200
+    assert _me(cb, before).status_code == 200
+    assert wait_until(
+        lambda: _me(ca, before).status_code == 401 and _me(cb, before).status_code == 401, 5
+    )
+    assert _me(ca, before).json()["detail"] == "Access token signed by an unknown key."
+    assert {k["kid"] for k in cb.get("/.well-known/jwks.json").json()["keys"]} == {new_kid}
+
+    # The forgery matrix: every one is a 401, and none returns the user's data.
+    genuine = _login(ca, email)["access_token"]
+    assert _me(ca, genuine).status_code == 200
+    for name, token in _forgeries(
+        genuine, _server_key(postgres, db, _kid(genuine)), session["refresh_token"]
+    ).items():
+        response = _me(ca, token)
+        assert response.status_code == 401, name
+        assert response.json()["error"] == "Unauthorized", name
+        assert email not in response.text, name
+    for client in (ca, cb, cs):
+        client.close()
+
+
+def _forgeries(genuine: str, server_key: Any, refresh_token: str) -> dict[str, str]:
+    header = jwt.get_unverified_header(genuine)
+    claims = json.loads(_unb64(genuine.split(".")[1]))
+    kid = header["kid"]
+    attacker = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = server_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    now = datetime.now(UTC)
+
+    def signed(changes: dict[str, Any], *, key: Any = server_key, **headers: Any) -> str:
+        return jwt.encode(
+            {**claims, **changes}, key, algorithm="RS256", headers={"kid": kid, **headers}
+        )
+
+    def hs256_with_public_key() -> str:
+        head = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode())
+        body = _b64(json.dumps(claims).encode())
+        mac = hmac.new(public_pem, f"{head}.{body}".encode(), hashlib.sha256).digest()
+        return f"{head}.{body}.{_b64(mac)}"
+
+    def alg_none() -> str:
+        head = _b64(json.dumps({"alg": "none", "typ": "JWT", "kid": kid}).encode())
+        return f"{head}.{_b64(json.dumps(claims).encode())}."
+
+    def tampered() -> str:
+        head, _, signature = genuine.split(".")
+        body = _b64(json.dumps({**claims, "org": "00000000-0000-7000-8000-000000000000"}).encode())
+        return f"{head}.{body}.{signature}"
+
+    return {
+        "alg none": alg_none(),
+        "HS256 signed with the public key": hs256_with_public_key(),
+        "unknown kid": jwt.encode(
+            claims, attacker, algorithm="RS256", headers={"kid": "not-a-key"}
+        ),
+        "kid with a path": jwt.encode(
+            claims, attacker, algorithm="RS256", headers={"kid": "../../../../dev/null"}
+        ),
+        "kid with SQL": jwt.encode(
+            claims, attacker, algorithm="RS256", headers={"kid": "x' OR '1'='1"}
+        ),
+        "foreign jku": signed({}, key=attacker, jku="http://127.0.0.1:9/jwks.json"),
+        "jku with the server's own key": signed({}, jku="http://127.0.0.1:9/jwks.json"),
+        "expired": signed({"exp": int((now - timedelta(minutes=5)).timestamp())}),
+        "nbf in the future": signed({"nbf": int((now + timedelta(minutes=5)).timestamp())}),
+        "wrong iss": signed({"iss": "https://evil.example"}),
+        "wrong aud": signed({"aud": "another-api"}),
+        "ID token": signed({"typ": "id", "aud": "apex-web"}),
+        "refresh token": refresh_token,
+        "tampered payload": tampered(),
+        "garbage": "not.a.jwt",
+    }

@@ -9,13 +9,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.identity import refresh, service
 from apex.identity.deps import CacheDep, CurrentPrincipal, Principal, RequirePermission
-from apex.identity.repository import MembershipRepository, UserRepository
+from apex.identity.models import Role
+from apex.identity.repository import MemberRepository, MembershipRepository, UserRepository
 from apex.identity.schemas import (
     LoginRequest,
+    MemberOut,
     MembershipOut,
+    NewMember,
     OrganizationOut,
     OrganizationUpdate,
     RefreshRequest,
+    RoleChange,
     SignupRequest,
     TokenResponse,
     UserOut,
@@ -73,7 +77,9 @@ async def signup(body: SignupRequest, request: Request, session: SessionDep) -> 
 
 @router.post("/auth/token", response_model=TokenResponse)
 async def login(body: LoginRequest, request: Request, session: SessionDep) -> TokenResponse:
-    user, organization_id = await service.authenticate(session, body.email, body.password)
+    user, organization_id = await service.authenticate(
+        session, body.email, body.password, body.organization_id
+    )
     return await _token_pair(request, session, user.id, organization_id)
 
 
@@ -147,6 +153,62 @@ async def update_organization(
 ) -> OrganizationOut:
     org = await service.rename_organization(session, principal.organization_id, body.name)
     return OrganizationOut.model_validate(org)
+
+
+MEMBERS = "/organizations/current/members"
+
+
+@router.get(MEMBERS, response_model=list[MemberOut])
+async def list_members(
+    principal: Annotated[Principal, RequirePermission("org:read")], session: SessionDep
+) -> list[MemberOut]:
+    rows = await MemberRepository(session, principal.organization_id).all()
+    return [MemberOut(user_id=m.user_id, email=email, role=Role(m.role)) for m, email in rows]
+
+
+@router.post(MEMBERS, status_code=201, response_model=MemberOut)
+async def add_member(
+    body: NewMember,
+    principal: Annotated[Principal, RequirePermission("members:manage")],
+    session: SessionDep,
+) -> MemberOut:
+    membership = await service.add_member(
+        session,
+        principal.organization_id,
+        actor_role=principal.role,
+        email=body.email,
+        role=body.role,
+    )
+    return MemberOut(user_id=membership.user_id, email=body.email, role=Role(membership.role))
+
+
+@router.patch(MEMBERS + "/{user_id}", response_model=MemberOut)
+async def change_member_role(
+    user_id: uuid.UUID,
+    body: RoleChange,
+    principal: Annotated[Principal, RequirePermission("members:manage")],
+    session: SessionDep,
+) -> MemberOut:
+    membership = await service.change_role(
+        session,
+        principal.organization_id,
+        actor_role=principal.role,
+        user_id=user_id,
+        role=body.role,
+    )
+    user = await UserRepository(session).get_or_raise(user_id)
+    return MemberOut(user_id=user_id, email=user.email, role=Role(membership.role))
+
+
+@router.delete(MEMBERS + "/{user_id}", status_code=204)
+async def remove_member(
+    user_id: uuid.UUID,
+    principal: Annotated[Principal, RequirePermission("members:manage")],
+    session: SessionDep,
+) -> None:
+    await service.remove_member(
+        session, principal.organization_id, actor_role=principal.role, user_id=user_id
+    )
 
 
 well_known = APIRouter(tags=["identity"])

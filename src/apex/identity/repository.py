@@ -4,6 +4,7 @@ import uuid
 from collections.abc import Sequence
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.identity.models import Membership, Organization, User
 from apex.kit.repository import Repository
@@ -48,3 +49,40 @@ class MembershipRepository(Repository[Membership]):
         )
         role: str | None = await self.session.scalar(statement)
         return role
+
+
+class MemberRepository(Repository[Membership]):
+    """Memberships seen from an organisation: every query is scoped to that organisation."""
+
+    model = Membership
+
+    def __init__(self, session: AsyncSession, organization_id: uuid.UUID) -> None:
+        super().__init__(session)
+        self.organization_id = organization_id
+
+    async def all(self) -> Sequence[tuple[Membership, str]]:
+        statement = (
+            select(Membership, User.email)
+            .join(User, User.id == Membership.user_id)
+            .where(Membership.organization_id == self.organization_id)
+            .order_by(Membership.created_at)
+        )
+        return [(row[0], row[1]) for row in (await self.session.execute(statement)).all()]
+
+    async def of_user(self, user_id: uuid.UUID, *, lock: bool = False) -> Membership | None:
+        statement = select(Membership).where(
+            Membership.organization_id == self.organization_id, Membership.user_id == user_id
+        )
+        if lock:
+            statement = statement.with_for_update()
+        result: Membership | None = await self.session.scalar(statement)
+        return result
+
+    async def owner_count(self) -> int:
+        """Owners of the organisation, with their rows locked so two demotions cannot race."""
+        statement = (
+            select(Membership.id)
+            .where(Membership.organization_id == self.organization_id, Membership.role == "owner")
+            .with_for_update()
+        )
+        return len((await self.session.scalars(statement)).all())

@@ -5,6 +5,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from apex.identity.models import Role
+
 Email = Annotated[
     str,
     StringConstraints(
@@ -27,6 +29,9 @@ class SignupRequest(BaseModel):
 class LoginRequest(BaseModel):
     email: Email
     password: str = Field(min_length=1, max_length=256)
+    organization_id: uuid.UUID | None = Field(
+        default=None, description="The organisation to act for; default: the first one joined."
+    )
 
 
 class TokenResponse(BaseModel):
@@ -40,6 +45,21 @@ class TokenResponse(BaseModel):
 
 class RefreshRequest(BaseModel):
     refresh_token: str = Field(min_length=20, max_length=200)
+
+
+class MemberOut(BaseModel):
+    user_id: uuid.UUID
+    email: str
+    role: Role
+
+
+class NewMember(BaseModel):
+    email: Email
+    role: Role = Role.MEMBER
+
+
+class RoleChange(BaseModel):
+    role: Role
 
 
 class OrganizationOut(BaseModel):

@@ -10,10 +10,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.identity.models import Membership, Organization, Role, User
 from apex.identity.passwords import hash_password, verify_password
-from apex.identity.repository import MembershipRepository, OrganizationRepository, UserRepository
+from apex.identity.repository import (
+    MemberRepository,
+    MembershipRepository,
+    OrganizationRepository,
+    UserRepository,
+)
 from apex.identity.schemas import SignupRequest
 from apex.kit.cache import TwoLevelCache, invalidate_after_commit
-from apex.kit.errors import Conflict, Unauthorized
+from apex.kit.errors import Conflict, Forbidden, NotFound, Unauthorized
 from apex.kit.failpoints import Failpoints
 from apex.kit.outbox import enqueue
 from apex.realtime.service import start_thread
@@ -76,8 +81,11 @@ def _unique_slug(data: SignupRequest) -> str:
     return f"{slugify(data.organization_name)}-{uuid.uuid4().hex[:8]}"
 
 
-async def authenticate(session: AsyncSession, email: str, password: str) -> tuple[User, uuid.UUID]:
-    """The user and the organisation their token acts for (the first they joined)."""
+async def authenticate(
+    session: AsyncSession, email: str, password: str, organization_id: uuid.UUID | None = None
+) -> tuple[User, uuid.UUID]:
+    """The user and the organisation their token acts for: `organization_id` if they are a
+    member of it, else the first organisation they joined."""
     user = await UserRepository(session).get_by_email(email)
     if not await verify_password(user.password_hash if user else None, password) or user is None:
         raise Unauthorized("Wrong email or password.")
@@ -86,7 +94,11 @@ async def authenticate(session: AsyncSession, email: str, password: str) -> tupl
     memberships = await MembershipRepository(session).for_user(user.id)
     if not memberships:
         raise Unauthorized("This account belongs to no organisation.")
-    return user, memberships[0].organization_id
+    if organization_id is None:
+        return user, memberships[0].organization_id
+    if organization_id not in {m.organization_id for m in memberships}:
+        raise Forbidden("You are not a member of that organisation.", field="organization_id")
+    return user, organization_id
 
 
 def organization_key(organization_id: uuid.UUID) -> str:
@@ -128,3 +140,63 @@ async def rename_organization(
     await session.flush()
     invalidate_after_commit(session, organization_key(organization_id))
     return org
+
+
+async def add_member(
+    session: AsyncSession, organization_id: uuid.UUID, *, actor_role: str, email: str, role: Role
+) -> Membership:
+    """Add an existing account to the organisation with `role`."""
+    _check_may_grant(actor_role, role)
+    user = await UserRepository(session).get_by_email(email)
+    if user is None:
+        raise NotFound("No account uses this email address.", field="email")
+    members = MemberRepository(session, organization_id)
+    if await members.of_user(user.id) is not None:
+        raise Conflict("This account is already a member.", field="email")
+    membership = await members.add(
+        Membership(organization_id=organization_id, user_id=user.id, role=role.value)
+    )
+    invalidate_after_commit(session, role_key(user.id, organization_id))
+    return membership
+
+
+async def change_role(
+    session: AsyncSession,
+    organization_id: uuid.UUID,
+    *,
+    actor_role: str,
+    user_id: uuid.UUID,
+    role: Role,
+) -> Membership:
+    members = MemberRepository(session, organization_id)
+    membership = await members.of_user(user_id, lock=True)
+    if membership is None:
+        raise NotFound("No such member.")
+    _check_may_grant(actor_role, Role(membership.role))
+    _check_may_grant(actor_role, role)
+    if membership.role == Role.OWNER and role != Role.OWNER and await members.owner_count() <= 1:
+        raise Conflict("An organisation keeps at least one owner: promote another member first.")
+    membership.role = role.value
+    await session.flush()
+    invalidate_after_commit(session, role_key(user_id, organization_id))
+    return membership
+
+
+async def remove_member(
+    session: AsyncSession, organization_id: uuid.UUID, *, actor_role: str, user_id: uuid.UUID
+) -> None:
+    members = MemberRepository(session, organization_id)
+    membership = await members.of_user(user_id, lock=True)
+    if membership is None:
+        raise NotFound("No such member.")
+    _check_may_grant(actor_role, Role(membership.role))
+    if membership.role == Role.OWNER and await members.owner_count() <= 1:
+        raise Conflict("An organisation keeps at least one owner: promote another member first.")
+    await members.delete(membership)
+    invalidate_after_commit(session, role_key(user_id, organization_id))
+
+
+def _check_may_grant(actor_role: str, role: Role) -> None:
+    """Only owners grant, change or take away the owner role."""
+    if role == Role.OWNER and actor_role != Role.OWNER:
+        raise Forbidden("Only an owner can grant, change or remove the owner role.")

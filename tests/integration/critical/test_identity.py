@@ -21,7 +21,12 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi.routing import APIRoute
 
+from apex.app import create_app
+from apex.identity.endpoints import MEMBERS
+from apex.identity.policy import allows
+from apex.settings import Settings
 from tests.harness import ApexServer, PostgresCluster, RedisServer
 from tests.harness.procs import wait_until
 from tests.integration.conftest import SECRET
@@ -44,9 +49,14 @@ def _kid(token: str) -> str:
     return str(jwt.get_unverified_header(token)["kid"])
 
 
-def _login(client: httpx.Client, email: str) -> dict[str, Any]:
+def _login(client: httpx.Client, email: str, organization_id: str | None = None) -> dict[str, Any]:
     response = client.post(
-        "/api/v1/auth/token", json={"email": email, "password": "correct horse battery staple"}
+        "/api/v1/auth/token",
+        json={
+            "email": email,
+            "password": "correct horse battery staple",
+            "organization_id": organization_id,
+        },
     )
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
@@ -227,3 +237,144 @@ def _forgeries(genuine: str, server_key: Any, refresh_token: str) -> dict[str, s
         "tampered payload": tampered(),
         "garbage": "not.a.jwt",
     }
+
+
+# --- RBAC ----------------------------------------------------------------------------------------
+def _permission_of(dependant: Any) -> str | None:
+    for sub in dependant.dependencies:
+        found = getattr(sub.call, "permission", None) or _permission_of(sub)
+        if found:
+            return str(found)
+    return None
+
+
+def _api_routes(routes: list[Any]) -> list[APIRoute]:
+    """Every APIRoute, looking inside included routers (their paths carry their prefix)."""
+    found: list[APIRoute] = []
+    for route in routes:
+        if isinstance(route, APIRoute):
+            found.append(route)
+        elif getattr(route, "original_router", None) is not None:
+            found.extend(_api_routes(route.original_router.routes))
+    return found
+
+
+def _protected_routes() -> list[tuple[str, str, str]]:
+    """(method, path, permission) of every route that declares RequirePermission(...)."""
+    app = create_app(Settings(environment="test"))
+    protected: list[tuple[str, str, str]] = []
+    for route in _api_routes(list(app.routes)):
+        permission = _permission_of(route.dependant)
+        if permission:
+            protected.extend(
+                (method, route.path, permission) for method in sorted(route.methods or ())
+            )
+    return protected
+
+
+ROLES = ("owner", "admin", "member", "viewer")
+
+
+def test_rbac_enforcement_integration(
+    database_url: str,
+    fresh_redis: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    a = start_apex(database_url, fresh_redis.url)
+    b = start_apex(database_url, fresh_redis.url)
+    ca, cb = a.client(), b.client()
+    owner = signup(ca).json()
+    as_owner = {"Authorization": f"Bearer {owner['access_token']}"}
+
+    def join(role: str) -> tuple[str, dict[str, str]]:
+        """A new account added to the owner's organisation with `role`; its id and headers."""
+        account = signup(ca).json()
+        email = _me(ca, account["access_token"]).json()["email"]
+        added = ca.post(f"/api/v1{MEMBERS}", headers=as_owner, json={"email": email, "role": role})
+        assert added.status_code == 201, added.text
+        token = _login(ca, email, owner["organization_id"])["access_token"]  # act for that org
+        return account["user_id"], {"Authorization": f"Bearer {token}"}
+
+    headers = {"owner": as_owner}
+    for role in ROLES[1:]:
+        headers[role] = join(role)[1]
+
+    # Requests for each protected route; a route without a sample fails the test, so a new
+    # endpoint cannot go unchecked.
+    def sample(method: str, path: str) -> Callable[[], tuple[dict[str, Any] | None, str]]:
+        samples: dict[tuple[str, str], Callable[[], tuple[dict[str, Any] | None, str]]] = {
+            ("GET", "/api/v1/organizations/current"): lambda: (None, path),
+            ("PATCH", "/api/v1/organizations/current"): lambda: ({"name": "Renamed"}, path),
+            ("GET", f"/api/v1{MEMBERS}"): lambda: (None, path),
+            ("POST", f"/api/v1{MEMBERS}"): lambda: (
+                {"email": _fresh_email(ca), "role": "viewer"},
+                path,
+            ),
+            ("PATCH", f"/api/v1{MEMBERS}/{{user_id}}"): lambda: (
+                {"role": "member"},
+                path.replace("{user_id}", join("viewer")[0]),
+            ),
+            ("DELETE", f"/api/v1{MEMBERS}/{{user_id}}"): lambda: (
+                None,
+                path.replace("{user_id}", join("viewer")[0]),
+            ),
+        }
+        assert (method, path) in samples, f"add a sample request for {method} {path}"
+        return samples[(method, path)]
+
+    routes = _protected_routes()
+    assert len(routes) >= 6
+    observed, expected = {}, {}
+    for method, path, permission in routes:
+        for role in ROLES:
+            body, url = sample(method, path)()
+            response = ca.request(method, url, headers=headers[role], json=body)
+            observed[(method, path, role)] = response.status_code != 403
+            expected[(method, path, role)] = allows(role, permission)
+            if response.status_code == 403:
+                assert response.json()["permission"] == permission
+            else:
+                assert response.status_code < 400, (method, path, role, response.text)
+    assert observed == expected
+    cases = f"{len(routes)} protected routes x {len(ROLES)} roles = {len(observed)} cases"
+    print(f"\nrbac: {cases} match the policy table")
+
+    # A role change takes effect on the very next request, on the other instance too.
+    member_id, as_member = join("member")
+    assert (
+        cb.patch("/api/v1/organizations/current", headers=as_member, json={"name": "x"}).status_code
+        == 403
+    )
+    promoted = ca.patch(f"/api/v1{MEMBERS}/{member_id}", headers=as_owner, json={"role": "admin"})
+    assert promoted.status_code == 200
+    assert (
+        cb.patch("/api/v1/organizations/current", headers=as_member, json={"name": "y"}).status_code
+        == 200
+    )
+    demoted = ca.patch(f"/api/v1{MEMBERS}/{member_id}", headers=as_owner, json={"role": "viewer"})
+    assert demoted.status_code == 200
+    assert (
+        cb.patch("/api/v1/organizations/current", headers=as_member, json={"name": "z"}).status_code
+        == 403
+    )
+
+    # The last owner can be neither demoted nor removed; admins cannot touch owners.
+    me = owner["user_id"]
+    last = ca.patch(f"/api/v1{MEMBERS}/{me}", headers=as_owner, json={"role": "admin"})
+    assert last.status_code == 409
+    assert "at least one owner" in last.json()["detail"]
+    assert ca.delete(f"/api/v1{MEMBERS}/{me}", headers=as_owner).status_code == 409
+    assert ca.delete(f"/api/v1{MEMBERS}/{me}", headers=headers["admin"]).status_code == 403
+    roles = {
+        m["role"]
+        for m in ca.get(f"/api/v1{MEMBERS}", headers=as_owner).json()
+        if m["user_id"] == me
+    }
+    assert roles == {"owner"}
+    ca.close()
+    cb.close()
+
+
+def _fresh_email(client: httpx.Client) -> str:
+    response = signup(client)
+    return str(_me(client, response.json()["access_token"]).json()["email"])

@@ -1,6 +1,7 @@
-"""Tier 2, identity: token lifecycle across real `apex serve` instances.
+"""Tier 2, identity: tokens, RBAC and tenant isolation across real `apex serve` instances.
 
-(OAuth/OIDC login, browser sessions, the RBAC matrix and tenant isolation are still to come.)
+Still to come (issue 4): `test_oauth_complete_flow_integration` (needs the local OIDC
+provider in the harness) and `test_session_security_integration` (browser sessions).
 """
 
 from __future__ import annotations
@@ -239,7 +240,7 @@ def _forgeries(genuine: str, server_key: Any, refresh_token: str) -> dict[str, s
     }
 
 
-# --- RBAC ----------------------------------------------------------------------------------------
+# --- RBAC ---------------------------------------------------------------------------------
 def _permission_of(dependant: Any) -> str | None:
     for sub in dependant.dependencies:
         found = getattr(sub.call, "permission", None) or _permission_of(sub)
@@ -378,3 +379,106 @@ def test_rbac_enforcement_integration(
 def _fresh_email(client: httpx.Client) -> str:
     response = signup(client)
     return str(_me(client, response.json()["access_token"]).json()["email"])
+
+
+# --- tenant isolation ---------------------------------------------------------------------
+def _example(schema: dict[str, Any], spec: dict[str, Any]) -> Any:
+    """A minimal valid value for a JSON schema from the OpenAPI document."""
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[1]
+        return _example(spec["components"]["schemas"][name], spec)
+    if "anyOf" in schema:
+        return _example(schema["anyOf"][0], spec)
+    if "enum" in schema:
+        return schema["enum"][-1]
+    kind = schema.get("type")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {key: _example(props[key], spec) for key in schema.get("required", [])}
+    if kind == "array":
+        return []
+    if kind == "integer":
+        return 1
+    if kind == "boolean":
+        return True
+    if schema.get("format") == "uuid":
+        return "00000000-0000-7000-8000-000000000000"
+    if "email" in str(schema.get("pattern", "")) or "@" in str(schema.get("pattern", "")):
+        return "someone@example.test"
+    return "x" * max(1, int(schema.get("minLength", 1)))
+
+
+def test_tenant_isolation_integration(
+    database_url: str,
+    fresh_redis: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    server = start_apex(database_url, fresh_redis.url)
+    client = server.client()
+
+    def tenant() -> tuple[dict[str, str], set[str]]:
+        """An organisation with an owner and a second member; its owner's headers and every
+        identifier and email that belongs to it."""
+        owner = signup(client).json()
+        auth = {"Authorization": f"Bearer {owner['access_token']}"}
+        extra = signup(client).json()
+        extra_email = _me(client, extra["access_token"]).json()["email"]
+        added = client.post(
+            f"/api/v1{MEMBERS}", headers=auth, json={"email": extra_email, "role": "member"}
+        )
+        assert added.status_code == 201
+        owner_email = _me(client, owner["access_token"]).json()["email"]
+        secrets_of_tenant = {
+            owner["user_id"],
+            owner["organization_id"],
+            extra["user_id"],
+            owner_email,
+            extra_email,
+        }
+        return auth, secrets_of_tenant
+
+    _, a_secrets = tenant()
+    b_auth, b_secrets = tenant()
+    a_ids = sorted(s for s in a_secrets if "@" not in s)
+    spec = client.get("/openapi.json").json()
+
+    checked_ids, checked_lists = 0, 0
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if not path.startswith("/api/"):
+                continue
+            body_schema = (
+                operation.get("requestBody", {})
+                .get("content", {})
+                .get("application/json", {})
+                .get("schema")
+            )
+            body = _example(body_schema, spec) if body_schema else None
+            if "{" in path:
+                for foreign in a_ids:  # every identifier of A, in every id parameter
+                    url = path.format(
+                        **{
+                            p["name"]: foreign
+                            for p in operation.get("parameters", [])
+                            if p["in"] == "path"
+                        }
+                    )
+                    response = client.request(method.upper(), url, headers=b_auth, json=body)
+                    assert response.status_code == 404, (
+                        method,
+                        url,
+                        response.status_code,
+                        response.text,
+                    )
+                    assert not any(secret in response.text for secret in a_secrets), (method, url)
+                    checked_ids += 1
+            elif method == "get":
+                response = client.get(path, headers=b_auth)
+                assert response.status_code == 200, (path, response.text)
+                assert not any(secret in response.text for secret in a_secrets), path
+                assert any(secret in response.text for secret in b_secrets), path  # B sees its own
+                checked_lists += 1
+    print(f"\ntenants: {checked_ids} foreign-id requests all 404; {checked_lists} reads only B's")
+    assert checked_ids >= 2 * len(a_ids)
+    assert checked_lists >= 3
+    client.close()

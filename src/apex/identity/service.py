@@ -169,13 +169,10 @@ async def change_role(
     role: Role,
 ) -> Membership:
     members = MemberRepository(session, organization_id)
-    membership = await members.of_user(user_id, lock=True)
-    if membership is None:
-        raise NotFound("No such member.")
-    _check_may_grant(actor_role, Role(membership.role))
+    membership = await _member_to_change(members, user_id, actor_role)
     _check_may_grant(actor_role, role)
-    if membership.role == Role.OWNER and role != Role.OWNER and await members.owner_count() <= 1:
-        raise Conflict("An organisation keeps at least one owner: promote another member first.")
+    if role != Role.OWNER:
+        await _keep_an_owner(members, membership)
     membership.role = role.value
     await session.flush()
     invalidate_after_commit(session, role_key(user_id, organization_id))
@@ -186,14 +183,27 @@ async def remove_member(
     session: AsyncSession, organization_id: uuid.UUID, *, actor_role: str, user_id: uuid.UUID
 ) -> None:
     members = MemberRepository(session, organization_id)
+    membership = await _member_to_change(members, user_id, actor_role)
+    await _keep_an_owner(members, membership)
+    await members.delete(membership)
+    invalidate_after_commit(session, role_key(user_id, organization_id))
+
+
+async def _member_to_change(
+    members: MemberRepository, user_id: uuid.UUID, actor_role: str
+) -> Membership:
+    """The membership `actor_role` may change, locked for the rest of the transaction."""
     membership = await members.of_user(user_id, lock=True)
     if membership is None:
         raise NotFound("No such member.")
     _check_may_grant(actor_role, Role(membership.role))
+    return membership
+
+
+async def _keep_an_owner(members: MemberRepository, membership: Membership) -> None:
+    """Refuse to take the owner role from the organisation's last owner."""
     if membership.role == Role.OWNER and await members.owner_count() <= 1:
         raise Conflict("An organisation keeps at least one owner: promote another member first.")
-    await members.delete(membership)
-    invalidate_after_commit(session, role_key(user_id, organization_id))
 
 
 def _check_may_grant(actor_role: str, role: Role) -> None:

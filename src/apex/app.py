@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
+from alembic.migration import MigrationContext
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -74,12 +75,21 @@ def _redis_check(redis: Redis) -> health.HealthCheck:
     return health.HealthCheck("redis", probe)
 
 
+async def _require_current_schema(database: Database) -> None:
+    async with database.engine.connect() as connection:
+        current = await connection.run_sync(
+            lambda sync: set(MigrationContext.configure(sync).get_current_heads())
+        )
+    runner.require_current(current)
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     if settings.migrate_on_start:
         await asyncio.to_thread(runner.upgrade, settings)
     database = Database(settings)
+    await _require_current_schema(database)
     redis = create_redis(settings)
     cache = TwoLevelCache(
         redis,

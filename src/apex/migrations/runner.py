@@ -68,3 +68,26 @@ def history(settings: Settings) -> str:
 def head_revision() -> str | None:
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     return script.get_current_head()
+
+
+class SchemaOutOfDate(RuntimeError):
+    """The database is behind the revisions this Apex needs."""
+
+
+def require_current(current: set[str]) -> None:
+    """Refuse to run on a database that lacks this code's head revision.
+
+    A database *ahead* of the code (revisions it does not know) is accepted: with
+    expand/contract revisions, old instances keep working while a rollout migrates.
+    """
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    head = script.get_current_head()
+    if head is None or head in current:
+        return
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current and not current <= known:
+        return  # ahead of this code
+    have = ", ".join(sorted(current)) or "an empty database"
+    raise SchemaOutOfDate(
+        f"The database schema is at {have}; this Apex needs {head}. Run `apex migrate upgrade`."
+    )

@@ -4,7 +4,14 @@ Alembic's environment and `alembic check` read the metadata from here: a new dom
 its `models` import below.
 """
 
-from apex.identity.models import Membership, Organization, RefreshToken, SigningKey, User
+from apex.identity.models import (
+    ApiKey,
+    Membership,
+    Organization,
+    RefreshToken,
+    SigningKey,
+    User,
+)
 from apex.kit.models import Base
 from apex.kit.outbox import OutboxMessage
 from apex.realtime.models import Message, Thread
@@ -12,6 +19,7 @@ from apex.realtime.models import Message, Thread
 metadata = Base.metadata
 
 __all__ = [
+    "ApiKey",
     "Base",
     "Membership",
     "Message",

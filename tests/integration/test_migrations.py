@@ -33,6 +33,7 @@ CORE_TABLES = {
     "outbox_messages",
     "signing_keys",
     "refresh_tokens",
+    "api_keys",
 }
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from apex.identity import apikeys
 from apex.identity.policy import LEAST_ROLE, allows
 from apex.identity.service import role_in
 from apex.identity.tokens import AccessClaims, decode_access_token
@@ -21,12 +22,22 @@ _bearer = HTTPBearer(auto_error=False)
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The authenticated caller. The organisation comes from here, never from a request body."""
+    """The authenticated caller. The organisation comes from here, never from a request body.
+
+    A person carries `claims` (their access token) and a `role`; an API key carries the
+    `key_permissions` it was created with and acts for its creator's user id.
+    """
 
     user_id: uuid.UUID
     organization_id: uuid.UUID
     role: str
-    claims: AccessClaims
+    claims: AccessClaims | None = None
+    key_permissions: frozenset[str] | None = None
+
+    def may(self, permission: str) -> bool:
+        if self.key_permissions is not None:
+            return permission in self.key_permissions
+        return allows(self.role, permission)
 
 
 def get_cache(request: Request) -> TwoLevelCache:
@@ -46,6 +57,14 @@ async def get_principal(
     if credentials is None:
         raise Unauthorized("Authentication required: send 'Authorization: Bearer <token>'.")
     state = request.app.state
+    if apikeys.looks_like_api_key(credentials.credentials):
+        key = await apikeys.authenticate(session, credentials.credentials, state.clock.now())
+        return Principal(
+            key.created_by_id,
+            key.organization_id,
+            "api_key",
+            key_permissions=frozenset(key.permissions),
+        )
     claims = decode_access_token(
         credentials.credentials,
         keyring=state.keyring,
@@ -73,7 +92,7 @@ def RequirePermission(permission: str) -> Any:
         raise ValueError(f"unknown permission {permission!r}")
 
     async def check(principal: CurrentPrincipal) -> Principal:
-        if not allows(principal.role, permission):
+        if not principal.may(permission):
             raise Forbidden(
                 f"Your role ({principal.role}) lacks the permission {permission!r}.",
                 permission=permission,

@@ -7,14 +7,22 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from apex.identity import refresh, service
+from apex.identity import apikeys, refresh, service
 from apex.identity.deps import CacheDep, CurrentPrincipal, Principal, RequirePermission
 from apex.identity.models import Role
-from apex.identity.repository import MemberRepository, MembershipRepository, UserRepository
+from apex.identity.repository import (
+    ApiKeyRepository,
+    MemberRepository,
+    MembershipRepository,
+    UserRepository,
+)
 from apex.identity.schemas import (
+    ApiKeyOut,
     LoginRequest,
     MemberOut,
     MembershipOut,
+    NewApiKey,
+    NewApiKeyOut,
     NewMember,
     OrganizationOut,
     OrganizationUpdate,
@@ -26,7 +34,7 @@ from apex.identity.schemas import (
 )
 from apex.identity.tokens import issue_access_token
 from apex.kit.db import SessionDep
-from apex.kit.errors import NotFound, Unauthorized, error_response
+from apex.kit.errors import BadRequest, NotFound, Unauthorized, error_response
 
 router = APIRouter(prefix="/api/v1", tags=["identity"])
 
@@ -113,6 +121,8 @@ async def logout(principal: CurrentPrincipal, request: Request, session: Session
     """Revoke this access token on every instance, and its refresh token family."""
     state = request.app.state
     claims = principal.claims
+    if claims is None:
+        raise BadRequest("API keys do not log out: revoke the key instead.")
     await state.denylist.add(claims.token_id, claims.expires_at, state.clock.now())
     if claims.family_id is not None:
         await refresh.revoke_family(session, uuid.UUID(claims.family_id), state.clock.now())
@@ -209,6 +219,45 @@ async def remove_member(
     await service.remove_member(
         session, principal.organization_id, actor_role=principal.role, user_id=user_id
     )
+
+
+API_KEYS = "/organizations/current/api-keys"
+
+
+@router.get(API_KEYS, response_model=list[ApiKeyOut])
+async def list_api_keys(
+    principal: Annotated[Principal, RequirePermission("org:read")], session: SessionDep
+) -> list[ApiKeyOut]:
+    keys = await ApiKeyRepository(session, principal.organization_id).all()
+    return [ApiKeyOut.model_validate(key) for key in keys]
+
+
+@router.post(API_KEYS, status_code=201, response_model=NewApiKeyOut)
+async def create_api_key(
+    body: NewApiKey,
+    principal: Annotated[Principal, RequirePermission("org:manage")],
+    session: SessionDep,
+) -> NewApiKeyOut:
+    """Create a key limited to `permissions`. The key is in this answer only: store it now."""
+    key, secret = await apikeys.create(
+        session,
+        organization_id=principal.organization_id,
+        created_by=principal.user_id,
+        creator_may=principal.may,
+        name=body.name,
+        permissions=body.permissions,
+    )
+    return NewApiKeyOut(**ApiKeyOut.model_validate(key).model_dump(), key=secret)
+
+
+@router.delete(API_KEYS + "/{key_id}", status_code=204)
+async def revoke_api_key(
+    key_id: uuid.UUID,
+    request: Request,
+    principal: Annotated[Principal, RequirePermission("org:manage")],
+    session: SessionDep,
+) -> None:
+    await apikeys.revoke(session, principal.organization_id, key_id, request.app.state.clock.now())
 
 
 well_known = APIRouter(tags=["identity"])

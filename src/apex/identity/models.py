@@ -98,3 +98,24 @@ class RefreshToken(RecordModel):
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+
+class ApiKey(RecordModel):
+    """A machine credential of an organisation, limited to named permissions.
+
+    The key is shown once (`apx_<prefix>_<secret>`); only its SHA-256 is stored, and the
+    visible prefix identifies it in lists and logs.
+    """
+
+    __tablename__ = "api_keys"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    created_by_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    permissions: Mapped[list[str]] = mapped_column(JSON)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]

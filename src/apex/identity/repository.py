@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from apex.identity.models import Membership, Organization, User
+from apex.identity.models import ApiKey, Membership, Organization, User
 from apex.kit.repository import Repository
 
 
@@ -86,3 +86,35 @@ class MemberRepository(Repository[Membership]):
             .with_for_update()
         )
         return len((await self.session.scalars(statement)).all())
+
+
+class ApiKeyRepository(Repository[ApiKey]):
+    """API keys of one organisation (lookup by prefix is the only unscoped query: the key
+    itself names its organisation)."""
+
+    model = ApiKey
+
+    def __init__(self, session: AsyncSession, organization_id: uuid.UUID | None) -> None:
+        super().__init__(session)
+        self.organization_id = organization_id
+
+    async def all(self) -> Sequence[ApiKey]:
+        statement = (
+            select(ApiKey)
+            .where(ApiKey.organization_id == self.organization_id)
+            .order_by(ApiKey.created_at)
+        )
+        return (await self.session.scalars(statement)).all()
+
+    async def of_organization(self, key_id: uuid.UUID) -> ApiKey | None:
+        statement = select(ApiKey).where(
+            ApiKey.id == key_id, ApiKey.organization_id == self.organization_id
+        )
+        result: ApiKey | None = await self.session.scalar(statement)
+        return result
+
+    async def by_prefix(self, prefix: str) -> ApiKey | None:
+        result: ApiKey | None = await self.session.scalar(
+            select(ApiKey).where(ApiKey.prefix == prefix)
+        )
+        return result

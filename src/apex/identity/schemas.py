@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -60,6 +61,27 @@ class NewMember(BaseModel):
 
 class RoleChange(BaseModel):
     role: Role
+
+
+class NewApiKey(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+    permissions: list[str] = Field(min_length=1, description="Permission names, e.g. usage:write.")
+
+
+class ApiKeyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    prefix: str
+    permissions: list[str]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class NewApiKeyOut(ApiKeyOut):
+    key: str = Field(description="The whole key. Shown once; Apex keeps only its hash.")
 
 
 class OrganizationOut(BaseModel):

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.routing import APIRoute
 
 from apex.app import create_app
-from apex.identity.endpoints import MEMBERS
+from apex.identity.endpoints import API_KEYS, MEMBERS
 from apex.identity.policy import allows
 from apex.settings import Settings
 from tests.harness import ApexServer, PostgresCluster, RedisServer
@@ -296,6 +296,13 @@ def test_rbac_enforcement_integration(
         token = _login(ca, email, owner["organization_id"])["access_token"]  # act for that org
         return account["user_id"], {"Authorization": f"Bearer {token}"}
 
+    def new_key() -> str:
+        created = ca.post(
+            f"/api/v1{API_KEYS}", headers=as_owner, json={"name": "k", "permissions": ["org:read"]}
+        )
+        assert created.status_code == 201, created.text
+        return str(created.json()["id"])
+
     headers = {"owner": as_owner}
     for role in ROLES[1:]:
         headers[role] = join(role)[1]
@@ -318,6 +325,15 @@ def test_rbac_enforcement_integration(
             ("DELETE", f"/api/v1{MEMBERS}/{{user_id}}"): lambda: (
                 None,
                 path.replace("{user_id}", join("viewer")[0]),
+            ),
+            ("GET", f"/api/v1{API_KEYS}"): lambda: (None, path),
+            ("POST", f"/api/v1{API_KEYS}"): lambda: (
+                {"name": "ci", "permissions": ["org:read"]},
+                path,
+            ),
+            ("DELETE", f"/api/v1{API_KEYS}/{{key_id}}"): lambda: (
+                None,
+                path.replace("{key_id}", new_key()),
             ),
         }
         assert (method, path) in samples, f"add a sample request for {method} {path}"
@@ -428,18 +444,19 @@ def test_tenant_isolation_integration(
         )
         assert added.status_code == 201
         owner_email = _me(client, owner["access_token"]).json()["email"]
-        secrets_of_tenant = {
-            owner["user_id"],
-            owner["organization_id"],
-            extra["user_id"],
-            owner_email,
-            extra_email,
-        }
+        key = client.post(
+            f"/api/v1{API_KEYS}",
+            headers=auth,
+            json={"name": "ingest", "permissions": ["usage:write"]},
+        )
+        assert key.status_code == 201
+        secrets_of_tenant = {owner["user_id"], owner["organization_id"], extra["user_id"]}
+        secrets_of_tenant |= {owner_email, extra_email, key.json()["id"], key.json()["prefix"]}
         return auth, secrets_of_tenant
 
     _, a_secrets = tenant()
     b_auth, b_secrets = tenant()
-    a_ids = sorted(s for s in a_secrets if "@" not in s)
+    a_ids = sorted(s for s in a_secrets if len(s) == 36)  # the UUIDs among them
     spec = client.get("/openapi.json").json()
 
     checked_ids, checked_lists = 0, 0

@@ -143,6 +143,13 @@ class Settings(BaseSettings):
         description="Signs sessions and tokens. Required outside the embedded default.",
     )
 
+    session_idle_seconds: int = Field(
+        default=1800, ge=1, description="Browser session idle timeout."
+    )
+    session_absolute_seconds: int = Field(
+        default=86_400, ge=1, description="Browser session lifetime."
+    )
+    session_cookie_secure: bool = Field(default=True, description="Set false only for local http.")
     access_token_ttl_seconds: int = Field(default=900, ge=1, le=86_400)
     refresh_token_ttl_seconds: int = Field(default=30 * 86_400, ge=60)
     token_leeway_seconds: int = Field(default=30, ge=0, le=300, description="Clock skew allowed.")

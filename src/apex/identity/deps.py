@@ -8,10 +8,19 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.identity import apikeys
 from apex.identity.policy import LEAST_ROLE, allows
 from apex.identity.service import role_in
+from apex.identity.sessions import (
+    COOKIE,
+    CSRF_HEADER,
+    SAFE_METHODS,
+    BrowserSession,
+    SessionRejected,
+    csrf_ok,
+)
 from apex.identity.tokens import AccessClaims, decode_access_token
 from apex.kit.cache import TwoLevelCache
 from apex.kit.db import SessionDep
@@ -33,6 +42,7 @@ class Principal:
     role: str
     claims: AccessClaims | None = None
     key_permissions: frozenset[str] | None = None
+    session: BrowserSession | None = None
 
     def may(self, permission: str) -> bool:
         if self.key_permissions is not None:
@@ -54,9 +64,9 @@ async def get_principal(
     cache: CacheDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    if credentials is None:
-        raise Unauthorized("Authentication required: send 'Authorization: Bearer <token>'.")
     state = request.app.state
+    if credentials is None:
+        return await _session_principal(request, session, cache)
     if apikeys.looks_like_api_key(credentials.credentials):
         key = await apikeys.authenticate(session, credentials.credentials, state.clock.now())
         return Principal(
@@ -79,6 +89,30 @@ async def get_principal(
         raise Unauthorized("You are no longer a member of this organisation.")
     await request.app.state.read_your_writes.apply(session, str(claims.user_id))
     return Principal(claims.user_id, claims.organization_id, role, claims)
+
+
+async def _session_principal(
+    request: Request, session: AsyncSession, cache: TwoLevelCache
+) -> Principal:
+    """The caller behind a session cookie; state-changing requests must carry its CSRF token."""
+    state = request.app.state
+    cookie = request.cookies.get(COOKIE)
+    if not cookie:
+        raise Unauthorized("Authentication required: send 'Authorization: Bearer <token>'.")
+    try:
+        browser = await state.sessions.load(
+            cookie, user_agent=request.headers.get("user-agent", ""), now=state.clock.now()
+        )
+    except SessionRejected as rejected:
+        raise Unauthorized(rejected.reason) from None
+    if request.method not in SAFE_METHODS and not csrf_ok(
+        browser, request.headers.get(CSRF_HEADER)
+    ):
+        raise Forbidden(f"Cookie-authenticated changes need the session's {CSRF_HEADER} header.")
+    role = await role_in(session, cache, browser.user_id, browser.organization_id)
+    if role is None:
+        raise Unauthorized("You are no longer a member of this organisation.")
+    return Principal(browser.user_id, browser.organization_id, role, session=browser)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

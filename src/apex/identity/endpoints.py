@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,10 +28,13 @@ from apex.identity.schemas import (
     OrganizationUpdate,
     RefreshRequest,
     RoleChange,
+    SessionInfo,
+    SessionOut,
     SignupRequest,
     TokenResponse,
     UserOut,
 )
+from apex.identity.sessions import COOKIE
 from apex.identity.tokens import issue_access_token
 from apex.kit.db import SessionDep
 from apex.kit.errors import BadRequest, NotFound, Unauthorized, error_response
@@ -126,6 +129,67 @@ async def logout(principal: CurrentPrincipal, request: Request, session: Session
     await state.denylist.add(claims.token_id, claims.expires_at, state.clock.now())
     if claims.family_id is not None:
         await refresh.revoke_family(session, uuid.UUID(claims.family_id), state.clock.now())
+
+
+@router.post("/auth/session", response_model=SessionOut)
+async def start_session(
+    body: LoginRequest, request: Request, response: Response, session: SessionDep
+) -> SessionOut:
+    """Log in a browser: sets the session cookie (a new id every time) and returns the CSRF
+    token to send with state-changing requests."""
+    state = request.app.state
+    user, organization_id = await service.authenticate(
+        session, body.email, body.password, body.organization_id
+    )
+    browser = await state.sessions.create(
+        user_id=user.id,
+        organization_id=organization_id,
+        user_agent=request.headers.get("user-agent", ""),
+        now=state.clock.now(),
+        replacing=request.cookies.get(COOKIE),
+    )
+    response.set_cookie(
+        COOKIE,
+        browser.id,
+        max_age=state.settings.session_absolute_seconds,
+        httponly=True,
+        secure=state.settings.session_cookie_secure,
+        samesite="lax",
+    )
+    return SessionOut(
+        id=browser.public_id,
+        user_id=user.id,
+        organization_id=organization_id,
+        csrf_token=browser.csrf_token,
+    )
+
+
+@router.get("/auth/sessions", response_model=list[SessionInfo])
+async def list_sessions(principal: CurrentPrincipal, request: Request) -> list[SessionInfo]:
+    """Your browser sessions, on every device."""
+    rows = await request.app.state.sessions.list(principal.user_id)
+    return [SessionInfo.model_validate(row) for row in rows]
+
+
+@router.delete("/auth/sessions/{session_id}", status_code=204)
+async def revoke_session(session_id: str, principal: CurrentPrincipal, request: Request) -> None:
+    if not await request.app.state.sessions.revoke(principal.user_id, session_id):
+        raise NotFound("No such session.")
+
+
+@router.post("/auth/logout-everywhere", status_code=204)
+async def logout_everywhere(
+    principal: CurrentPrincipal, request: Request, response: Response, session: SessionDep
+) -> None:
+    """End every browser session of yours and revoke all your refresh tokens."""
+    state = request.app.state
+    await state.sessions.revoke_all(principal.user_id)
+    await refresh.revoke_user(session, principal.user_id, state.clock.now())
+    if principal.claims is not None:
+        await state.denylist.add(
+            principal.claims.token_id, principal.claims.expires_at, state.clock.now()
+        )
+    response.delete_cookie(COOKIE)
 
 
 @router.get("/users/me", response_model=UserOut)

@@ -78,3 +78,12 @@ async def rotate(session: AsyncSession, raw: str, *, now: datetime, ttl_seconds:
         ttl_seconds=ttl_seconds,
     )
     return Rotation(token, new_row)
+
+
+async def revoke_user(session: AsyncSession, user_id: uuid.UUID, now: datetime) -> None:
+    """Every refresh token of the user, in every family (log out everywhere)."""
+    await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )

@@ -84,6 +84,20 @@ class NewApiKeyOut(ApiKeyOut):
     key: str = Field(description="The whole key. Shown once; Apex keeps only its hash.")
 
 
+class SessionOut(BaseModel):
+    id: str = Field(description="The session's public id (never the cookie value).")
+    user_id: uuid.UUID
+    organization_id: uuid.UUID
+    csrf_token: str = Field(description="Send as X-CSRF-Token with state-changing requests.")
+
+
+class SessionInfo(BaseModel):
+    id: str
+    user_agent: str
+    created_at: datetime
+    last_seen: datetime
+
+
 class OrganizationOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

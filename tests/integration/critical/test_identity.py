@@ -1,7 +1,7 @@
 """Tier 2, identity: tokens, RBAC and tenant isolation across real `apex serve` instances.
 
-Still to come (issue 4): `test_oauth_complete_flow_integration` (needs the local OIDC
-provider in the harness) and `test_session_security_integration` (browser sessions).
+Still to come (issue 4): `test_oauth_complete_flow_integration`, with a local OpenID
+Connect provider in the harness.
 """
 
 from __future__ import annotations
@@ -493,9 +493,138 @@ def test_tenant_isolation_integration(
                 response = client.get(path, headers=b_auth)
                 assert response.status_code == 200, (path, response.text)
                 assert not any(secret in response.text for secret in a_secrets), path
-                assert any(secret in response.text for secret in b_secrets), path  # B sees its own
+                if response.json() != []:  # B sees its own rows (B has no browser session)
+                    assert any(secret in response.text for secret in b_secrets), path
                 checked_lists += 1
     print(f"\ntenants: {checked_ids} foreign-id requests all 404; {checked_lists} reads only B's")
     assert checked_ids >= 2 * len(a_ids)
     assert checked_lists >= 3
     client.close()
+
+
+# --- browser sessions ----------------------------------------------------------------------
+def test_session_security_integration(
+    database_url: str,
+    fresh_redis: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    settings = {
+        "session_idle_seconds": "2",
+        "session_absolute_seconds": "5",
+        "session_cookie_secure": "false",
+    }
+    a = start_apex(database_url, fresh_redis.url, **settings)
+    b = start_apex(database_url, fresh_redis.url, **settings)
+    ca, cb = a.client(), b.client()
+    account = signup(ca).json()
+    email = _me(ca, account["access_token"]).json()["email"]
+    browser = "Mozilla/5.0 (X11; Linux x86_64) Apex-Test/1"
+
+    def login(
+        client: httpx.Client, agent: str = browser, cookie: str | None = None
+    ) -> tuple[str, str]:
+        headers = {"User-Agent": agent} | ({"Cookie": f"apex_session={cookie}"} if cookie else {})
+        response = client.post(
+            "/api/v1/auth/session",
+            headers=headers,
+            json={"email": email, "password": "correct horse battery staple"},
+        )
+        assert response.status_code == 200, response.text
+        client.cookies.clear()  # each login stands for its own browser; cookies are sent explicitly
+        set_cookie = response.headers["set-cookie"]
+        assert "HttpOnly" in set_cookie
+        assert "SameSite=lax" in set_cookie or "samesite=lax" in set_cookie.lower()
+        return response.cookies["apex_session"], response.json()["csrf_token"]
+
+    def me(client: httpx.Client, cookie: str, agent: str = browser) -> httpx.Response:
+        return client.get(
+            "/api/v1/users/me", headers={"User-Agent": agent, "Cookie": f"apex_session={cookie}"}
+        )
+
+    def rename(client: httpx.Client, cookie: str, csrf: str | None) -> httpx.Response:
+        headers = {"User-Agent": browser, "Cookie": f"apex_session={cookie}"}
+        if csrf is not None:
+            headers["X-CSRF-Token"] = csrf
+        return client.patch(
+            "/api/v1/organizations/current", headers=headers, json={"name": "Via cookie"}
+        )
+
+    # A session made on A works on B; its id has at least 128 random bits.
+    first, _ = login(ca)
+    assert len(first) >= 22
+    assert me(cb, first).status_code == 200
+
+    # A pre-login session id is invalid after login: no fixation.
+    second, _ = login(ca, cookie=first)
+    assert second != first
+    assert me(cb, first).status_code == 401
+    planted = "attacker-chosen-session-id-0000000000000"
+    third, _ = login(cb, cookie=planted)
+    assert third != planted
+    assert me(ca, planted).status_code == 401
+
+    # A stolen cookie replayed from another browser is refused, and the session revoked.
+    stolen = me(cb, second, agent="curl/8.0 (thief)")
+    assert stolen.status_code == 401
+    assert "another browser" in stolen.json()["detail"]
+    assert me(ca, second).status_code == 401
+
+    # CSRF: a cookie-authenticated change needs the session's token.
+    cookie, csrf = login(ca)
+    assert rename(cb, cookie, None).status_code == 403
+    assert rename(cb, cookie, "wrong-token").status_code == 403
+    assert rename(cb, cookie, csrf).status_code == 200
+
+    # Idle timeout, then absolute timeout even for a session in constant use.
+    idle, _ = login(ca)
+    time.sleep(2.3)
+    expired = me(cb, idle)
+    assert expired.status_code == 401
+    assert "expired" in expired.json()["detail"] or "ended" in expired.json()["detail"]
+    busy, _ = login(ca)
+    started = time.monotonic()
+    while time.monotonic() - started < 4.5:
+        assert me(cb, busy).status_code == 200
+        time.sleep(0.5)
+    time.sleep(max(0.0, 5.2 - (time.monotonic() - started)))
+    assert me(cb, busy).status_code == 401
+
+    # List, revoke one, then log out everywhere.
+    laptop, laptop_csrf = login(ca)
+    phone, _ = login(ca, agent="Apex-Phone/2")
+    listed = ca.get(
+        "/api/v1/auth/sessions", headers={"User-Agent": browser, "Cookie": f"apex_session={laptop}"}
+    )
+    assert listed.status_code == 200
+    agents = {s["user_agent"] for s in listed.json()}
+    assert {browser, "Apex-Phone/2"} <= agents
+    phone_id = next(s["id"] for s in listed.json() if s["user_agent"] == "Apex-Phone/2")
+    assert phone not in listed.text  # sessions are listed by public id, never by cookie
+    revoked = cb.delete(
+        f"/api/v1/auth/sessions/{phone_id}",
+        headers={
+            "User-Agent": browser,
+            "Cookie": f"apex_session={laptop}",
+            "X-CSRF-Token": laptop_csrf,
+        },
+    )
+    assert revoked.status_code == 204
+    assert me(ca, phone, agent="Apex-Phone/2").status_code == 401
+    assert me(ca, laptop).status_code == 200
+
+    other, _ = login(ca, agent="Apex-Tablet/3")
+    everywhere = cb.post(
+        "/api/v1/auth/logout-everywhere",
+        headers={
+            "User-Agent": browser,
+            "Cookie": f"apex_session={laptop}",
+            "X-CSRF-Token": laptop_csrf,
+        },
+    )
+    assert everywhere.status_code == 204
+    assert me(ca, laptop).status_code == 401
+    assert me(cb, other, agent="Apex-Tablet/3").status_code == 401
+    refreshed = ca.post("/api/v1/auth/refresh", json={"refresh_token": account["refresh_token"]})
+    assert refreshed.status_code == 401  # refresh tokens went too
+    ca.close()
+    cb.close()

@@ -17,6 +17,7 @@ from apex import __version__
 from apex.identity import endpoints as identity_endpoints
 from apex.identity.denylist import Denylist
 from apex.identity.keys import KeyRing
+from apex.identity.oidc import OidcLogin
 from apex.identity.sessions import SessionStore
 from apex.kit.cache import TwoLevelCache
 from apex.kit.clock import Clock, SystemClock
@@ -111,6 +112,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await keyring.ensure_signer()
     app.state.keyring = keyring
     app.state.denylist = Denylist(redis, leeway=settings.token_leeway_seconds)
+    app.state.oidc = OidcLogin(settings.oidc_providers, redis)
     app.state.sessions = SessionStore(
         redis,
         idle_seconds=settings.session_idle_seconds,

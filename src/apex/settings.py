@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    BaseModel,
     Field,
     SecretStr,
     ValidationError,
@@ -39,6 +40,19 @@ _DATABASE_URL_HINT = (
     "a postgresql:// (or postgresql+asyncpg://) or sqlite:// URL, "
     "for example postgresql://apex:secret@db:5432/apex"
 )
+
+
+class OidcProviderConfig(BaseModel):
+    """One OpenID Connect identity provider (Google, GitHub's OIDC, any issuer)."""
+
+    name: str = Field(pattern=r"^[a-z0-9-]{1,40}$")
+    issuer: str = Field(
+        description="Its discovery document is at ISSUER/.well-known/openid-configuration."
+    )
+    client_id: str
+    client_secret: SecretStr
+    redirect_uri: str = Field(description="Apex's callback, exactly as registered at the provider.")
+    scopes: str = "openid email profile"
 
 
 class SettingsError(Exception):
@@ -150,6 +164,9 @@ class Settings(BaseSettings):
         default=86_400, ge=1, description="Browser session lifetime."
     )
     session_cookie_secure: bool = Field(default=True, description="Set false only for local http.")
+    oidc_providers: list[OidcProviderConfig] = Field(
+        default_factory=list, description="OpenID Connect providers, as a JSON list."
+    )
     access_token_ttl_seconds: int = Field(default=900, ge=1, le=86_400)
     refresh_token_ttl_seconds: int = Field(default=30 * 86_400, ge=60)
     token_leeway_seconds: int = Field(default=30, ge=0, le=300, description="Clock skew allowed.")

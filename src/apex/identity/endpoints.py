@@ -4,12 +4,13 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.identity import apikeys, refresh, service
 from apex.identity.deps import CacheDep, CurrentPrincipal, Principal, RequirePermission
 from apex.identity.models import Role
+from apex.identity.oidc import BINDING_COOKIE
 from apex.identity.repository import (
     ApiKeyRepository,
     MemberRepository,
@@ -148,14 +149,74 @@ async def start_session(
         now=state.clock.now(),
         replacing=request.cookies.get(COOKIE),
     )
+    _set_session_cookie(request, response, browser.id)
+    return SessionOut(
+        id=browser.public_id,
+        user_id=user.id,
+        organization_id=organization_id,
+        csrf_token=browser.csrf_token,
+    )
+
+
+def _set_session_cookie(request: Request, response: Response, session_id: str) -> None:
+    settings = request.app.state.settings
     response.set_cookie(
         COOKIE,
-        browser.id,
-        max_age=state.settings.session_absolute_seconds,
+        session_id,
+        max_age=settings.session_absolute_seconds,
         httponly=True,
-        secure=state.settings.session_cookie_secure,
+        secure=settings.session_cookie_secure,
         samesite="lax",
     )
+
+
+@router.get("/auth/oidc/{provider}/login", status_code=302, response_class=RedirectResponse)
+async def oidc_login(provider: str, request: Request) -> RedirectResponse:
+    """Start an OpenID Connect login: redirects the browser to the identity provider."""
+    url, binding = await request.app.state.oidc.begin(provider)
+    response = RedirectResponse(url, status_code=302)
+    response.set_cookie(
+        BINDING_COOKIE,
+        binding,
+        max_age=600,
+        httponly=True,
+        secure=request.app.state.settings.session_cookie_secure,
+        samesite="lax",
+    )
+    return response
+
+
+@router.get("/auth/oidc/{provider}/callback", response_model=SessionOut)
+async def oidc_callback(
+    provider: str,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    code: str | None = None,
+    state: str | None = None,
+    error: str | None = None,
+) -> SessionOut:
+    """Finish the login: verify the provider's answer, then open a browser session."""
+    if error or not code or not state:
+        raise Unauthorized(
+            f"The identity provider did not complete the login ({error or 'no code'})."
+        )
+    identity = await request.app.state.oidc.finish(
+        provider, code=code, state=state, binding=request.cookies.get(BINDING_COOKIE)
+    )
+    user, organization_id = await service.account_for_identity(
+        session, identity.email, identity.name
+    )
+    apex = request.app.state
+    browser = await apex.sessions.create(
+        user_id=user.id,
+        organization_id=organization_id,
+        user_agent=request.headers.get("user-agent", ""),
+        now=apex.clock.now(),
+        replacing=request.cookies.get(COOKIE),
+    )
+    _set_session_cookie(request, response, browser.id)
+    response.delete_cookie(BINDING_COOKIE)
     return SessionOut(
         id=browser.public_id,
         user_id=user.id,

@@ -19,7 +19,7 @@ from apex.identity.repository import (
 from apex.identity.schemas import SignupRequest
 from apex.kit.cache import TwoLevelCache, invalidate_after_commit
 from apex.kit.errors import Conflict, Forbidden, NotFound, Unauthorized
-from apex.kit.failpoints import Failpoints
+from apex.kit.failpoints import NO_FAILPOINTS, Failpoints
 from apex.kit.outbox import enqueue
 from apex.realtime.service import start_thread
 
@@ -37,21 +37,39 @@ def slugify(name: str) -> str:
 async def signup(
     session: AsyncSession, data: SignupRequest, failpoints: Failpoints
 ) -> tuple[User, Organization]:
+    """An email-and-password account; see `create_account`."""
+    if await UserRepository(session).get_by_email(data.email) is not None:
+        raise Conflict("An account with this email already exists.", field="email")
+    return await create_account(
+        session,
+        email=data.email,
+        display_name=data.display_name,
+        password_hash=await hash_password(data.password),
+        organization_name=data.organization_name,
+        organization_slug=data.organization_slug,
+        failpoints=failpoints,
+    )
+
+
+async def create_account(
+    session: AsyncSession,
+    *,
+    email: str,
+    display_name: str | None,
+    password_hash: str | None,
+    organization_name: str,
+    organization_slug: str | None = None,
+    failpoints: Failpoints = NO_FAILPOINTS,
+) -> tuple[User, Organization]:
     """One unit: user → organisation (Free) → owner membership → welcome thread → message,
     and a `user.signed_up` event that leaves only if all of it commits."""
-    users = UserRepository(session)
-    if await users.get_by_email(data.email) is not None:
-        raise Conflict("An account with this email already exists.", field="email")
-    user = await users.add(
-        User(
-            email=data.email,
-            display_name=data.display_name,
-            password_hash=await hash_password(data.password),
-        )
+    user = await UserRepository(session).add(
+        User(email=email, display_name=display_name, password_hash=password_hash)
     )
     failpoints.hit("signup.after_user")
+    slug = organization_slug or f"{slugify(organization_name)}-{uuid.uuid4().hex[:8]}"
     organization = await OrganizationRepository(session).add(
-        Organization(name=data.organization_name, slug=data.organization_slug or _unique_slug(data))
+        Organization(name=organization_name, slug=slug)
     )
     await MembershipRepository(session).add(
         Membership(organization_id=organization.id, user_id=user.id, role=Role.OWNER.value)
@@ -65,20 +83,36 @@ async def signup(
         first_message=WELCOME,
     )
     failpoints.hit("signup.after_thread")
-    await enqueue(
-        session,
-        "user.signed_up",
-        {
-            "user_id": str(user.id),
-            "organization_id": str(organization.id),
-            "tier": organization.tier,
-        },
-    )
+    payload = {
+        "user_id": str(user.id),
+        "organization_id": str(organization.id),
+        "tier": organization.tier,
+    }
+    await enqueue(session, "user.signed_up", payload)
     return user, organization
 
 
-def _unique_slug(data: SignupRequest) -> str:
-    return f"{slugify(data.organization_name)}-{uuid.uuid4().hex[:8]}"
+async def account_for_identity(
+    session: AsyncSession, email: str, name: str | None
+) -> tuple[User, uuid.UUID]:
+    """The user a verified email belongs to (linking a later login to the same account), or
+    a new one with a personal organisation on the Free tier."""
+    user = await UserRepository(session).get_by_email(email)
+    if user is None:
+        user, organization = await create_account(
+            session,
+            email=email,
+            display_name=name,
+            password_hash=None,
+            organization_name=f"{name or email.split('@')[0]}'s organisation",
+        )
+        return user, organization.id
+    if not user.is_active:
+        raise Unauthorized("This account is disabled.")
+    memberships = await MembershipRepository(session).for_user(user.id)
+    if not memberships:
+        raise Unauthorized("This account belongs to no organisation.")
+    return user, memberships[0].organization_id
 
 
 async def authenticate(

@@ -1,8 +1,5 @@
-"""Tier 2, identity: tokens, RBAC and tenant isolation across real `apex serve` instances.
-
-Still to come (issue 4): `test_oauth_complete_flow_integration`, with a local OpenID
-Connect provider in the harness.
-"""
+"""Tier 2, identity: OpenID Connect login, tokens, browser sessions, RBAC and tenant
+isolation, across real `apex serve` instances and a local OpenID Connect provider."""
 
 from __future__ import annotations
 
@@ -17,9 +14,11 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import httpx
 import jwt
+import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.routing import APIRoute
@@ -29,6 +28,7 @@ from apex.identity.endpoints import API_KEYS, MEMBERS
 from apex.identity.policy import allows
 from apex.settings import Settings
 from tests.harness import ApexServer, PostgresCluster, RedisServer
+from tests.harness.oidc import OidcProvider
 from tests.harness.procs import wait_until
 from tests.integration.conftest import SECRET
 from tests.integration.critical.conftest import database_name, signup
@@ -628,3 +628,140 @@ def test_session_security_integration(
     assert refreshed.status_code == 401  # refresh tokens went too
     ca.close()
     cb.close()
+
+
+# --- OAuth / OpenID Connect ----------------------------------------------------------------
+def test_oauth_complete_flow_integration(
+    postgres: PostgresCluster,
+    database_url: str,
+    fresh_redis: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    a = ApexServer(
+        {
+            "APEX_DATABASE_URL": database_url,
+            "APEX_REDIS_URL": fresh_redis.url,
+            "APEX_SECRET_KEY": SECRET,
+            "APEX_ENVIRONMENT": "test",
+            "APEX_SESSION_COOKIE_SECURE": "false",
+        }
+    )
+    callback = f"{a.base_url}/api/v1/auth/oidc/local/callback"
+    provider = OidcProvider(
+        client_id="apex-web", client_secret="provider-secret-123", redirect_uri=callback
+    )
+    provider.start()
+    a.env["APEX_OIDC_PROVIDERS"] = json.dumps(
+        [
+            {
+                "name": "local",
+                "issuer": provider.issuer,
+                "client_id": "apex-web",
+                "client_secret": "provider-secret-123",
+                "redirect_uri": callback,
+            }
+        ]
+    )
+    sessions = redis.Redis.from_url(fresh_redis.url, decode_responses=True)
+    try:
+        a.start()
+        b = start_apex(database_url, fresh_redis.url, session_cookie_secure="false")
+        agent = {"User-Agent": "Apex-OIDC-Browser/1"}
+
+        def begin() -> tuple[httpx.Client, str]:
+            """A fresh browser starts a login at Apex; returns it and the provider URL."""
+            browser = httpx.Client(headers=agent, follow_redirects=False, timeout=10)
+            started = browser.get(f"{a.base_url}/api/v1/auth/oidc/local/login")
+            assert started.status_code == 302
+            location = started.headers["location"]
+            assert location.startswith(f"{provider.issuer}/authorize?")
+            query = parse_qs(urlsplit(location).query)
+            assert query["code_challenge_method"] == ["S256"]
+            assert query["nonce"]
+            assert query["state"]
+            return browser, location
+
+        def authorize(browser: httpx.Client, location: str) -> str:
+            answer = browser.get(location)
+            assert answer.status_code == 302, answer.text
+            return str(answer.headers["location"])
+
+        def session_count() -> int:
+            return len(sessions.keys("apex:session:*"))
+
+        # The whole dance over real HTTP, then the session on the other instance.
+        browser, location = begin()
+        back = authorize(browser, location)
+        assert back.startswith(callback + "?")
+        done = browser.get(back)
+        assert done.status_code == 200, done.text
+        cookie = done.cookies["apex_session"]
+        me = cb_me = httpx.get(
+            f"{b.base_url}/api/v1/users/me", headers={**agent, "Cookie": f"apex_session={cookie}"}
+        )
+        assert cb_me.status_code == 200
+        assert me.json()["email"] == "oidc-user@example.test"
+        user_id = me.json()["id"]
+        assert (
+            postgres.sql(
+                f"SELECT tier FROM organizations WHERE id = '{done.json()['organization_id']}'",  # noqa: S608
+                database_name(database_url),
+            )
+            == "free"
+        )
+
+        # A later login with the same verified email is the same user.
+        again, location = begin()
+        assert again.get(authorize(again, location)).json()["user_id"] == user_id
+
+        baseline = session_count()
+        rejected: dict[str, int] = {}
+
+        # state mismatch: the callback carries a state this browser did not start.
+        victim, location = begin()
+        _, other = begin()  # another browser's login
+        forged = authorize(victim, location).replace(
+            parse_qs(urlsplit(location).query)["state"][0],
+            parse_qs(urlsplit(other).query)["state"][0],
+        )
+        rejected["state mismatch"] = victim.get(forged).status_code
+
+        # A reused authorization code, inside a freshly started login.
+        used_code = parse_qs(urlsplit(back).query)["code"][0]
+        replay, location = begin()
+        state = parse_qs(urlsplit(location).query)["state"][0]
+        rejected["reused code"] = replay.get(
+            f"{callback}?{urlencode({'code': used_code, 'state': state})}"
+        ).status_code
+
+        # A redirect URI changed by one character: the provider issues no code for it.
+        tampered, location = begin()
+        bent = location.replace(quote(callback, safe=""), quote(callback + "x", safe=""))
+        assert bent != location
+        rejected["redirect URI + 1 char"] = tampered.get(bent).status_code
+
+        scripts: dict[str, dict[str, Any]] = {
+            "nonce mismatch": {"nonce": "not-the-one-apex-sent"},
+            "wrong aud": {"aud": "another-client"},
+            "unknown signing key": {"unknown_key": True},
+        }
+        for name, behaviour in scripts.items():
+            provider.script(**behaviour)
+            scripted, location = begin()
+            rejected[name] = scripted.get(authorize(scripted, location)).status_code
+            provider.script()
+
+        print(f"\noauth: rejected {rejected}")
+        assert rejected == {
+            "state mismatch": 401,
+            "reused code": 401,
+            "redirect URI + 1 char": 400,
+            "nonce mismatch": 401,
+            "wrong aud": 401,
+            "unknown signing key": 401,
+        }
+        assert session_count() == baseline  # none of them created a session
+    finally:
+        sessions.close()
+        a.stop()
+        provider.stop()

@@ -1,0 +1,81 @@
+"""Start the local OpenID Connect provider (tests/harness/oidc_provider.py) as a process."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.harness.procs import (
+    HarnessError,
+    ManagedProcess,
+    free_port,
+    make_workdir,
+    register_dir,
+    tail,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class OidcProvider:
+    def __init__(self, *, client_id: str, client_secret: str, redirect_uri: str) -> None:
+        self.root = make_workdir("oidc")
+        register_dir(self.root)
+        self.port = free_port()
+        self.client_id, self.client_secret, self.redirect_uri = (
+            client_id,
+            client_secret,
+            redirect_uri,
+        )
+        self.log_path = self.root / "oidc.log"
+        self.process: ManagedProcess | None = None
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20) -> OidcProvider:
+        self.process = ManagedProcess(
+            [
+                sys.executable,
+                "-m",
+                "tests.harness.oidc_provider",
+                "--port",
+                str(self.port),
+                "--client-id",
+                self.client_id,
+                "--client-secret",
+                self.client_secret,
+                "--redirect-uri",
+                self.redirect_uri,
+            ],
+            log_path=self.log_path,
+            cwd=self.root,
+            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if (
+                    httpx.get(
+                        f"{self.issuer}/.well-known/openid-configuration", timeout=1
+                    ).status_code
+                    == 200
+                ):
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise HarnessError(f"the OIDC provider did not start. Log tail:\n{tail(self.log_path)}")
+
+    def script(self, **behaviour: object) -> None:
+        httpx.post(f"{self.issuer}/_script", json=behaviour, timeout=5).raise_for_status()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process = None
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -197,6 +197,7 @@ async def oidc_callback(
     error: str | None = None,
 ) -> SessionOut:
     """Finish the login: verify the provider's answer, then open a browser session."""
+    request.app.state.oidc.provider(provider)  # 404 for an unknown one, before anything else
     if error or not code or not state:
         raise Unauthorized(
             f"The identity provider did not complete the login ({error or 'no code'})."

@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import jwt
-from authlib.integrations.httpx_client import AsyncOAuth2Client
 from redis.asyncio import Redis
 
 from apex.kit.errors import NotFound, Unauthorized
@@ -52,10 +51,14 @@ class OidcLogin:
 
     def provider(self, name: str) -> OidcProviderConfig:
         if name not in self.providers:
-            raise NotFound(f"No identity provider named {name!r}.")
+            raise NotFound("No such identity provider.")
         return self.providers[name]
 
-    def _client(self, provider: OidcProviderConfig) -> AsyncOAuth2Client:
+    def _client(self, provider: OidcProviderConfig) -> Any:
+        # Imported here: only instances with OIDC configured pay for it (and its import-time
+        # deprecation warning then goes through the configured logging, as JSON).
+        from authlib.integrations.httpx_client import AsyncOAuth2Client
+
         return AsyncOAuth2Client(
             client_id=provider.client_id,
             client_secret=provider.client_secret.get_secret_value(),

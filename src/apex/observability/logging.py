@@ -54,6 +54,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    logging.captureWarnings(True)  # library warnings become log records too, in the same format
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []

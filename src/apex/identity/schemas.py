@@ -7,21 +7,25 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from apex.identity.models import Role
+from apex.kit.text import Text
 
 Email = Annotated[
-    str,
+    Text,
     StringConstraints(
-        strip_whitespace=True, to_lower=True, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+        strip_whitespace=True,
+        to_lower=True,
+        max_length=320,
+        pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$",
     ),
 ]
-Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$")]
+Slug = Annotated[Text, StringConstraints(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$")]
 
 
 class SignupRequest(BaseModel):
     email: Email
-    password: str = Field(min_length=12, max_length=256)
-    display_name: str | None = Field(default=None, max_length=200)
-    organization_name: str = Field(min_length=1, max_length=200)
+    password: Text = Field(min_length=12, max_length=256)
+    display_name: Text | None = Field(default=None, max_length=200)
+    organization_name: Text = Field(min_length=1, max_length=200)
     organization_slug: Slug | None = Field(
         default=None, description="URL name of the organisation; derived from its name if absent."
     )
@@ -29,7 +33,7 @@ class SignupRequest(BaseModel):
 
 class LoginRequest(BaseModel):
     email: Email
-    password: str = Field(min_length=1, max_length=256)
+    password: Text = Field(min_length=1, max_length=256)
     organization_id: uuid.UUID | None = Field(
         default=None, description="The organisation to act for; default: the first one joined."
     )
@@ -45,7 +49,7 @@ class TokenResponse(BaseModel):
 
 
 class RefreshRequest(BaseModel):
-    refresh_token: str = Field(min_length=20, max_length=200)
+    refresh_token: Text = Field(min_length=20, max_length=200)
 
 
 class MemberOut(BaseModel):
@@ -64,8 +68,8 @@ class RoleChange(BaseModel):
 
 
 class NewApiKey(BaseModel):
-    name: str = Field(min_length=1, max_length=100)
-    permissions: list[str] = Field(min_length=1, description="Permission names, e.g. usage:write.")
+    name: Text = Field(min_length=1, max_length=100)
+    permissions: list[Text] = Field(min_length=1, description="Permission names, e.g. usage:write.")
 
 
 class ApiKeyOut(BaseModel):
@@ -108,7 +112,7 @@ class OrganizationOut(BaseModel):
 
 
 class OrganizationUpdate(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
 
 
 class MembershipOut(BaseModel):

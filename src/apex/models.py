@@ -6,6 +6,7 @@ its `models` import below.
 
 from apex.identity.models import (
     ApiKey,
+    Invitation,
     Membership,
     Organization,
     RefreshToken,
@@ -21,6 +22,7 @@ metadata = Base.metadata
 __all__ = [
     "ApiKey",
     "Base",
+    "Invitation",
     "Membership",
     "Message",
     "Organization",

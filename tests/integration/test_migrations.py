@@ -34,6 +34,7 @@ CORE_TABLES = {
     "signing_keys",
     "refresh_tokens",
     "api_keys",
+    "invitations",
 }
 
 

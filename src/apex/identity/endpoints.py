@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from apex.identity import apikeys, refresh, service
+from apex.identity import apikeys, invitations, refresh, service
 from apex.identity.deps import CacheDep, CurrentPrincipal, Principal, RequirePermission
 from apex.identity.models import Role
 from apex.identity.oidc import BINDING_COOKIE
@@ -18,12 +18,16 @@ from apex.identity.repository import (
     UserRepository,
 )
 from apex.identity.schemas import (
+    AcceptInvitation,
     ApiKeyOut,
+    InvitationOut,
     LoginRequest,
     MemberOut,
     MembershipOut,
     NewApiKey,
     NewApiKeyOut,
+    NewInvitation,
+    NewInvitationOut,
     NewMember,
     OrganizationOut,
     OrganizationUpdate,
@@ -38,7 +42,7 @@ from apex.identity.schemas import (
 from apex.identity.sessions import COOKIE
 from apex.identity.tokens import issue_access_token
 from apex.kit.db import SessionDep
-from apex.kit.errors import BadRequest, NotFound, Unauthorized, error_response
+from apex.kit.errors import BadRequest, Forbidden, NotFound, Unauthorized, error_response
 
 router = APIRouter(prefix="/api/v1", tags=["identity"])
 
@@ -345,6 +349,68 @@ async def remove_member(
     await service.remove_member(
         session, principal.organization_id, actor_role=principal.role, user_id=user_id
     )
+
+
+INVITATIONS = "/organizations/current/invitations"
+
+
+@router.get(INVITATIONS, response_model=list[InvitationOut])
+async def list_invitations(
+    request: Request,
+    principal: Annotated[Principal, RequirePermission("org:read")],
+    session: SessionDep,
+) -> list[InvitationOut]:
+    pending = await invitations.InvitationRepository(session, principal.organization_id).pending(
+        request.app.state.clock.now()
+    )
+    return [InvitationOut.model_validate(invitation) for invitation in pending]
+
+
+@router.post(INVITATIONS, status_code=201, response_model=NewInvitationOut)
+async def invite(
+    body: NewInvitation,
+    request: Request,
+    principal: Annotated[Principal, RequirePermission("members:manage")],
+    session: SessionDep,
+) -> NewInvitationOut:
+    """Invite an email address (with or without an account yet). The token is in this answer
+    only: send it to the invitee."""
+    service.check_may_grant(principal.role, body.role)
+    invitation, token = await invitations.invite(
+        session,
+        principal.organization_id,
+        invited_by=principal.user_id,
+        email=body.email,
+        role=body.role,
+        now=request.app.state.clock.now(),
+    )
+    return NewInvitationOut(**InvitationOut.model_validate(invitation).model_dump(), token=token)
+
+
+@router.delete(INVITATIONS + "/{invitation_id}", status_code=204)
+async def revoke_invitation(
+    invitation_id: uuid.UUID,
+    request: Request,
+    principal: Annotated[Principal, RequirePermission("members:manage")],
+    session: SessionDep,
+) -> None:
+    await invitations.revoke(
+        session, principal.organization_id, invitation_id, request.app.state.clock.now()
+    )
+
+
+@router.post("/invitations/accept", response_model=MemberOut)
+async def accept_invitation(
+    body: AcceptInvitation, request: Request, principal: CurrentPrincipal, session: SessionDep
+) -> MemberOut:
+    """Join the inviting organisation, as the account the invitation was addressed to."""
+    if principal.key_permissions is not None:
+        raise Forbidden("API keys cannot accept invitations: log in as the invited person.")
+    membership = await invitations.accept(
+        session, body.token, user_id=principal.user_id, now=request.app.state.clock.now()
+    )
+    user = await UserRepository(session).get_or_raise(principal.user_id)
+    return MemberOut(user_id=user.id, email=user.email, role=Role(membership.role))
 
 
 API_KEYS = "/organizations/current/api-keys"

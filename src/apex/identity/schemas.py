@@ -102,6 +102,28 @@ class SessionInfo(BaseModel):
     last_seen: datetime
 
 
+class NewInvitation(BaseModel):
+    email: Email
+    role: Role = Role.MEMBER
+
+
+class InvitationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    email: str
+    role: Role
+    expires_at: datetime
+
+
+class NewInvitationOut(InvitationOut):
+    token: str = Field(description="Send it to the invitee; shown once.")
+
+
+class AcceptInvitation(BaseModel):
+    token: Text = Field(min_length=20, max_length=200)
+
+
 class OrganizationOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

@@ -180,7 +180,7 @@ async def add_member(
     session: AsyncSession, organization_id: uuid.UUID, *, actor_role: str, email: str, role: Role
 ) -> Membership:
     """Add an existing account to the organisation with `role`."""
-    _check_may_grant(actor_role, role)
+    check_may_grant(actor_role, role)
     user = await UserRepository(session).get_by_email(email)
     if user is None:
         raise NotFound("No account uses this email address.", field="email")
@@ -204,7 +204,7 @@ async def change_role(
 ) -> Membership:
     members = MemberRepository(session, organization_id)
     membership = await _member_to_change(members, user_id, actor_role)
-    _check_may_grant(actor_role, role)
+    check_may_grant(actor_role, role)
     if role != Role.OWNER:
         await _keep_an_owner(members, membership)
     membership.role = role.value
@@ -230,7 +230,7 @@ async def _member_to_change(
     membership = await members.of_user(user_id, lock=True)
     if membership is None:
         raise NotFound("No such member.")
-    _check_may_grant(actor_role, Role(membership.role))
+    check_may_grant(actor_role, Role(membership.role))
     return membership
 
 
@@ -240,7 +240,7 @@ async def _keep_an_owner(members: MemberRepository, membership: Membership) -> N
         raise Conflict("An organisation keeps at least one owner: promote another member first.")
 
 
-def _check_may_grant(actor_role: str, role: Role) -> None:
+def check_may_grant(actor_role: str, role: Role) -> None:
     """Only owners grant, change or take away the owner role."""
     if role == Role.OWNER and actor_role != Role.OWNER:
         raise Forbidden("Only an owner can grant, change or remove the owner role.")

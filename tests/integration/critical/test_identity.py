@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.routing import APIRoute
 
 from apex.app import create_app
-from apex.identity.endpoints import API_KEYS, MEMBERS
+from apex.identity.endpoints import API_KEYS, INVITATIONS, MEMBERS
 from apex.identity.policy import allows
 from apex.settings import Settings
 from tests.harness import ApexServer, PostgresCluster, RedisServer
@@ -296,6 +296,11 @@ def test_rbac_enforcement_integration(
         token = _login(ca, email, owner["organization_id"])["access_token"]  # act for that org
         return account["user_id"], {"Authorization": f"Bearer {token}"}
 
+    def new_invitation() -> str:
+        made = ca.post(f"/api/v1{INVITATIONS}", headers=as_owner, json={"email": "x@example.test"})
+        assert made.status_code == 201, made.text
+        return str(made.json()["id"])
+
     def new_key() -> str:
         created = ca.post(
             f"/api/v1{API_KEYS}", headers=as_owner, json={"name": "k", "permissions": ["org:read"]}
@@ -325,6 +330,15 @@ def test_rbac_enforcement_integration(
             ("DELETE", f"/api/v1{MEMBERS}/{{user_id}}"): lambda: (
                 None,
                 path.replace("{user_id}", join("viewer")[0]),
+            ),
+            ("GET", f"/api/v1{INVITATIONS}"): lambda: (None, path),
+            ("POST", f"/api/v1{INVITATIONS}"): lambda: (
+                {"email": "invitee@example.test", "role": "viewer"},
+                path,
+            ),
+            ("DELETE", f"/api/v1{INVITATIONS}/{{invitation_id}}"): lambda: (
+                None,
+                path.replace("{invitation_id}", new_invitation()),
             ),
             ("GET", f"/api/v1{API_KEYS}"): lambda: (None, path),
             ("POST", f"/api/v1{API_KEYS}"): lambda: (

@@ -1,0 +1,117 @@
+"""Invitations: join an organisation with a role, for whoever proves the invited email.
+
+The inviter gets the token once (to send on: Apex does not send mail yet); only its SHA-256
+is stored. Accepting needs a logged-in account with the invited email, before expiry, once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from apex.identity.models import Invitation, Membership, Role
+from apex.identity.repository import MemberRepository, UserRepository
+from apex.identity.service import role_key
+from apex.kit.cache import invalidate_after_commit
+from apex.kit.errors import Conflict, Forbidden, NotFound
+from apex.kit.repository import Repository
+
+INVITATION_DAYS = 7
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class InvitationRepository(Repository[Invitation]):
+    model = Invitation
+
+    def __init__(self, session: AsyncSession, organization_id: uuid.UUID) -> None:
+        super().__init__(session)
+        self.organization_id = organization_id
+
+    async def pending(self, now: datetime) -> list[Invitation]:
+        statement = (
+            select(Invitation)
+            .where(
+                Invitation.organization_id == self.organization_id,
+                Invitation.accepted_at.is_(None),
+                Invitation.revoked_at.is_(None),
+                Invitation.expires_at > now,
+            )
+            .order_by(Invitation.created_at)
+        )
+        return list((await self.session.scalars(statement)).all())
+
+    async def of_organization(self, invitation_id: uuid.UUID) -> Invitation | None:
+        statement = select(Invitation).where(
+            Invitation.id == invitation_id, Invitation.organization_id == self.organization_id
+        )
+        result: Invitation | None = await self.session.scalar(statement)
+        return result
+
+
+async def invite(
+    session: AsyncSession,
+    organization_id: uuid.UUID,
+    *,
+    invited_by: uuid.UUID,
+    email: str,
+    role: Role,
+    now: datetime,
+) -> tuple[Invitation, str]:
+    token = secrets.token_urlsafe(32)
+    invitation = Invitation(
+        organization_id=organization_id,
+        invited_by_id=invited_by,
+        email=email,
+        role=role.value,
+        token_hash=_hash(token),
+        expires_at=now + timedelta(days=INVITATION_DAYS),
+    )
+    await InvitationRepository(session, organization_id).add(invitation)
+    return invitation, token
+
+
+async def revoke(
+    session: AsyncSession, organization_id: uuid.UUID, invitation_id: uuid.UUID, now: datetime
+) -> None:
+    invitation = await InvitationRepository(session, organization_id).of_organization(invitation_id)
+    if invitation is None or invitation.accepted_at is not None:
+        raise NotFound("No such pending invitation.")
+    invitation.revoked_at = invitation.revoked_at or now
+    await session.flush()
+
+
+async def accept(
+    session: AsyncSession, token: str, *, user_id: uuid.UUID, now: datetime
+) -> Membership:
+    invitation = await session.scalar(
+        select(Invitation).where(Invitation.token_hash == _hash(token)).with_for_update()
+    )
+    if (
+        invitation is None
+        or invitation.accepted_at is not None
+        or invitation.revoked_at is not None
+        or invitation.expires_at <= now
+    ):
+        raise NotFound("This invitation is unknown, used, revoked or expired.")
+    user = await UserRepository(session).get_or_raise(user_id)
+    if user.email != invitation.email:
+        raise Forbidden("This invitation is for another email address.")
+    members = MemberRepository(session, invitation.organization_id)
+    if await members.of_user(user_id) is not None:
+        raise Conflict("You are already a member of this organisation.")
+    invitation.accepted_at = now
+    membership = await members.add(
+        Membership(
+            organization_id=invitation.organization_id, user_id=user_id, role=invitation.role
+        )
+    )
+    invalidate_after_commit(session, role_key(user_id, invitation.organization_id))
+    return membership

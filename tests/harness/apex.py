@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 
@@ -12,6 +11,7 @@ import httpx
 from tests.harness.procs import (
     HarnessError,
     ManagedProcess,
+    ServiceProcess,
     free_port,
     make_workdir,
     register_dir,
@@ -19,10 +19,11 @@ from tests.harness.procs import (
 )
 
 
-class ApexServer:
+class ApexServer(ServiceProcess):
     """`python -m apex serve` on a free port. `env` holds APEX_* settings for it alone."""
 
     def __init__(self, env: dict[str, str], *, name: str = "apex") -> None:
+        super().__init__()
         self.root = make_workdir(name)
         register_dir(self.root)
         self.log_path = self.root / "apex.log"
@@ -33,7 +34,6 @@ class ApexServer:
             "APEX_LOG_LEVEL": "INFO",
             **env,
         }
-        self.process: ManagedProcess | None = None
 
     @property
     def base_url(self) -> str:
@@ -81,16 +81,6 @@ class ApexServer:
         raise HarnessError(
             f"apex serve not ready in {timeout}s ({last}). Log tail:\n{tail(self.log_path)}"
         )
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate(signal.SIGTERM, timeout=15)
-            self.process = None
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process = None
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -12,6 +12,7 @@ import httpx
 from tests.harness.procs import (
     HarnessError,
     ManagedProcess,
+    ServiceProcess,
     free_port,
     make_workdir,
     register_dir,
@@ -21,8 +22,9 @@ from tests.harness.procs import (
 REPO = Path(__file__).resolve().parents[2]
 
 
-class OidcProvider:
+class OidcProvider(ServiceProcess):
     def __init__(self, *, client_id: str, client_secret: str, redirect_uri: str) -> None:
+        super().__init__()
         self.root = make_workdir("oidc")
         register_dir(self.root)
         self.port = free_port()
@@ -32,7 +34,6 @@ class OidcProvider:
             redirect_uri,
         )
         self.log_path = self.root / "oidc.log"
-        self.process: ManagedProcess | None = None
 
     @property
     def issuer(self) -> str:
@@ -75,7 +76,5 @@ class OidcProvider:
         httpx.post(f"{self.issuer}/_script", json=behaviour, timeout=5).raise_for_status()
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process = None
+        super().stop()
         shutil.rmtree(self.root, ignore_errors=True)

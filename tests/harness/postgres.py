@@ -12,6 +12,7 @@ from pathlib import Path
 from tests.harness.procs import (
     HarnessError,
     ManagedProcess,
+    ServiceProcess,
     free_port,
     make_workdir,
     register_dir,
@@ -44,7 +45,7 @@ def _os_user() -> str | None:
     return "postgres" if os.geteuid() == 0 else None
 
 
-class PostgresCluster:
+class PostgresCluster(ServiceProcess):
     """One PostgreSQL server in a temporary folder, on a free port.
 
     fsync is off (the OS survives a kill -9, so nothing committed is lost) but commits stay
@@ -54,7 +55,11 @@ class PostgresCluster:
     `restart()` starts it again on the same port with the same data.
     """
 
+    stop_signal = signal.SIGINT  # fast shutdown: active transactions roll back, data is flushed
+    stop_timeout = 30.0
+
     def __init__(self, *, name: str = "primary", port: int | None = None) -> None:
+        super().__init__()
         self.bin = postgres_bin_dir()
         self.user = _os_user()
         self.root = make_workdir(f"pg-{name}", owner=self.user)
@@ -62,7 +67,6 @@ class PostgresCluster:
         self.data_dir = self.root / "data"
         self.log_path = self.root / "postgres.log"
         self.port = port or free_port()
-        self.process: ManagedProcess | None = None
         self.replicas: list[PostgresCluster] = []
 
     # --- lifecycle --------------------------------------------------------------------
@@ -130,18 +134,6 @@ class PostgresCluster:
             )
         return self
 
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT): active transactions roll back, data is flushed."""
-        if self.process is not None:
-            self.process.terminate(signal.SIGINT, timeout=30)
-            self.process = None
-
-    def kill(self) -> None:
-        """SIGKILL the postmaster and every backend, like a machine crash."""
-        if self.process is not None:
-            self.process.kill()
-            self.process = None
-
     def restart(self, timeout: float = 60) -> PostgresCluster:
         self.stop()
         return self.start(timeout)
@@ -155,10 +147,6 @@ class PostgresCluster:
     @property
     def name_port(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.alive()
 
     def _accepting(self) -> bool:
         if self.process is None or not self.process.alive():

@@ -156,6 +156,31 @@ class ManagedProcess:
         _REGISTRY.discard(self)
 
 
+class ServiceProcess:
+    """What every harness service shares: one managed process, a polite stop and a kill."""
+
+    stop_signal = signal.SIGTERM
+    stop_timeout = 15.0
+
+    def __init__(self) -> None:
+        self.process: ManagedProcess | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.alive()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate(self.stop_signal, timeout=self.stop_timeout)
+            self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL every process of the service, as a crash would."""
+        if self.process is not None:
+            self.process.kill()
+            self.process = None
+
+
 class _Registry:
     def __init__(self) -> None:
         self._procs: set[ManagedProcess] = set()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
 
 from tests.harness.procs import (
     HarnessError,
     ManagedProcess,
+    ServiceProcess,
     free_port,
     make_workdir,
     register_dir,
@@ -36,10 +36,11 @@ def _server_pid(port: int) -> int | None:
     return None
 
 
-class RedisServer:
+class RedisServer(ServiceProcess):
     """One redis-server, persistence off, `DEBUG` allowed from loopback."""
 
     def __init__(self, *, port: int | None = None) -> None:
+        super().__init__()
         binary = shutil.which("redis-server")
         if binary is None:
             raise HarnessError("redis-server is not installed (Debian package redis-server)")
@@ -48,15 +49,10 @@ class RedisServer:
         register_dir(self.root)
         self.log_path = self.root / "redis.log"
         self.port = port or free_port()
-        self.process: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.alive()
 
     def start(self, timeout: float = 15) -> RedisServer:
         if self.running:
@@ -93,16 +89,6 @@ class RedisServer:
                 f" Log tail:\n{tail(self.log_path)}"
             )
         return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate(signal.SIGTERM)
-            self.process = None
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process = None
 
     def restart(self) -> RedisServer:
         self.stop()

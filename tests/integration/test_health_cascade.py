@@ -11,6 +11,7 @@ import redis
 
 from tests.harness import ApexServer, PostgresCluster, RedisServer
 from tests.harness.procs import wait_until
+from tests.integration.critical.conftest import bearer, signup
 
 
 def _ready(client: httpx.Client) -> tuple[int, dict[str, dict[str, Any]]]:
@@ -26,6 +27,7 @@ def test_readiness_follows_redis_and_postgres(
     fresh_postgres.create_database("apex")
     server = start_apex(fresh_postgres.url("apex"), fresh_redis.url, auto_migrate="true")
     with server.client() as client:
+        auth = bearer(signup(client))
         status, checks = _ready(client)
         assert status == 200
         assert {name: c["status"] for name, c in checks.items()} == {
@@ -42,6 +44,12 @@ def test_readiness_follows_redis_and_postgres(
         assert checks["redis"]["error"]
         assert checks["database"]["status"] == "ok"
         assert client.get("/health/live").status_code == 200  # the process itself is fine
+        # Reads fall back to the database; what needs Redis answers a 503 to retry, not a 500.
+        assert client.get("/api/v1/users/me", headers=auth).status_code == 200
+        logout = client.post("/api/v1/auth/logout", headers=auth)
+        assert logout.status_code == 503
+        assert logout.json()["error"] == "ServiceUnavailable"
+        assert logout.headers["retry-after"] == "2"
 
         fresh_redis.start()
         status, checks = _ready(client)

@@ -16,7 +16,8 @@ as a 422 `ValidationFailed` body that names each offending field.
     ├── RateLimited (429, Retry-After)
     └── ServiceUnavailable (503, Retry-After)
 
-Raise these from services; never raise `HTTPException` below the endpoints.
+Raise these from services; never raise `HTTPException` below the endpoints. A Redis
+connection failure that reaches the handler (where no fallback exists) is a 503 too.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = structlog.get_logger(__name__)
@@ -164,6 +167,14 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _redis_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    """Redis down where no fallback exists (sessions, logout): a 503 to retry, not a 500."""
+    log.warning("redis_unavailable", error=type(exc).__name__)
+    return error_response(
+        ServiceUnavailable("A shared store is unreachable; try again shortly.", retry_after=2)
+    )
+
+
 async def _unhandled_error(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled_error", error=type(exc).__name__)
     return JSONResponse(
@@ -176,4 +187,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApexError, _apex_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RedisConnectionError, _redis_unavailable)
+    app.add_exception_handler(RedisTimeoutError, _redis_unavailable)
     app.add_exception_handler(Exception, _unhandled_error)

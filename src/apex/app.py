@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 from alembic.migration import MigrationContext
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio import Redis
 from sqlalchemy import text
 
@@ -162,6 +163,15 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.state.clock = clock or SystemClock()
     app.state.failpoints = Failpoints(settings.failpoints)
     install_error_handlers(app)
+    if settings.cors_origins:
+        # Browser front ends on other origins; credentials so the session cookie travels.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-CSRF-Token", "X-Request-ID"],
+        )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)
     app.include_router(identity_endpoints.router)

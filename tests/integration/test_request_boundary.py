@@ -174,3 +174,25 @@ async def test_every_response_carries_a_request_id(client: httpx.AsyncClient) ->
     generated = await client.get("/health/live", headers={"X-Request-ID": "bad id\\n"})
     assert generated.headers["x-request-id"] != "bad id\\n"
     assert len(generated.headers["x-request-id"]) == 32
+
+
+async def test_cors_allows_only_the_configured_origins(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path, cors_origins=["https://app.example.test"]))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://apex.test") as http,
+    ):
+        preflight = {
+            "Access-Control-Request-Method": "PATCH",
+            "Access-Control-Request-Headers": "X-CSRF-Token",
+        }
+        allowed = await http.options(
+            "/health/live", headers={"Origin": "https://app.example.test", **preflight}
+        )
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example.test"
+        assert allowed.headers["access-control-allow-credentials"] == "true"
+        foreign = await http.options(
+            "/health/live", headers={"Origin": "https://evil.example", **preflight}
+        )
+        assert "access-control-allow-origin" not in foreign.headers

@@ -288,8 +288,8 @@ async def test_connection_pooling_integration(fresh_postgres: PostgresCluster) -
             failed += sum(r.status_code == 503 for r in results)
         assert terminated == 200
         assert failed == 200
-        status = app.state.database.pool_status()
-        assert status.checked_out == 0
+        # Nothing stays checked out (the outbox relay may hold one for a moment each second).
+        assert wait_until(lambda: app.state.database.pool_status().checked_out == 0, 5)
         rounds = [
             await asyncio.gather(*(client.get("/t/quick") for _ in range(10))) for _ in range(20)
         ]

@@ -32,6 +32,7 @@ from apex.migrations import runner
 from apex.observability import health
 from apex.observability.logging import RequestContextMiddleware, configure_logging
 from apex.settings import Settings, load_settings
+from apex.usage import endpoints as usage_endpoints
 
 log = structlog.get_logger("apex.app")
 
@@ -176,6 +177,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.include_router(health.router)
     app.include_router(identity_endpoints.router)
     app.include_router(identity_endpoints.well_known)
+    app.include_router(usage_endpoints.router)
     return app
 
 

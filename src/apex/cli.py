@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -192,6 +193,67 @@ def keys_rotate() -> None:
 
     kid = asyncio.run(rotate())
     console.print(f"[green]Signing with key[/green] {kid}")
+
+
+@app.command()
+def ingest(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help=".jsonl or .csv")
+    ],
+    org: Annotated[str, typer.Option(help="The organisation's slug.")],
+    batch_size: Annotated[int, typer.Option(min=1, max=1000)] = 1000,
+) -> None:
+    """Import usage records from a JSONL or CSV file (resumable; record ids make it exact)."""
+    import asyncio
+
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from apex.identity.repository import OrganizationRepository
+    from apex.kit.db import Database
+    from apex.usage.files import FileFormatError, FileIngestResult, ingest_file
+
+    settings = _settings()
+
+    async def run(progress: Progress) -> FileIngestResult:
+        database = Database(settings)
+        try:
+            async with database.unit_of_work() as session:
+                organization = await OrganizationRepository(session).by_slug(org)
+            if organization is None:
+                _fail(f"No organisation with slug {org!r}.", 2)
+            task = progress.add_task(f"Ingesting {file.name}", total=None)
+            return await ingest_file(
+                database,
+                organization.id,
+                file,
+                batch_size=batch_size,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        finally:
+            await database.dispose()
+
+    columns = (
+        *Progress.get_default_columns()[:1],
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+    )
+    try:
+        with Progress(*columns, console=console) as progress:
+            result = asyncio.run(run(progress))
+    except FileFormatError as exc:
+        _fail(f"{file}: {exc} (earlier batches are stored: fix it and run again to resume)", 1)
+    if result.resumed_from_line:
+        console.print(f"Resumed after line {result.resumed_from_line}.")
+    console.print(
+        f"[green]{result.accepted} accepted[/green], {result.duplicates} duplicates, "
+        f"[red]{result.rejected} rejected[/red] ({result.lines} lines)."
+    )
+    for line, problem in result.problems:
+        reasons = "; ".join(f"{p.field}: {p.reason}" for p in problem.errors)
+        console.print(f"  line {line} ({problem.id or 'no id'}): {reasons}", markup=False)
+    if result.rejected:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from apex.identity.models import (
 from apex.kit.models import Base
 from apex.kit.outbox import OutboxMessage
 from apex.realtime.models import Message, Thread
+from apex.usage.models import PriceOverride, UsageRecord
 
 metadata = Base.metadata
 
@@ -27,9 +28,11 @@ __all__ = [
     "Message",
     "Organization",
     "OutboxMessage",
+    "PriceOverride",
     "RefreshToken",
     "SigningKey",
     "Thread",
+    "UsageRecord",
     "User",
     "metadata",
 ]

@@ -21,6 +21,12 @@ class UserRepository(Repository[User]):
 class OrganizationRepository(Repository[Organization]):
     model = Organization
 
+    async def by_slug(self, slug: str) -> Organization | None:
+        result: Organization | None = await self.session.scalar(
+            select(Organization).where(Organization.slug == slug)
+        )
+        return result
+
 
 class MembershipRepository(Repository[Membership]):
     model = Membership

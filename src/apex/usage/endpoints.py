@@ -1,0 +1,74 @@
+"""Usage ingestion and the pricing catalogue, under /api/v1."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+
+from apex.identity.deps import Principal, RequirePermission
+from apex.kit.db import SessionDep
+from apex.kit.errors import NotFound
+from apex.usage import service
+from apex.usage.pricing import ModelPrice, default_catalogue
+from apex.usage.schemas import IngestReport, PriceIn, PriceOut, UsageBatchIn
+
+router = APIRouter(prefix="/api/v1", tags=["usage"])
+
+Provider = Annotated[str, Path(min_length=1, max_length=50, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+ModelName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][\w.:/-]*$")]
+
+
+@router.post("/usage/events", response_model=IngestReport)
+async def ingest_usage(
+    body: UsageBatchIn,
+    principal: Annotated[Principal, RequirePermission("usage:write")],
+    session: SessionDep,
+) -> IngestReport:
+    """Store up to 1,000 records. Each record's `id` is its idempotency key: a retried batch
+    reports the records already stored as duplicates and stores nothing twice. Invalid
+    records are rejected (field and reason); the valid ones of the batch are kept."""
+    return await service.ingest(session, principal.organization_id, body.records)
+
+
+def _price_out(price: ModelPrice, overridden: bool) -> PriceOut:
+    return PriceOut(**price.model_dump(), overridden=overridden)
+
+
+@router.get("/pricing", response_model=list[PriceOut])
+async def list_prices(
+    principal: Annotated[Principal, RequirePermission("usage:read")], session: SessionDep
+) -> list[PriceOut]:
+    """The organisation's effective prices: the shipped catalogue and its overrides."""
+    catalogue = await service.catalogue_for(session, principal.organization_id)
+    shipped = default_catalogue()
+    return [
+        _price_out(price, shipped.find(price.provider, price.model) != price)
+        for price in sorted(catalogue, key=lambda p: (p.provider, p.model))
+    ]
+
+
+@router.put("/pricing/{provider}/{model}", response_model=PriceOut)
+async def override_price(
+    provider: Provider,
+    model: ModelName,
+    body: PriceIn,
+    request: Request,
+    principal: Annotated[Principal, RequirePermission("org:manage")],
+    session: SessionDep,
+) -> PriceOut:
+    """Set a negotiated price for one model; records ingested afterwards are costed with it."""
+    price = service.price_from(provider, model, body, request.app.state.clock.now().date())
+    await service.set_override(session, principal.organization_id, price)
+    return _price_out(price, True)
+
+
+@router.delete("/pricing/{provider}/{model}", status_code=204)
+async def remove_price_override(
+    provider: Provider,
+    model: ModelName,
+    principal: Annotated[Principal, RequirePermission("org:manage")],
+    session: SessionDep,
+) -> None:
+    if not await service.remove_override(session, principal.organization_id, provider, model):
+        raise NotFound(f"No price override for {provider}/{model}.")

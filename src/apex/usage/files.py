@@ -1,0 +1,193 @@
+"""`apex ingest FILE`: usage records from JSONL or CSV, in batches, resumable.
+
+Each batch is one transaction through the same `service.ingest` as the REST API. After a
+batch commits, the byte offset reached is written to `FILE.apex-ingest.json`; a run started
+again on the same (unchanged) file continues from there. Record ids keep it exact even if a
+batch committed just before the checkpoint was written: the batch is re-sent and reported
+as duplicates.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apex.kit.db import Database
+from apex.usage import service
+from apex.usage.pricing import Catalogue
+from apex.usage.schemas import IngestReport, RecordResult
+
+CHECKPOINT_SUFFIX = ".apex-ingest.json"
+Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+class FileFormatError(ValueError):
+    """The file cannot be read as JSONL or CSV; the message names the line."""
+
+
+MAX_PROBLEMS_KEPT = 100
+
+
+@dataclass
+class FileIngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    resumed_from_line: int = 0
+    lines: int = 0
+    problems: list[tuple[int, RecordResult]] = field(default_factory=list)  # (line, result)
+
+    def add(self, report: IngestReport, line_numbers: list[int]) -> None:
+        self.accepted += report.accepted
+        self.duplicates += report.duplicates
+        self.rejected += report.rejected
+        for result in report.results:
+            if result.status == "rejected" and len(self.problems) < MAX_PROBLEMS_KEPT:
+                self.problems.append((line_numbers[result.index], result))
+
+
+def checkpoint_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKPOINT_SUFFIX)
+
+
+def _signature(path: Path) -> dict[str, int]:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _load_checkpoint(path: Path, organization_id: uuid.UUID) -> tuple[int, int]:
+    """(byte offset, lines done) to resume from; (0, 0) if none applies to this file."""
+    try:
+        state = json.loads(checkpoint_path(path).read_text())
+    except (OSError, ValueError):
+        return 0, 0
+    if state.get("file") != _signature(path) or state.get("organization") != str(organization_id):
+        return 0, 0
+    return int(state["offset"]), int(state["lines"])
+
+
+def _save_checkpoint(path: Path, organization_id: uuid.UUID, offset: int, lines: int) -> None:
+    target = checkpoint_path(path)
+    temporary = target.with_suffix(".tmp")
+    temporary.write_text(
+        json.dumps(
+            {
+                "file": _signature(path),
+                "organization": str(organization_id),
+                "offset": offset,
+                "lines": lines,
+            }
+        )
+    )
+    temporary.replace(target)
+
+
+def _csv_record(header: list[str], line: bytes, number: int) -> dict[str, Any]:
+    values = next(csv.reader(io.StringIO(line.decode("utf-8"))), [])
+    if len(values) != len(header):
+        raise FileFormatError(f"line {number}: {len(values)} values for {len(header)} columns")
+    record: dict[str, Any] = {k: v for k, v in zip(header, values, strict=True) if v != ""}
+    if "metadata" in record:
+        try:
+            record["metadata"] = json.loads(record["metadata"])
+        except ValueError:
+            raise FileFormatError(f"line {number}: metadata is not JSON") from None
+    return record
+
+
+def _records(
+    handle: io.BufferedReader, kind: str, header: list[str], start_line: int
+) -> Iterator[tuple[Any, int, int]]:
+    """(record, line number, byte offset after it) for each non-blank line from the handle's
+    position."""
+    number = start_line
+    for line in iter(handle.readline, b""):
+        number += 1
+        if not line.strip():
+            continue
+        if kind == "csv":
+            yield _csv_record(header, line, number), number, handle.tell()
+            continue
+        try:
+            yield json.loads(line), number, handle.tell()
+        except json.JSONDecodeError as exc:
+            raise FileFormatError(f"line {number}: not valid JSON ({exc.msg})") from None
+        except UnicodeDecodeError:
+            raise FileFormatError(f"line {number}: not UTF-8 text") from None
+
+
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in {".jsonl", ".ndjson", ".json"}:
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    raise FileFormatError(f"{path.name}: expected a .jsonl or .csv file")
+
+
+async def ingest_file(
+    database: Database,
+    organization_id: uuid.UUID,
+    path: Path,
+    *,
+    batch_size: int = 1000,
+    progress: Progress | None = None,
+) -> FileIngestResult:
+    kind = _kind(path)
+    # Local file reads block briefly between awaits; this runs in the CLI, not in a server.
+    total = path.stat().st_size  # noqa: ASYNC240
+    offset, lines = _load_checkpoint(path, organization_id)
+    result = FileIngestResult(resumed_from_line=lines)
+    with path.open("rb") as handle:
+        header: list[str] = []
+        if kind == "csv":
+            header = next(csv.reader([handle.readline().decode("utf-8-sig")]), [])
+            if not header:
+                raise FileFormatError(f"{path.name}: the CSV file has no header line")
+            if offset == 0:
+                offset, lines = handle.tell(), 1
+        handle.seek(offset)
+        catalogue: Catalogue | None = None
+        batch: list[Any] = []
+        numbers: list[int] = []
+        for record, number, end in _records(handle, kind, header, lines):
+            batch.append(record)
+            numbers.append(number)
+            if len(batch) == batch_size:
+                catalogue = await _commit(
+                    database, organization_id, batch, numbers, result, catalogue
+                )
+                _save_checkpoint(path, organization_id, end, number)
+                if progress is not None:
+                    progress(end, total)
+            lines = number
+        if batch:
+            await _commit(database, organization_id, batch, numbers, result, catalogue)
+        _save_checkpoint(path, organization_id, handle.tell(), lines)
+    if progress is not None:
+        progress(total, total)
+    result.lines = lines
+    return result
+
+
+async def _commit(
+    database: Database,
+    organization_id: uuid.UUID,
+    batch: list[Any],
+    numbers: list[int],
+    result: FileIngestResult,
+    catalogue: Catalogue | None,
+) -> Catalogue:
+    async with database.unit_of_work(primary=True) as session:
+        catalogue = catalogue or await service.catalogue_for(session, organization_id)
+        report = await service.ingest(session, organization_id, batch, catalogue=catalogue)
+    result.add(report, numbers)
+    batch.clear()
+    numbers.clear()
+    return catalogue

@@ -1,0 +1,197 @@
+"""Usage ingestion through the REST API and `apex ingest`, against real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.harness import ApexServer, PostgresCluster, RedisServer
+from tests.harness.procs import ManagedProcess, wait_until
+from tests.integration.critical.conftest import bearer, database_name, signup
+
+# gpt-4o: $2.50 input, $1.25 cached input, $10.00 output per million tokens (pricing.json).
+# 1,000 input + 2,000 cached + 100 output + 50 reasoning tokens
+#   = 0.0025 + 0.0025 + 0.0015 = $0.0065 = 6,500,000 nano-dollars.
+GPT4O_CALL_NANOS = 6_500_000
+
+
+def _record(n: int, **overrides: Any) -> dict[str, Any]:
+    return {
+        "id": f"call-{n}",
+        "timestamp": "2026-11-01T12:00:00Z",
+        "provider": "openai",
+        "model": "gpt-4o-2024-08-06",
+        "workload": "support",
+        "input_tokens": 1000,
+        "cached_input_tokens": 2000,
+        "output_tokens": 100,
+        "reasoning_tokens": 50,
+        **overrides,
+    }
+
+
+def _sum_and_count(postgres: PostgresCluster, database: str) -> tuple[int, int]:
+    out = postgres.sql("SELECT count(*), coalesce(sum(cost_nanos), 0) FROM usage_records", database)
+    count, total = out.strip().split("|")
+    return int(count), int(total)
+
+
+def test_rest_batches_are_idempotent_and_keep_good_records(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    server = start_apex(database_url, redis_server.url)
+    database = database_name(database_url)
+    with server.client() as client:
+        headers = bearer(signup(client))
+        batch = [_record(n) for n in range(10)]
+        batch.insert(3, _record(99, timestamp="2026-11-01T12:00:00"))  # no time zone
+        batch.insert(5, _record(98, input_tokens=-5, status="maybe"))  # two problems
+        batch.insert(6, _record(96, prefix_tokens=5000, prefix_hash="p1"))  # longer than prompt
+        batch.insert(7, _record(97, provider="acme", model="secret-model"))  # unpriced
+        batch.append(_record(0))  # the same id again in the same batch
+        first = client.post("/api/v1/usage/events", headers=headers, json={"records": batch})
+        assert first.status_code == 200, first.text
+        report = first.json()
+        assert (report["accepted"], report["duplicates"], report["rejected"]) == (10, 1, 4)
+        problems = {r["id"]: r["errors"] for r in report["results"] if r["status"] == "rejected"}
+        assert [e["field"] for e in problems["call-99"]] == ["timestamp"]
+        assert {e["field"] for e in problems["call-98"]} == {"input_tokens", "status"}
+        assert problems["call-96"] == [
+            {"field": "record", "reason": "prefix_tokens (5000) exceeds the prompt's tokens (3000)"}
+        ]
+        assert problems["call-97"][0]["field"] == "model"
+        assert _sum_and_count(postgres, database) == (10, 10 * GPT4O_CALL_NANOS)
+
+        # The client retries the whole batch (it never saw the answer): nothing is counted twice.
+        again = client.post("/api/v1/usage/events", headers=headers, json={"records": batch})
+        assert (again.json()["accepted"], again.json()["duplicates"]) == (0, 11)
+        assert _sum_and_count(postgres, database) == (10, 10 * GPT4O_CALL_NANOS)
+
+        # A reported cost is kept as sent; a negotiated price applies to later records.
+        priced = client.put(
+            "/api/v1/pricing/acme/secret-model",
+            headers=headers,
+            json={"input": "1.00", "output": "3.00"},
+        )
+        assert priced.status_code == 200, priced.text
+        more = [
+            _record(200, provider="acme", model="secret-model", cached_input_tokens=0),
+            _record(201, cost_usd="0.123456789"),
+        ]
+        stored = client.post("/api/v1/usage/events", headers=headers, json={"records": more})
+        assert stored.json()["accepted"] == 2
+        # acme at $1 in / $3 out: 1,000 in + 150 out(incl. reasoning) = 0.001 + 0.00045.
+        costs = postgres.sql(
+            "SELECT record_id, cost_nanos, cost_source FROM usage_records "
+            "WHERE record_id IN ('call-200', 'call-201') ORDER BY record_id",
+            database,
+        ).splitlines()
+        assert costs == ["call-200|1450000|catalogue", "call-201|123456789|reported"]
+
+        # Oversized batches and bodies without records are refused as a whole, naming the field.
+        too_many = client.post(
+            "/api/v1/usage/events",
+            headers=headers,
+            json={"records": [_record(n) for n in range(1001)]},
+        )
+        assert too_many.status_code == 422
+        assert "records" in json.dumps(too_many.json())
+        # A viewer key without usage:write cannot write.
+        key = client.post(
+            "/api/v1/organizations/current/api-keys",
+            headers=headers,
+            json={"name": "ro", "permissions": ["usage:read"]},
+        ).json()["key"]
+        refused = client.post(
+            "/api/v1/usage/events",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"records": [_record(500)]},
+        )
+        assert refused.status_code == 403
+    assert _sum_and_count(postgres, database)[0] == 12
+
+
+def test_cli_ingest_resumes_after_kill_and_counts_each_record_once(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+    tmp_path: Path,
+) -> None:
+    server = start_apex(database_url, redis_server.url)
+    database = database_name(database_url)
+    with server.client() as client:
+        signup(client, organization_name="Ingest Co")
+    slug = postgres.sql("SELECT slug FROM organizations", database).strip()
+    lines = 20_000
+    path = tmp_path / "usage.jsonl"
+    with path.open("w") as handle:
+        for n in range(lines):
+            handle.write(json.dumps(_record(n)) + "\n")
+        handle.write("\n")  # blank lines are skipped
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APEX_")}
+    env["APEX_DATABASE_URL"] = database_url
+    command = [
+        sys.executable,
+        "-m",
+        "apex",
+        "ingest",
+        str(path),
+        "--org",
+        slug,
+        "--batch-size",
+        "200",
+    ]
+
+    # Kill -9 once some batches have committed.
+    interrupted = ManagedProcess(command, log_path=tmp_path / "first.log", cwd=tmp_path, env=env)
+    checkpoint = tmp_path / "usage.jsonl.apex-ingest.json"
+    assert wait_until(lambda: checkpoint.exists(), timeout=60)
+    interrupted.kill()
+    stored_before = _sum_and_count(postgres, database)[0]
+    assert 0 < stored_before < lines
+
+    started = time.monotonic()
+    resumed = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resumed after line" in resumed.stderr
+    assert _sum_and_count(postgres, database) == (lines, lines * GPT4O_CALL_NANOS)
+    print(
+        f"\ningest: killed after {stored_before} records; resumed and finished "
+        f"{lines - stored_before} more in {time.monotonic() - started:.1f}s"
+    )
+
+    # Running it again on the finished file changes nothing.
+    checkpoint.unlink()
+    replay = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert replay.returncode == 0
+    assert f"0 accepted, {lines} duplicates" in " ".join(replay.stderr.split())
+    assert _sum_and_count(postgres, database) == (lines, lines * GPT4O_CALL_NANOS)
+
+    # A malformed line stops the import with its line number; records before it are kept.
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "id,timestamp,provider,model,input_tokens,output_tokens\n"
+        "csv-1,2026-11-02T00:00:00Z,openai,gpt-4o,1000,100\n"
+        "csv-2,2026-11-02T00:00:00Z,openai\n"
+    )
+    failed = subprocess.run(
+        [sys.executable, "-m", "apex", "ingest", str(bad), "--org", slug],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert failed.returncode == 1
+    assert "line 3" in failed.stderr

@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
 from importlib import resources
 from typing import Literal
@@ -92,7 +92,8 @@ def cost_of(price: ModelPrice, tokens: Tokens) -> Decimal:
 
 
 def to_cents(amount: Decimal) -> Decimal:
-    return amount.quantize(CENT)
+    """Round half up to the cent, for what is shown and billed."""
+    return amount.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
 class Catalogue:

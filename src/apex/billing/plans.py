@@ -1,0 +1,68 @@
+"""The plan catalogue (BRIEF §4b): every tier limit is read from here, nowhere else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from apex.identity.models import Tier
+
+UNLIMITED = None
+
+ALL_ANALYSES = frozenset(
+    {
+        "spend_breakdown",
+        "error_waste",
+        "model_right_sizing",
+        "prompt_caching",
+        "response_caching",
+        "batch_api",
+        "prompt_trimming",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    tier: Tier
+    base_fee_usd: Decimal
+    savings_share: Decimal
+    records_per_month: int | None
+    agent_runs_per_day: int | None
+    concurrent_agent_runs: int
+    api_requests_per_hour: int | None
+    websocket_messages_per_minute: int
+    seats: int | None
+    retention_days: int
+    analyses: frozenset[str]
+    trial_days: int
+
+    @property
+    def next_tier(self) -> Tier | None:
+        order = list(Tier)
+        index = order.index(self.tier)
+        return order[index + 1] if index + 1 < len(order) else None
+
+
+PLANS: dict[Tier, Plan] = {
+    Tier.FREE: Plan(
+        Tier.FREE, Decimal(0), Decimal(0), 100_000, 3, 1, 100, 10, 1, 30,
+        frozenset({"spend_breakdown", "error_waste"}), 0,
+    ),
+    Tier.EARLY: Plan(
+        Tier.EARLY, Decimal(99), Decimal("0.15"), 5_000_000, 100, 2, 1_000, 100, 5, 180,
+        ALL_ANALYSES, 14,
+    ),
+    Tier.MID: Plan(
+        Tier.MID, Decimal(499), Decimal("0.20"), 50_000_000, 1_000, 5, 10_000, 300, 25, 365,
+        ALL_ANALYSES, 14,
+    ),
+    Tier.ENTERPRISE: Plan(
+        Tier.ENTERPRISE, Decimal(2500), Decimal("0.10"), UNLIMITED, UNLIMITED, 20, UNLIMITED,
+        1_000, UNLIMITED, 7 * 365, ALL_ANALYSES, 0,
+    ),
+}  # fmt: skip
+
+
+def plan_for(tier: str) -> Plan:
+    return PLANS[Tier(tier)]

@@ -1,0 +1,87 @@
+"""Aggregate rows the analyses work from: what SQL hands back, plain and picklable.
+
+Rows carry integer token and nano-dollar sums (exact on every backend); turning them into
+dollars and recommendations is the analyses' job (apex.agents.tools).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from apex.usage.pricing import Tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """[start, end) of the records analysed."""
+
+    start: datetime
+    end: datetime
+
+    @property
+    def days(self) -> float:
+        return (self.end - self.start).total_seconds() / 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRow:
+    """Calls of one workload on one model with one status."""
+
+    workload: str
+    provider: str
+    model: str
+    status: str
+    calls: int
+    tokens: Tokens
+    cost_nanos: int
+    calls_with_end_user: int
+    first_record_id: str
+    last_record_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DayRow:
+    day: str  # YYYY-MM-DD, UTC
+    calls: int
+    cost_nanos: int
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixRow:
+    """Uncached calls sharing a prompt prefix (`prefix_hash`)."""
+
+    workload: str
+    provider: str
+    model: str
+    prefix_hash: str
+    calls: int
+    days: int
+    prefix_tokens: int  # summed over the calls
+    first_record_id: str
+    last_record_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateRow:
+    """Successful calls with the same full prompt (`prompt_hash`)."""
+
+    workload: str
+    provider: str
+    model: str
+    prompt_hash: str
+    calls: int
+    cost_nanos: int
+    first_record_id: str
+    last_record_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpendData:
+    """Everything the analyses need about one organisation's window, fetched once."""
+
+    window: Window
+    groups: list[GroupRow]
+    days: list[DayRow]
+    prefixes: list[PrefixRow]
+    duplicates: list[DuplicateRow]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -182,7 +183,40 @@ class Settings(BaseSettings):
     llm_base_url: str | None = None
     llm_api_key: SecretStr | None = None
     llm_model: str | None = None
-    llm_timeout_seconds: float = Field(default=60.0, gt=0)
+    llm_timeout_seconds: float = Field(default=60.0, gt=0, description="Per LLM call.")
+    llm_fallback_provider: Literal["none", "openai", "anthropic"] = Field(
+        default="none", description="Secondary provider tried before the offline one."
+    )
+    llm_fallback_base_url: str | None = None
+    llm_fallback_api_key: SecretStr | None = None
+    llm_fallback_model: str | None = None
+    llm_retry_attempts: int = Field(default=3, ge=1, le=10, description="Per provider and call.")
+    llm_retry_base_seconds: float = Field(default=0.5, ge=0)
+    llm_retry_max_seconds: float = Field(default=20.0, ge=0)
+    llm_breaker_threshold: int = Field(
+        default=5, ge=1, description="Consecutive failures that open a provider's circuit."
+    )
+    llm_breaker_reset_seconds: float = Field(
+        default=30.0, gt=0, description="How long an open circuit waits before one probe."
+    )
+
+    # --- agents ---------------------------------------------------------------------------
+    agent_run_timeout_seconds: float = Field(default=600.0, gt=0)
+    agent_step_timeout_seconds: float = Field(default=120.0, gt=0)
+    agent_token_budget: int = Field(default=50_000, ge=1, description="Per run, all LLM calls.")
+    agent_cost_budget_usd: Decimal = Field(default=Decimal("1.00"), ge=0)
+    analysis_memory_limit_mb: int = Field(
+        default=1024, ge=64, description="RLIMIT_AS of the analysis subprocess."
+    )
+    analysis_cpu_limit_seconds: int = Field(
+        default=60, ge=1, description="RLIMIT_CPU of the analysis subprocess."
+    )
+    queue_name: str = Field(default="apex:jobs", description="The Redis stream of jobs.")
+    queue_redelivery_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="An unacknowledged job is given to another worker after this long.",
+    )
 
     # --- server and operations ------------------------------------------------------------
     host: str = "127.0.0.1"

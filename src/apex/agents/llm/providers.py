@@ -1,0 +1,225 @@
+"""LLM providers: any OpenAI-compatible server (the `openai` SDK), Anthropic, and the
+offline deterministic provider that is the default.
+
+The SDKs' own retries are off (`max_retries=0`): retries, backoff and the circuit breaker
+live in one place (apex.agents.llm.resilience) so the policy is the same for every provider.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import anthropic
+import openai
+
+from apex.agents.llm.base import (
+    ChunkHandler,
+    LLMRejected,
+    LLMRequest,
+    LLMResponse,
+    LLMUnavailable,
+)
+from apex.usage.pricing import Tokens
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("retry-after") if headers is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _translate(exc: Exception, provider: str) -> Exception:
+    """SDK exceptions → LLMUnavailable (worth retrying) or LLMRejected (not)."""
+    timeouts = (openai.APITimeoutError, anthropic.APITimeoutError)
+    connection = (openai.APIConnectionError, anthropic.APIConnectionError)
+    if isinstance(exc, timeouts):
+        return LLMUnavailable(f"{provider}: request timed out", provider=provider)
+    if isinstance(exc, connection):
+        return LLMUnavailable(f"{provider}: connection failed ({exc})", provider=provider)
+    if isinstance(exc, (openai.APIStatusError, anthropic.APIStatusError)):
+        status = exc.status_code
+        if status == 429 or status >= 500:
+            return LLMUnavailable(
+                f"{provider}: HTTP {status}",
+                provider=provider,
+                retry_after=_retry_after(exc.response.headers),
+            )
+        return LLMRejected(f"{provider}: HTTP {status}: {exc.message}", provider=provider)
+    return exc
+
+
+class OpenAICompatibleProvider:
+    """OpenAI, vLLM, Ollama, llama.cpp: anything serving /v1/chat/completions."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        base_url: str | None,
+        api_key: str | None,
+        timeout: float,
+        name: str = "openai",
+    ) -> None:
+        self.name = name
+        self.model = model
+        self.client = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=api_key or "not-needed",
+            timeout=timeout,
+            max_retries=0,
+        )
+
+    def _arguments(self, request: LLMRequest) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "messages": [
+                {"role": "system", "content": request.system},
+                {"role": "user", "content": request.prompt},
+            ],
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+        }
+
+    @staticmethod
+    def _tokens(usage: Any) -> Tokens:
+        if usage is None:
+            return Tokens()
+        cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0) or 0
+        reasoning = (
+            getattr(getattr(usage, "completion_tokens_details", None), "reasoning_tokens", 0) or 0
+        )
+        return Tokens(
+            input=usage.prompt_tokens - cached,
+            cached_input=cached,
+            output=usage.completion_tokens - reasoning,
+            reasoning=reasoning,
+        )
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        try:
+            response = await self.client.chat.completions.create(**self._arguments(request))
+        except openai.OpenAIError as exc:
+            raise _translate(exc, self.name) from exc
+        text = response.choices[0].message.content or "" if response.choices else ""
+        return LLMResponse(text, self.name, response.model, self._tokens(response.usage))
+
+    async def stream(self, request: LLMRequest, on_chunk: ChunkHandler) -> LLMResponse:
+        parts: list[str] = []
+        usage: Any = None
+        model = self.model
+        try:
+            stream = await self.client.chat.completions.create(
+                **self._arguments(request),
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            async for chunk in stream:
+                model = chunk.model or model
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        parts.append(choice.delta.content)
+                        await on_chunk(choice.delta.content)
+        except openai.OpenAIError as exc:
+            raise _translate(exc, self.name) from exc
+        return LLMResponse("".join(parts), self.name, model, self._tokens(usage))
+
+
+class AnthropicProvider:
+    def __init__(
+        self, *, model: str, base_url: str | None, api_key: str | None, timeout: float
+    ) -> None:
+        self.name = "anthropic"
+        self.model = model
+        self.client = anthropic.AsyncAnthropic(
+            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
+        )
+
+    @staticmethod
+    def _tokens(usage: Any) -> Tokens:
+        return Tokens(
+            input=usage.input_tokens,
+            cached_input=getattr(usage, "cache_read_input_tokens", 0) or 0,
+            cache_write=getattr(usage, "cache_creation_input_tokens", 0) or 0,
+            output=usage.output_tokens,
+        )
+
+    def _arguments(self, request: LLMRequest) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "system": request.system,
+            "messages": [{"role": "user", "content": request.prompt}],
+        }
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        try:
+            message = await self.client.messages.create(**self._arguments(request))
+        except anthropic.AnthropicError as exc:
+            raise _translate(exc, self.name) from exc
+        text = "".join(getattr(block, "text", "") for block in message.content)
+        return LLMResponse(text, self.name, message.model, self._tokens(message.usage))
+
+    async def stream(self, request: LLMRequest, on_chunk: ChunkHandler) -> LLMResponse:
+        try:
+            async with self.client.messages.stream(**self._arguments(request)) as stream:
+                async for text in stream.text_stream:
+                    await on_chunk(text)
+                message = await stream.get_final_message()
+        except anthropic.AnthropicError as exc:
+            raise _translate(exc, self.name) from exc
+        text = "".join(getattr(block, "text", "") for block in message.content)
+        return LLMResponse(text, self.name, message.model, self._tokens(message.usage))
+
+
+INTENT_WORDS = {
+    "model_right_sizing": ("model", "cheaper", "downgrade", "right-siz", "smaller"),
+    "prompt_caching": ("cach", "prefix", "repeat"),
+    "response_caching": ("cach", "duplicate", "same question", "repeat"),
+    "batch_api": ("batch", "overnight", "offline", "nightly"),
+    "prompt_trimming": ("trim", "context", "long prompt", "tokens"),
+    "error_waste": ("error", "retr", "fail", "timeout"),
+}
+
+
+class OfflineProvider:
+    """Deterministic and free: classifies by keywords and phrases from the facts it is given.
+    The default, so Apex works with no LLM at all; also the last link of every fallback chain."""
+
+    name = "offline"
+    model = "offline-1"
+
+    @staticmethod
+    def _count(text: str) -> int:
+        return len(re.findall(r"\w+|[^\w\s]", text))
+
+    def _answer(self, request: LLMRequest) -> str:
+        if request.purpose == "classify":
+            question = request.prompt.lower()
+            intents = sorted(
+                intent
+                for intent, words in INTENT_WORDS.items()
+                if any(word in question for word in words)
+            )
+            return json.dumps({"intents": intents or sorted(INTENT_WORDS)})
+        facts = [line.strip("- ") for line in request.prompt.splitlines() if line.startswith("- ")]
+        return " ".join(facts[:5]) or request.prompt.splitlines()[0][:200]
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        text = self._answer(request)
+        tokens = Tokens(
+            input=self._count(request.system + request.prompt), output=self._count(text)
+        )
+        return LLMResponse(text, self.name, self.model, tokens)
+
+    async def stream(self, request: LLMRequest, on_chunk: ChunkHandler) -> LLMResponse:
+        response = await self.complete(request)
+        for word in re.findall(r"\S+\s*", response.text):
+            await on_chunk(word)
+        return response

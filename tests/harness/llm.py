@@ -1,0 +1,73 @@
+"""Start the local OpenAI-compatible server (tests/harness/llm_server.py) as a process."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.harness.procs import (
+    HarnessError,
+    ManagedProcess,
+    ServiceProcess,
+    free_port,
+    make_workdir,
+    register_dir,
+    tail,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class LlmServer(ServiceProcess):
+    def __init__(self) -> None:
+        super().__init__()
+        self.root = make_workdir("llm")
+        register_dir(self.root)
+        self.port = free_port()
+        self.log_path = self.root / "llm.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """What an OpenAI client takes as base_url."""
+        return f"{self.url}/v1"
+
+    def start(self, timeout: float = 20) -> LlmServer:
+        self.process = ManagedProcess(
+            [sys.executable, "-m", "tests.harness.llm_server", "--port", str(self.port)],
+            log_path=self.log_path,
+            cwd=self.root,
+            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/_health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise HarnessError(f"the LLM server did not start. Log tail:\n{tail(self.log_path)}")
+
+    def script(self, *behaviours: dict[str, Any]) -> None:
+        httpx.post(f"{self.url}/_script", json=list(behaviours), timeout=5).raise_for_status()
+
+    def requests(self) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.url}/_requests", timeout=5)
+        response.raise_for_status()
+        log: list[dict[str, Any]] = response.json()
+        return log
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/_reset", timeout=5).raise_for_status()
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,3 +1,5 @@
 from apex.cli import main
 
-main()
+# Guarded: the analysis sandbox's child processes import the main module again.
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,10 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 
 from apex import __version__
+from apex.agents import endpoints as agent_endpoints
+from apex.agents.limits import RunSlots
+from apex.agents.queue import JobQueue
+from apex.agents.runner import build_runtime
 from apex.identity import endpoints as identity_endpoints
 from apex.identity.denylist import Denylist
 from apex.identity.keys import KeyRing
@@ -105,6 +109,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     read_your_writes = ReadYourWrites(redis, settings.read_your_writes_seconds)
     database.after_commit(read_your_writes.after_commit)
     relay = OutboxRelay(database, redis)
+    # On the embedded default, jobs run in this process; otherwise `apex worker` runs them.
+    runtime = (
+        build_runtime(settings, database, redis, app.state.clock, app.state.failpoints)
+        if settings.redis_url is None
+        else None
+    )
+    queue = JobQueue(settings, runtime)
+    database.after_commit(queue.after_commit)
+    database.after_rollback(RunSlots(redis).release_rolled_back)
     keyring = KeyRing(
         database,
         secret=settings.signing_secret,
@@ -125,6 +138,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.cache = cache
     app.state.read_your_writes = read_your_writes
     app.state.outbox = relay
+    app.state.queue = queue
     app.state.health_checks = [
         _database_check(database),
         _redis_check(redis),
@@ -133,6 +147,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     database.start()
     cache.start()
     relay.start()
+    await queue.start()
     keyring.start(settings.signing_keys_refresh_seconds)
     log.info(
         "apex_started",
@@ -144,6 +159,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await keyring.stop()
+        await queue.stop()
+        if runtime is not None:
+            runtime.sandbox.close()
         await relay.stop()
         await cache.stop()
         await redis.aclose()
@@ -178,6 +196,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.include_router(identity_endpoints.router)
     app.include_router(identity_endpoints.well_known)
     app.include_router(usage_endpoints.router)
+    app.include_router(agent_endpoints.router)
     return app
 
 

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
+import structlog
 import typer
 from rich.console import Console
 
@@ -254,6 +255,131 @@ def ingest(
         console.print(f"  line {line} ({problem.id or 'no id'}): {reasons}", markup=False)
     if result.rejected:
         raise typer.Exit(1)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1, max=100, help="Jobs run at once.")] = 4,
+) -> None:
+    """Take jobs (agent run steps) from the Redis queue until SIGTERM or SIGINT."""
+    import asyncio
+    import signal
+
+    from apex.agents.queue import JobQueue, serve_jobs
+    from apex.agents.runner import build_runtime
+    from apex.kit.clock import SystemClock
+    from apex.kit.db import Database
+    from apex.kit.failpoints import Failpoints
+    from apex.kit.redis import create_redis
+    from apex.observability.logging import configure_logging
+
+    settings = _settings()
+    if settings.redis_url is None:
+        _fail("apex worker needs APEX_REDIS_URL (the embedded default runs jobs in-process).", 2)
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def run() -> None:
+        database = Database(settings)
+        redis = create_redis(settings)
+        runtime = build_runtime(
+            settings, database, redis, SystemClock(), Failpoints(settings.failpoints)
+        )
+        queue = JobQueue(settings, runtime)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        structlog.get_logger("apex.worker").info("worker_started", concurrency=concurrency)
+        try:
+            await serve_jobs(queue, stop, concurrency=concurrency)
+        finally:
+            await queue.broker.shutdown()
+            runtime.sandbox.close()
+            await redis.aclose()
+            await database.dispose()
+            structlog.get_logger("apex.worker").info("worker_stopped")
+
+    asyncio.run(run())
+
+
+@app.command()
+def demo(
+    seed: Annotated[int, typer.Option(help="Seed of the generated month.")] = 7,
+) -> None:
+    """Apex's main job in one command: a demo organisation, a month of usage, a full agent
+    run, and the report (on the embedded default unless APEX_* settings say otherwise)."""
+    import asyncio
+    from decimal import Decimal
+
+    from rich.markdown import Markdown
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.table import Table
+
+    from apex.demo import projected_bill, run_demo
+    from apex.migrations import runner
+
+    settings = _settings()
+    out = Console(soft_wrap=True)
+    with _migration_errors(settings):
+        runner.upgrade(settings)
+    columns = (
+        *Progress.get_default_columns()[:1],
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("Generating and ingesting a month of usage", total=None)
+        result = asyncio.run(
+            run_demo(
+                settings,
+                seed=seed,
+                on_ingest=lambda done, total: progress.update(task, completed=done, total=total),
+                on_event=lambda status: progress.console.print(f"Agent run: {status}"),
+            )
+        )
+    run = result.run
+    out.print(f"Ingested {result.accepted} records ({result.duplicates} already there).")
+    if run.status != "succeeded" or run.report is None:
+        _fail(f"The agent run {run.status}: {run.error}", 1)
+    report = run.report
+    breakdown = report["breakdown"]
+    spend = Table(title=f"Spend by workload (30 days, total ${breakdown['total_usd']})")
+    for column in ("workload", "calls", "cost (USD)", "share"):
+        spend.add_column(column, justify="left" if column == "workload" else "right")
+    for row in breakdown["by_workload"]:
+        spend.add_row(
+            row["workload"],
+            str(row["calls"]),
+            f"{Decimal(row['cost_usd']):.2f}",
+            f"{row['share']}%",
+        )
+    out.print(spend)
+    ranked = Table(
+        title=f"Recommendations (projected savings ${report['total_monthly_savings_usd']}/month)"
+    )
+    for column in ("#", "recommendation", "now / month", "after", "saves", "confidence"):
+        ranked.add_column(column, justify="left" if column == "recommendation" else "right")
+    for rec in report["recommendations"]:
+        ranked.add_row(
+            str(rec["rank"]),
+            rec["title"],
+            f"${rec['current_monthly_usd']}",
+            f"${rec['projected_monthly_usd']}",
+            f"${rec['savings_monthly_usd']}",
+            rec["confidence"],
+        )
+    out.print(ranked)
+    out.print(Markdown("## Summary\n\n" + report["summary"]))
+    base, share, total = projected_bill("mid", Decimal(report["total_monthly_savings_usd"]))
+    out.print(
+        f"Bill on the Mid plan once these savings are verified: ${base} base + ${share} "
+        f"(20% of savings) = [bold]${total}[/bold] a month."
+    )
+    out.print(
+        f"Run {run.id}: {run.llm_calls} LLM calls, {run.tokens_used} tokens. "
+        "Start `apex serve` to explore it over the API (/docs)."
+    )
 
 
 def main() -> None:

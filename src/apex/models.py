@@ -4,6 +4,7 @@ Alembic's environment and `alembic check` read the metadata from here: a new dom
 its `models` import below.
 """
 
+from apex.agents.models import AgentRun, AgentStep
 from apex.identity.models import (
     ApiKey,
     Invitation,
@@ -21,6 +22,8 @@ from apex.usage.models import PriceOverride, UsageRecord
 metadata = Base.metadata
 
 __all__ = [
+    "AgentRun",
+    "AgentStep",
     "ApiKey",
     "Base",
     "Invitation",

@@ -158,6 +158,7 @@ class Database:
             info=info,
         )
         self._after_commit: list[AfterCommit] = []
+        self._after_rollback: list[AfterCommit] = []
         self._monitor: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -172,6 +173,11 @@ class Database:
         `session.info`; a hook sends it once the data it describes is durable.
         """
         self._after_commit.append(hook)
+
+    def after_rollback(self, hook: AfterCommit) -> None:
+        """Call `hook(session.info)` after a unit of work rolled back: undo what a service
+        did outside the database (a Redis reservation) for data that will never exist."""
+        self._after_rollback.append(hook)
 
     @property
     def backend(self) -> str:
@@ -215,6 +221,9 @@ class Database:
                 await session.commit()
             except BaseException as exc:
                 await session.rollback()
+                for undo in self._after_rollback:
+                    with contextlib.suppress(Exception):
+                        await undo(session.info)
                 raise translate_db_error(exc) from exc
             for hook in self._after_commit:
                 await hook(session.info)

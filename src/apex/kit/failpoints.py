@@ -1,7 +1,9 @@
 """Named fault-injection points, so tests can make a real process fail between two steps.
 
-Production code calls `failpoints.hit("signup.after_user")`; nothing happens unless that
-name is listed in `APEX_FAILPOINTS` (refused when `APEX_ENVIRONMENT=production`).
+Production code calls `failpoints.hit("signup.after_user")` (raise) or checks
+`failpoints.fires("analysis.runaway_cpu")` (misbehave); nothing happens unless that name is
+listed in `APEX_FAILPOINTS` (refused when `APEX_ENVIRONMENT=production`). `name:N` fires
+only the first N times in the process.
 """
 
 from __future__ import annotations
@@ -15,10 +17,28 @@ class FailpointTriggered(RuntimeError):
 
 class Failpoints:
     def __init__(self, enabled: Iterable[str] = ()) -> None:
-        self.enabled = frozenset(enabled)
+        self.remaining: dict[str, int | None] = {}
+        for entry in enabled:
+            name, _, count = entry.partition(":")
+            self.remaining[name] = int(count) if count else None
+
+    @property
+    def enabled(self) -> frozenset[str]:
+        return frozenset(self.remaining)
+
+    def fires(self, name: str) -> bool:
+        if name not in self.remaining:
+            return False
+        left = self.remaining[name]
+        if left is None:
+            return True
+        if left <= 0:
+            return False
+        self.remaining[name] = left - 1
+        return True
 
     def hit(self, name: str) -> None:
-        if name in self.enabled:
+        if self.fires(name):
             raise FailpointTriggered(f"failpoint {name!r} triggered")
 
 

@@ -186,6 +186,7 @@ class SpendRepository:
                 *self._in(organization_id, window),
                 UsageRecord.prefix_hash.is_not(None),
                 UsageRecord.cached_input_tokens == 0,
+                UsageRecord.cache_write_tokens == 0,
             )
             .group_by(*keys)
             .having(func.count() >= min_calls)

@@ -49,7 +49,7 @@ class DayRow:
 
 @dataclass(frozen=True, slots=True)
 class PrefixRow:
-    """Uncached calls sharing a prompt prefix (`prefix_hash`)."""
+    """Calls sharing a prompt prefix (`prefix_hash`) that neither read nor wrote a cache."""
 
     workload: str
     provider: str

@@ -470,21 +470,29 @@ RECOMMENDERS: dict[str, Callable[[SpendData, Catalogue], list[Recommendation]]] 
 }
 
 
+CONFIDENCE_ORDER = {"high": 0, "medium": 1, "low": 2}
+
+
+def ranking_key(
+    savings: Decimal, confidence: str, kind: str, workload: str, model: str
+) -> tuple[Decimal, int, str, str, str]:
+    """Largest savings first; ties by confidence, then names, so the order is stable."""
+    return (-savings, CONFIDENCE_ORDER[confidence], kind, workload, model)
+
+
 def rank(recommendations: Iterable[Recommendation]) -> list[Recommendation]:
-    """Largest savings first; ties by confidence, then name, so the order is stable."""
-    order = {"high": 0, "medium": 1, "low": 2}
     return sorted(
         recommendations,
-        key=lambda r: (-r.savings_monthly_usd, order[r.confidence], r.kind, r.workload, r.model),
+        key=lambda r: ranking_key(r.savings_monthly_usd, r.confidence, r.kind, r.workload, r.model),
     )
 
 
-def total_savings(recommendations: Iterable[Recommendation]) -> Decimal:
+def total_savings(savings_by_workload: Iterable[tuple[str, Decimal]]) -> Decimal:
     """Savings on the same workload overlap (they act on the same calls), so per workload
     only the largest counts; different workloads add up."""
     best: dict[str, Decimal] = {}
-    for rec in recommendations:
-        best[rec.workload] = max(best.get(rec.workload, Decimal(0)), rec.savings_monthly_usd)
+    for workload, savings in savings_by_workload:
+        best[workload] = max(best.get(workload, Decimal(0)), savings)
     return sum(best.values(), Decimal("0.00"))
 
 

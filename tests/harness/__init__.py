@@ -6,7 +6,7 @@ test process itself is killed with -9. Anything that cannot start raises `Harnes
 with the reason and the tail of the process's log; nothing is silently skipped.
 """
 
-from tests.harness.apex import ApexServer
+from tests.harness.apex import ApexServer, ApexWorker
 from tests.harness.postgres import PostgresCluster
 from tests.harness.procs import HARNESS_PREFIX, HarnessError, free_port, leftover_processes
 from tests.harness.redis import RedisServer
@@ -14,6 +14,7 @@ from tests.harness.redis import RedisServer
 __all__ = [
     "HARNESS_PREFIX",
     "ApexServer",
+    "ApexWorker",
     "HarnessError",
     "PostgresCluster",
     "RedisServer",

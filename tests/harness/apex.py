@@ -84,3 +84,38 @@ class ApexServer(ServiceProcess):
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class ApexWorker(ServiceProcess):
+    """`python -m apex worker` with the given settings; ready once it logs `worker_started`."""
+
+    def __init__(self, env: dict[str, str], *, name: str = "worker") -> None:
+        super().__init__()
+        self.root = make_workdir(name)
+        register_dir(self.root)
+        self.log_path = self.root / "worker.log"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("APEX_")},
+            "APEX_DATA_DIR": str(self.root / "data"),
+            "APEX_LOG_LEVEL": "INFO",
+            **env,
+        }
+
+    def start(self, timeout: float = 30) -> ApexWorker:
+        self.process = ManagedProcess(
+            [sys.executable, "-m", "apex", "worker", "--concurrency", "4"],
+            log_path=self.log_path,
+            cwd=self.root,
+            env=self.env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.process.alive():
+                raise HarnessError(f"apex worker exited at start. Log tail:\n{tail(self.log_path)}")
+            if "worker_started" in self.logs():
+                return self
+            time.sleep(0.05)
+        raise HarnessError(f"apex worker not started in {timeout}s:\n{tail(self.log_path)}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.harness import ApexServer, HarnessError, PostgresCluster, RedisServer
+from tests.harness import ApexServer, ApexWorker, HarnessError, PostgresCluster, RedisServer
 
 SECRET = "test-secret-key-0123456789-abcdefghijklmnop"
 
@@ -79,23 +79,41 @@ def fresh_redis() -> Iterator[RedisServer]:
     server.destroy()
 
 
+def apex_env(database_url: str, redis_url: str, **settings: str) -> dict[str, str]:
+    return {
+        "APEX_DATABASE_URL": database_url,
+        "APEX_REDIS_URL": redis_url,
+        "APEX_SECRET_KEY": SECRET,
+        "APEX_ENVIRONMENT": "test",
+        **{f"APEX_{key.upper()}": value for key, value in settings.items()},
+    }
+
+
 @pytest.fixture
 def start_apex() -> Iterator[Callable[..., ApexServer]]:
     """Start real `apex serve` processes; all are stopped when the test ends."""
     servers: list[ApexServer] = []
 
     def start(database_url: str, redis_url: str, **settings: str) -> ApexServer:
-        env = {
-            "APEX_DATABASE_URL": database_url,
-            "APEX_REDIS_URL": redis_url,
-            "APEX_SECRET_KEY": SECRET,
-            "APEX_ENVIRONMENT": "test",
-            **{f"APEX_{key.upper()}": value for key, value in settings.items()},
-        }
-        server = ApexServer(env)
+        server = ApexServer(apex_env(database_url, redis_url, **settings))
         servers.append(server)
         return server.start()
 
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[..., ApexWorker]]:
+    """Start real `apex worker` processes; all are stopped when the test ends."""
+    workers: list[ApexWorker] = []
+
+    def start(database_url: str, redis_url: str, **settings: str) -> ApexWorker:
+        worker = ApexWorker(apex_env(database_url, redis_url, **settings))
+        workers.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in workers:
+        worker.stop()

@@ -18,10 +18,11 @@ from redis.asyncio import Redis
 from taskiq import AckableMessage, AsyncBroker, InMemoryBroker
 from taskiq_redis import RedisStreamBroker
 
-from apex.agents.runner import Runtime, advance
+from apex.agents.runner import Runtime, abandon, advance
 from apex.settings import Settings
 
 STEP_TASK = "apex.agents.run_step"
+MAX_JOB_ATTEMPTS = 5
 RUNS_TO_QUEUE = "agent_runs_to_queue"
 log = structlog.get_logger(__name__)
 
@@ -87,19 +88,31 @@ class JobQueue:
         self.broker = create_broker(settings)
         self.runtime = runtime
 
-        async def run_step(run_id: str) -> None:
+        async def run_step(run_id: str, attempt: int = 0) -> None:
             if self.runtime is None:
                 raise RuntimeError("this process queues jobs but does not run them")
-            if await advance(self.runtime, uuid.UUID(run_id)):
+            try:
+                more = await advance(self.runtime, uuid.UUID(run_id))
+            except Exception:
+                # The database or Redis failed around the step (the step's own errors are
+                # handled by `advance`): try again later, then give the run up.
+                log.exception("agent_step_job_failed", run_id=run_id, attempt=attempt)
+                if attempt + 1 >= MAX_JOB_ATTEMPTS:
+                    await abandon(self.runtime, uuid.UUID(run_id), "the step could not be run")
+                    return
+                await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
+                await self.enqueue_step(uuid.UUID(run_id), attempt + 1)
+                return
+            if more:
                 await self.enqueue_step(uuid.UUID(run_id))
 
         self.broker.register_task(run_step, task_name=STEP_TASK)
 
-    async def enqueue_step(self, run_id: uuid.UUID) -> None:
+    async def enqueue_step(self, run_id: uuid.UUID, attempt: int = 0) -> None:
         task = self.broker.find_task(STEP_TASK)
         if task is None:
             raise RuntimeError(f"task {STEP_TASK} is not registered")
-        await task.kiq(str(run_id))
+        await task.kiq(str(run_id), attempt)
 
     async def after_commit(self, info: dict[str, Any]) -> None:
         """Database after-commit hook: queue the first step of runs created in the unit."""

@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
+import apex.models  # noqa: F401  (every table, so foreign keys between domains resolve)
 from apex.agents.budget import Budget
 from apex.agents.events import RunEvents
 from apex.agents.limits import RunSlots
@@ -240,6 +241,20 @@ async def _fail(
     await context.events.emit("agent_error", {"agent": claim.step, "error": error, "fatal": True})
     await runtime.slots.release(claim.run["organization_id"], context.run_id)
     return False
+
+
+async def abandon(runtime: Runtime, run_id: uuid.UUID, reason: str) -> None:
+    """Fail a run that cannot make progress (its jobs keep failing), if it is not finished."""
+    async with runtime.database.unit_of_work(primary=True) as session:
+        run = await RunRepository(session).locked(run_id)
+        if run is None or run.status in TERMINAL:
+            return
+        run.status = RunStatus.FAILED.value
+        run.error = reason
+        run.finished_at = runtime.clock.now()
+        organization_id = run.organization_id
+    await RunEvents(runtime.redis, run_id).emit("agent_error", {"error": reason, "fatal": True})
+    await runtime.slots.release(organization_id, run_id)
 
 
 async def run_inline(runtime: Runtime, run: AgentRun) -> None:

@@ -42,7 +42,7 @@ async def start_run(
     if body.thread_id is not None:
         thread = await ThreadRepository(session).get(body.thread_id)
         if thread is None or thread.organization_id != organization_id:
-            raise NotFound(f"Thread {body.thread_id} was not found.")
+            raise NotFound("No such thread in your organisation.")
         thread_id = thread.id
     else:
         thread, _ = await start_thread(
@@ -102,7 +102,7 @@ async def start_run(
 async def get_run(session: AsyncSession, organization_id: uuid.UUID, run_id: uuid.UUID) -> AgentRun:
     run = await RunRepository(session).for_organization(organization_id, run_id)
     if run is None:
-        raise NotFound(f"Run {run_id} was not found.")
+        raise NotFound("No such run in your organisation.")
     return run
 
 

@@ -28,7 +28,7 @@ from apex.app import create_app
 from apex.identity.endpoints import API_KEYS, INVITATIONS, MEMBERS
 from apex.identity.policy import allows
 from apex.settings import Settings
-from tests.harness import ApexServer, PostgresCluster, RedisServer
+from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
 from tests.harness.oidc import OidcProvider
 from tests.harness.procs import wait_until
 from tests.integration.conftest import SECRET
@@ -275,18 +275,37 @@ def _protected_routes() -> list[tuple[str, str, str]]:
 
 
 ROLES = ("owner", "admin", "member", "viewer")
+RUNS = "/api/v1/agents/runs"
 
 
 def test_rbac_enforcement_integration(
+    postgres: PostgresCluster,
     database_url: str,
     fresh_redis: RedisServer,
     start_apex: Callable[..., ApexServer],
+    start_worker: Callable[..., ApexWorker],
 ) -> None:
     a = start_apex(database_url, fresh_redis.url)
     b = start_apex(database_url, fresh_redis.url)
     ca, cb = a.client(), b.client()
     owner = signup(ca).json()
     as_owner = {"Authorization": f"Bearer {owner['access_token']}"}
+    # Enterprise allows 20 concurrent agent runs: enough for every sample run below.
+    postgres.sql("UPDATE organizations SET tier = 'enterprise'", database_name(database_url))
+
+    def new_run() -> str:
+        made = ca.post(RUNS, headers=as_owner, json={"question": "Where can we save?"})
+        assert made.status_code == 202, made.text
+        return str(made.json()["id"])
+
+    # One finished run to read; then no worker, so later runs stay queued (cancellable).
+    worker = start_worker(database_url, fresh_redis.url)
+    finished = new_run()
+    assert wait_until(
+        lambda: ca.get(f"{RUNS}/{finished}", headers=as_owner).json()["status"] == "succeeded",
+        timeout=60,
+    )
+    worker.stop()
 
     def join(role: str) -> tuple[str, dict[str, str]]:
         """A new account added to the owner's organisation with `role`; its id and headers."""
@@ -373,6 +392,21 @@ def test_rbac_enforcement_integration(
                 path,
             ),
             ("GET", "/api/v1/pricing"): lambda: (None, path),
+            ("POST", RUNS): lambda: ({"question": "Where can we save?"}, path),
+            ("GET", RUNS): lambda: (None, path),
+            ("GET", RUNS + "/{run_id}"): lambda: (None, path.replace("{run_id}", finished)),
+            ("GET", RUNS + "/{run_id}/report"): lambda: (
+                None,
+                path.replace("{run_id}", finished),
+            ),
+            ("GET", RUNS + "/{run_id}/events"): lambda: (
+                None,
+                path.replace("{run_id}", finished),
+            ),
+            ("POST", RUNS + "/{run_id}/cancel"): lambda: (
+                None,
+                path.replace("{run_id}", new_run()),
+            ),
             ("PUT", "/api/v1/pricing/{provider}/{model}"): lambda: (
                 {"input": "1", "output": "2"},
                 "/api/v1/pricing/acme/m1",

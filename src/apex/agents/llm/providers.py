@@ -209,7 +209,10 @@ class OfflineProvider:
             )
             return json.dumps({"intents": intents or sorted(INTENT_WORDS)})
         facts = [line.strip("- ") for line in request.prompt.splitlines() if line.startswith("- ")]
-        return " ".join(facts[:5]) or request.prompt.splitlines()[0][:200]
+        if facts:
+            return " ".join(facts[:5])
+        first = request.prompt.strip().split("\n\n")[0]
+        return first if len(first) <= 600 else first[: first.rfind(". ", 0, 600) + 1]
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         text = self._answer(request)

@@ -3,18 +3,28 @@ multi-agent pipeline in real `apex worker` processes over PostgreSQL and Redis."
 
 from __future__ import annotations
 
+import itertools
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 
 from apex.agents.llm import build_chain
 from apex.agents.llm.base import LLMRequest
 from apex.agents.llm.resilience import LLMChain
+from apex.agents.models import STEPS
+from apex.agents.tools.analyses import RECOMMENDERS
 from apex.settings import Settings
+from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
 from tests.harness.llm import LlmServer
+from tests.harness.procs import wait_until
+from tests.integration.critical.conftest import bearer, database_name, signup
 
 pytestmark = pytest.mark.critical
 
@@ -130,3 +140,268 @@ async def test_agent_llm_integration_real_provider() -> None:
     assert response.tokens.input > 0
     assert response.tokens.output > 0
     assert response.text.strip()
+
+
+# --- the pipeline -------------------------------------------------------------------------
+RUNS = "/api/v1/agents/runs"
+PERIOD_START = datetime(2026, 10, 1, tzinfo=UTC)
+PERIOD = {"period_start": "2026-10-01T00:00:00Z", "period_end": "2026-10-31T00:00:00Z"}
+ALL_INTENTS = {"text": json.dumps({"intents": sorted(RECOMMENDERS)})}
+
+
+def _calls(
+    workload: str,
+    model: str,
+    count: int,
+    *,
+    provider: str = "openai",
+    input_tokens: int,
+    output_tokens: int,
+    end_user: str | None = "someone",
+    prompt: Callable[[int], str] | None = None,
+    extra: Callable[[int], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """`count` calls spread evenly over the 30 days of the period."""
+    return [
+        {
+            "id": f"{workload}-{i}",
+            "timestamp": (PERIOD_START + timedelta(days=i % 30, minutes=i // 30)).isoformat(),
+            "provider": provider,
+            "model": model,
+            "workload": workload,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "end_user": end_user,
+            "prompt_hash": prompt(i) if prompt else f"{workload}-prompt-{i}",
+            **(extra(i) if extra else {}),
+        }
+        for i in range(count)
+    ]
+
+
+def planted_month() -> list[dict[str, Any]]:
+    """A 30-day month with one planted waste per workload. Prices (pricing.json, $/M tokens):
+    gpt-4o 2.50/10.00, gpt-4.1 2.00/8.00, gpt-4.1-mini 0.40/1.60,
+    claude-sonnet-4-5 3.00 in / 0.30 cached / 3.75 cache write / 15.00 out."""
+    research_failed = {i for i in range(300) if i % 10 == 0}  # 30 failed calls
+    return [
+        # triage: 3,000 x (500 x 2.50 + 20 x 10.00)/1M = $4.35; on gpt-4.1-mini
+        #   3,000 x (500 x 0.40 + 20 x 1.60)/1M = $0.696 -> $0.70; saves $3.65.
+        *_calls("triage", "gpt-4o", 3000, input_tokens=500, output_tokens=20),
+        # support: 600 x (4,500 x 3 + 200 x 15)/1M = $9.90. Its 3,000-token prefix:
+        #   1.8M tokens = $5.40 uncached; cached, with one write a day (30 x 3,000 = 90,000)
+        #   the rest read: 5.40 - (1.71M x 2.70 - 90,000 x 0.75)/1M = $0.8505 -> $0.85.
+        *_calls(
+            "support", "claude-sonnet-4-5", 600, provider="anthropic",
+            input_tokens=4500, output_tokens=200,
+            extra=lambda i: {"prefix_hash": "support-system-v1", "prefix_tokens": 3000},
+        ),
+        # nightly: nobody waits; 150 x (3,000 x 2 + 800 x 8)/1M = $1.86; batch halves it.
+        *_calls("nightly", "gpt-4.1", 150, input_tokens=3000, output_tokens=800, end_user=None),
+        # faq: 100 questions asked 20 times each: 2,000 x (2,000 x 0.40 + 300 x 1.60)/1M
+        #   = $2.56; one answer per question remains: 100 x 0.00128 = $0.128 -> $0.13.
+        *_calls(
+            "faq", "gpt-4.1-mini", 2000, input_tokens=2000, output_tokens=300,
+            prompt=lambda i: f"faq-question-{i % 100}",
+        ),
+        # research: 300 calls of 20,000 input tokens: $12.00 of input, a quarter trimmed
+        #   -> $9.00; 30 of them failed (no output): 30 x 20,000 x 2/1M = $1.20 wasted.
+        *_calls(
+            "research", "gpt-4.1", 300, input_tokens=20000, output_tokens=500,
+            extra=lambda i: {"status": "error", "output_tokens": 0} if i in research_failed else {},
+        ),
+    ]  # fmt: skip
+
+
+# (kind, workload): (current, projected, savings) per month, from the comments above.
+EXPECTED = {
+    ("prompt_caching", "support"): ("5.40", "0.85", "4.55"),
+    ("model_right_sizing", "triage"): ("4.35", "0.70", "3.65"),
+    ("prompt_trimming", "research"): ("12.00", "9.00", "3.00"),
+    ("response_caching", "faq"): ("2.56", "0.13", "2.43"),
+    ("error_waste", "research"): ("1.20", "0.00", "1.20"),
+    ("batch_api", "nightly"): ("1.86", "0.93", "0.93"),
+}
+# Savings on one workload overlap, so the total takes research's larger one:
+# 4.55 + 3.65 + 3.00 + 2.43 + 0.93 = 14.56. Spend: 4.35 + 9.90 + 1.86 + 2.56 + 13.08.
+EXPECTED_TOTAL_SAVINGS, EXPECTED_SPEND = "14.56", "31.75"
+
+
+@dataclass
+class Stack:
+    """Real PostgreSQL, Redis, `apex serve`, `apex worker`s and the LLM server double."""
+
+    postgres: PostgresCluster
+    database: str
+    redis: RedisServer
+    server: ApexServer
+    client: httpx.Client
+    headers: dict[str, str]
+    llm: LlmServer
+    workers: list[ApexWorker]
+    start_worker: Callable[..., ApexWorker]
+    settings: dict[str, str]
+
+    def add_worker(self, **extra: str) -> ApexWorker:
+        worker = self.start_worker(
+            self.postgres.url(self.database), self.redis.url, **{**self.settings, **extra}
+        )
+        self.workers.append(worker)
+        return worker
+
+    def ingest(self, records: list[dict[str, Any]]) -> None:
+        for start in range(0, len(records), 1000):
+            batch = records[start : start + 1000]
+            answer = self.client.post(
+                "/api/v1/usage/events", headers=self.headers, json={"records": batch}
+            )
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["accepted"] == len(batch), answer.json()
+
+    def start_run(self, **body: Any) -> httpx.Response:
+        payload = {"question": "Where are we wasting money on LLMs?", **PERIOD, **body}
+        return self.client.post(RUNS, headers=self.headers, json=payload)
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        answer = self.client.get(f"{RUNS}/{run_id}", headers=self.headers)
+        assert answer.status_code == 200, answer.text
+        result: dict[str, Any] = answer.json()
+        return result
+
+    def wait(self, run_id: str, timeout: float = 90) -> dict[str, Any]:
+        finished = {"succeeded", "failed", "cancelled"}
+        assert wait_until(lambda: self.run(run_id)["status"] in finished, timeout, 0.1), (
+            self.run(run_id),
+            [w.logs()[-3000:] for w in self.workers],
+        )
+        return self.run(run_id)
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        answer = self.client.get(f"{RUNS}/{run_id}/events", headers=self.headers)
+        assert answer.status_code == 200, answer.text
+        result: list[dict[str, Any]] = answer.json()
+        return result
+
+    def report(self, run_id: str) -> dict[str, Any]:
+        answer = self.client.get(f"{RUNS}/{run_id}/report", headers=self.headers)
+        assert answer.status_code == 200, answer.text
+        result: dict[str, Any] = answer.json()
+        return result
+
+    def sql(self, query: str) -> str:
+        return self.postgres.sql(query, self.database).strip()
+
+
+@pytest.fixture
+def stack(
+    postgres: PostgresCluster,
+    database_url: str,
+    fresh_redis: RedisServer,
+    start_apex: Callable[..., ApexServer],
+    start_worker: Callable[..., ApexWorker],
+    llm_server: LlmServer,
+) -> Iterator[Stack]:
+    settings = {
+        "llm_provider": "openai",
+        "llm_base_url": llm_server.base_url,
+        "llm_model": "gpt-4o-mini",
+        "llm_timeout_seconds": "10",
+        "llm_retry_base_seconds": "0.2",
+        "agent_step_timeout_seconds": "8",
+        "queue_redelivery_seconds": "10",
+    }
+    server = start_apex(database_url, fresh_redis.url, **settings)
+    client = server.client()
+    headers = bearer(signup(client))
+    database = database_name(database_url)
+    postgres.sql("UPDATE organizations SET tier = 'mid'", database)
+    yield Stack(
+        postgres, database, fresh_redis, server, client, headers, llm_server, [], start_worker,
+        settings,
+    )  # fmt: skip
+    client.close()
+
+
+def _types(events: list[dict[str, Any]]) -> list[str]:
+    return [event["type"] for event in events]
+
+
+def test_agent_orchestration_integration(stack: Stack) -> None:
+    stack.ingest(planted_month())
+    stack.add_worker()
+    stack.add_worker()
+    stack.llm.script(ALL_INTENTS)
+    started = stack.start_run()
+    assert started.status_code == 202, started.text
+    run_id = started.json()["id"]
+    assert started.json()["status"] == "queued"
+    run = stack.wait(run_id)
+    assert run["status"] == "succeeded", run
+
+    # The steps ran in order, each once, and are stored with their timings and LLM usage.
+    steps = run["steps"]
+    assert [s["name"] for s in steps] == list(STEPS)
+    assert {s["status"] for s in steps} == {"succeeded"}
+    assert [s["attempts"] for s in steps] == [1] * 5
+    for before, after in itertools.pairwise(steps):
+        assert before["finished_at"] <= after["started_at"]
+    assert [s["llm_calls"] for s in steps] == [1, 0, 1, 1, 1]
+    stored = stack.sql(
+        f"SELECT name, status FROM agent_steps WHERE run_id = '{run_id}' ORDER BY position"  # noqa: S608
+    ).splitlines()
+    assert stored == [f"{name}|succeeded" for name in STEPS]
+
+    # The LLM server received the four calls (triage classifies; the others phrase);
+    # Apex's accounting of them equals what the server reported.
+    log = stack.llm.requests()
+    assert len(log) == 4
+    assert [bool(entry["body"].get("stream")) for entry in log] == [False, False, False, True]
+    reported = sum(e["usage"]["prompt_tokens"] + e["usage"]["completion_tokens"] for e in log)
+    assert (run["llm_calls"], run["tokens_used"]) == (4, reported)
+
+    # Events, in order: each agent starts and completes in turn; tools report around their
+    # work; the final report comes last.
+    events = stack.events(run_id)
+    kinds = _types(events)
+    assert [e["payload"]["agent"] for e in events if e["type"] == "agent_started"] == list(STEPS)
+    assert [e["payload"]["agent"] for e in events if e["type"] == "agent_completed"] == list(STEPS)
+    assert kinds[0] == "agent_started"
+    assert kinds[-1] == "final_report"
+    assert kinds.count("final_report") == 1
+    assert "agent_error" not in kinds
+    assert "agent_fallback" not in kinds
+    tools = [e["payload"]["tool"] for e in events if e["type"] == "tool_executing"]
+    assert tools == ["spend_query", *sorted(RECOMMENDERS)]
+    completed = [e["payload"]["tool"] for e in events if e["type"] == "tool_completed"]
+    assert completed == tools
+    for position, kind in enumerate(kinds):
+        if kind == "tool_executing":
+            assert kinds[position + 1] == "tool_completed"
+    assert {"agent_thinking", "partial_result", "stream_chunk"} <= set(kinds)
+    ids = [event["id"] for event in events]
+    assert ids == sorted(ids, key=lambda i: tuple(int(p) for p in i.split("-")))
+
+    # The report finds every planted waste, with the hand-computed figures to the cent.
+    report = stack.report(run_id)["report"]
+    found = {
+        (r["kind"], r["workload"]): (
+            r["current_monthly_usd"],
+            r["projected_monthly_usd"],
+            r["savings_monthly_usd"],
+        )
+        for r in report["recommendations"]
+    }
+    assert found == EXPECTED
+    assert [r["rank"] for r in report["recommendations"]] == list(range(1, 7))
+    assert report["recommendations"][0]["kind"] == "prompt_caching"
+    assert report["total_monthly_savings_usd"] == EXPECTED_TOTAL_SAVINGS
+    assert report["breakdown"]["total_usd"] == EXPECTED_SPEND
+    assert report["breakdown"]["calls"] == 6050
+    assert report["failed_analyses"] == []
+    assert events[-1]["payload"]["total_monthly_savings_usd"] == EXPECTED_TOTAL_SAVINGS
+    markdown = stack.report(run_id)["markdown"]
+    assert f"**${EXPECTED_TOTAL_SAVINGS}**" in markdown
+    print(
+        f"\norchestration: 5 steps, {len(events)} events in order, 6/6 planted wastes found, "
+        f"${EXPECTED_TOTAL_SAVINGS}/month to the cent"
+    )

@@ -53,7 +53,10 @@ class RetryPolicy:
 
 
 class CircuitBreaker:
-    def __init__(self, *, threshold: int = 5, reset_seconds: float = 30.0, clock: Clock) -> None:
+    def __init__(
+        self, *, name: str = "", threshold: int = 5, reset_seconds: float = 30.0, clock: Clock
+    ) -> None:
+        self.name = name
         self.threshold = threshold
         self.reset_seconds = reset_seconds
         self.clock = clock
@@ -79,6 +82,8 @@ class CircuitBreaker:
         return False
 
     def record_success(self) -> None:
+        if self.opened_at is not None:
+            log.info("llm_circuit_closed", provider=self.name)
         self.failures = 0
         self.opened_at = None
         self._probing = False
@@ -87,6 +92,7 @@ class CircuitBreaker:
         self.failures += 1
         if self._probing or self.failures >= self.threshold:
             self.opened_at = self.clock.monotonic()
+            log.warning("llm_circuit_opened", provider=self.name, failures=self.failures)
         self._probing = False
 
 
@@ -110,7 +116,10 @@ class LLMChain:
         clock = clock or SystemClock()
         self.breakers = {
             p.name: CircuitBreaker(
-                threshold=breaker_threshold, reset_seconds=breaker_reset_seconds, clock=clock
+                name=p.name,
+                threshold=breaker_threshold,
+                reset_seconds=breaker_reset_seconds,
+                clock=clock,
             )
             for p in self.providers
         }

@@ -405,3 +405,92 @@ def test_agent_orchestration_integration(stack: Stack) -> None:
         f"\norchestration: 5 steps, {len(events)} events in order, 6/6 planted wastes found, "
         f"${EXPECTED_TOTAL_SAVINGS}/month to the cent"
     )
+
+
+def _numbers(report: dict[str, Any]) -> dict[str, Any]:
+    """What the analyses computed (the wording around it comes from the LLM)."""
+    return {
+        "breakdown": report["breakdown"],
+        "recommendations": report["recommendations"],
+        "total": report["total_monthly_savings_usd"],
+    }
+
+
+def test_agent_failure_recovery_integration(stack: Stack) -> None:
+    stack.ingest(planted_month())
+    first = stack.add_worker(llm_breaker_threshold="5", llm_breaker_reset_seconds="4")
+
+    # Retries follow the policy: a 429 waits its Retry-After (1 s); a 500 waits the
+    # jittered backoff (at most 0.2 s x 2); the third attempt answers.
+    stack.llm.script({"status": 429, "retry_after": 1}, {"status": 500}, ALL_INTENTS)
+    run_id = stack.start_run().json()["id"]
+    assert stack.wait(run_id)["status"] == "succeeded"
+    log = stack.llm.requests()
+    assert [entry["status"] for entry in log] == [429, 500, 200, 200, 200, 200]
+    gaps = [log[1]["t"] - log[0]["t"], log[2]["t"] - log[1]["t"]]
+    assert 1.0 <= gaps[0] < 1.6, gaps
+    assert gaps[1] < 0.4 + 0.3, gaps
+    assert "agent_fallback" not in _types(stack.events(run_id))
+    reference = _numbers(stack.report(run_id)["report"])
+    assert {(r["kind"], r["workload"]) for r in reference["recommendations"]} == set(EXPECTED)
+
+    # Five failures in a row open the circuit: the triage call fails three times and falls
+    # back; the next call fails twice more and the circuit opens; no request reaches the
+    # server while it is open. The offline provider answers; the numbers are unchanged.
+    stack.llm.reset()
+    stack.llm.script(*({"status": 500} for _ in range(5)))
+    run_id = stack.start_run().json()["id"]
+    assert stack.wait(run_id)["status"] == "succeeded"
+    assert [entry["status"] for entry in stack.llm.requests()] == [500] * 5
+    fallbacks = [e["payload"] for e in stack.events(run_id) if e["type"] == "agent_fallback"]
+    assert [(f["from"], f["to"]) for f in fallbacks] == [("openai", "offline")] * 4
+    assert "HTTP 500" in fallbacks[0]["reason"]
+    assert [f["reason"] for f in fallbacks[2:]] == ["openai: circuit open"] * 2
+    assert "llm_circuit_opened" in first.logs()
+    assert _numbers(stack.report(run_id)["report"]) == reference
+
+    # After the reset time one probe goes through; it succeeds and the circuit closes.
+    time.sleep(4.2)
+    stack.llm.reset()
+    stack.llm.script(ALL_INTENTS)
+    run_id = stack.start_run().json()["id"]
+    assert stack.wait(run_id)["status"] == "succeeded"
+    assert [entry["status"] for entry in stack.llm.requests()] == [200] * 4
+    assert "agent_fallback" not in _types(stack.events(run_id))
+    assert "llm_circuit_closed" in first.logs()
+
+    # A worker killed with -9 in the middle of a step: another worker takes the step's job
+    # over, runs that step again from the stored outputs before it, and the run completes
+    # with the same numbers.
+    stack.add_worker()
+    stack.llm.reset()
+    stack.llm.script(ALL_INTENTS, {"delay": 6})  # optimisation's call hangs
+    run_id = stack.start_run().json()["id"]
+    assert wait_until(
+        lambda: any(
+            e["type"] == "agent_started" and e["payload"]["agent"] == "optimisation"
+            for e in stack.events(run_id)
+        ),
+        timeout=60,
+    )
+    assert wait_until(lambda: len(stack.llm.requests()) == 2, timeout=10)
+    step_worker = stack.sql(
+        f"SELECT worker FROM agent_steps WHERE run_id = '{run_id}' AND name = 'optimisation'"  # noqa: S608
+    )
+    victim = next(w for w in stack.workers if step_worker.endswith(f":{w.process.pid}"))  # type: ignore[union-attr]
+    victim.kill()
+    killed_at = time.monotonic()
+    run = stack.wait(run_id, timeout=90)
+    assert run["status"] == "succeeded", run
+    attempts = {step["name"]: step["attempts"] for step in run["steps"]}
+    assert attempts == {"triage": 1, "data": 1, "optimisation": 2, "actions": 1, "reporting": 1}
+    resumed_by = stack.sql(
+        f"SELECT worker FROM agent_steps WHERE run_id = '{run_id}' AND name = 'optimisation'"  # noqa: S608
+    )
+    assert resumed_by != step_worker
+    assert _numbers(stack.report(run_id)["report"]) == reference
+    print(
+        f"\nrecovery: retries spaced {gaps[0]:.2f}s (Retry-After 1) and {gaps[1]:.2f}s; circuit "
+        f"opened after 5 failures, 0 requests while open, closed on the probe; worker killed "
+        f"mid-step, run resumed from step 3 and finished {time.monotonic() - killed_at:.1f}s later"
+    )

@@ -9,10 +9,12 @@ of the steps before it. Terminal states release the organisation's run slot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -41,6 +43,7 @@ from apex.usage.spend import Window
 
 log = structlog.get_logger(__name__)
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+CANCEL_POLL_SECONDS = 0.5
 
 
 @dataclass
@@ -159,8 +162,9 @@ async def advance(runtime: Runtime, run_id: uuid.UUID) -> bool:
         if timeout <= 0:
             raise TimeoutError
         async with asyncio.timeout(timeout):
-            output = await STEP_FUNCTIONS[claim.step](context)
+            output = await _until_cancelled(runtime, run_id, STEP_FUNCTIONS[claim.step](context))
     except RunCancelled:
+        log.info("agent_step_cancelled", run_id=str(run_id), step=claim.step)
         await _finish_step(runtime, context, claim, started, error="cancelled")
         return False
     except BudgetExceeded as exc:
@@ -184,6 +188,26 @@ async def advance(runtime: Runtime, run_id: uuid.UUID) -> bool:
         await events.emit("final_report", output["report"])
         await runtime.slots.release(info["organization_id"], run_id)
     return not last
+
+
+async def _until_cancelled(
+    runtime: Runtime, run_id: uuid.UUID, work: Awaitable[dict[str, Any]]
+) -> dict[str, Any]:
+    """Run the step, stopping it (its LLM request and analysis included) as soon as the run
+    is cancelled; the run's status is polled every `CANCEL_POLL_SECONDS`."""
+    step = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({step}, timeout=CANCEL_POLL_SECONDS)
+            if done:
+                return step.result()
+            if await _is_cancelled(runtime, run_id):
+                raise RunCancelled("the run was cancelled")
+    finally:
+        if not step.done():
+            step.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await step
 
 
 async def _finish_step(
@@ -215,8 +239,8 @@ async def _finish_step(
         run.tokens_used = context.budget.used_tokens
         run.cost_used_nanos = context.budget.used_nanos
         if error is not None or run.status in TERMINAL:
-            step.status = StepStatus.FAILED.value if error else step.status
-            step.error = error
+            step.status = StepStatus.FAILED.value
+            step.error = error or f"the run was {run.status} meanwhile"
             return False
         step.status = StepStatus.SUCCEEDED.value
         step.output = output

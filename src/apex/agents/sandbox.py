@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import resource
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -24,6 +25,10 @@ RUNAWAY_CPU = "cpu"
 
 class AnalysisKilled(RuntimeError):
     """An analysis went over its memory or CPU limit and was stopped."""
+
+
+class _OutOfMemory(Exception):
+    """Raised in the child, after the memory is released, in place of `MemoryError`."""
 
 
 def _limit(memory_bytes: int, cpu_seconds: int) -> None:
@@ -44,9 +49,16 @@ def _runaway(kind: str) -> None:
 def _analyse(
     name: str, data: SpendData, catalogue: Catalogue, runaway: str | None
 ) -> list[Recommendation]:
-    if runaway is not None:
-        _runaway(runaway)
-    return RECOMMENDERS[name](data, catalogue)
+    exhausted = False
+    try:
+        if runaway is not None:
+            _runaway(runaway)
+        return RECOMMENDERS[name](data, catalogue)
+    except MemoryError:
+        exhausted = True  # leave the except block first: its traceback pins the memory
+    if exhausted:
+        raise _OutOfMemory(name)
+    raise AssertionError("unreachable")
 
 
 class AnalysisSandbox:
@@ -79,17 +91,31 @@ class AnalysisSandbox:
         )
         try:
             result: list[Recommendation] = await future
-        except MemoryError:
+        except (_OutOfMemory, MemoryError):
             raise AnalysisKilled(
                 f"{name} went over its memory limit ({self.memory_bytes // 2**20} MB) "
                 "and was stopped"
             ) from None
         except BrokenProcessPool:
+            signals = self._exit_signals()
             self.close()  # the pool cannot be used again; the next analysis gets a new one
+            if signals and signals <= {signal.SIGXCPU, signal.SIGKILL}:
+                raise AnalysisKilled(
+                    f"{name} went over its CPU limit ({self.cpu_seconds} s) and was killed"
+                ) from None
             raise AnalysisKilled(
-                f"{name} went over its CPU limit ({self.cpu_seconds} s) and was killed"
+                f"{name}'s process died ({', '.join(s.name for s in signals) or 'no signal'})"
             ) from None
         return result
+
+    def _exit_signals(self) -> set[signal.Signals]:
+        """The signals that ended the pool's processes (read from the executor's own table)."""
+        processes = getattr(self._pool, "_processes", None) or {}
+        return {
+            signal.Signals(-process.exitcode)
+            for process in processes.values()
+            if process.exitcode is not None and process.exitcode < 0
+        }
 
     def close(self) -> None:
         if self._pool is not None:

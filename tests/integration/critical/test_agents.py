@@ -7,6 +7,7 @@ import itertools
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from apex.agents.llm import build_chain
 from apex.agents.llm.base import LLMRequest
@@ -493,4 +495,122 @@ def test_agent_failure_recovery_integration(stack: Stack) -> None:
         f"\nrecovery: retries spaced {gaps[0]:.2f}s (Retry-After 1) and {gaps[1]:.2f}s; circuit "
         f"opened after 5 failures, 0 requests while open, closed on the probe; worker killed "
         f"mid-step, run resumed from step 3 and finished {time.monotonic() - killed_at:.1f}s later"
+    )
+
+
+def _redis_keys(stack: Stack) -> set[str]:
+    client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+    try:
+        keys: list[str] = client.keys("*")  # type: ignore[assignment]
+        return set(keys)
+    finally:
+        client.close()
+
+
+def _pending_jobs(stack: Stack) -> int:
+    client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+    try:
+        return int(client.xpending("apex:jobs", "apex-workers")["pending"])
+    finally:
+        client.close()
+
+
+def test_agent_resource_management_integration(stack: Stack) -> None:
+    stack.ingest(planted_month())
+    stack.sql("UPDATE organizations SET tier = 'early'")  # 2 concurrent runs
+
+    # Five runs at once on a plan that runs two: two are queued, three refused with 429.
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        answers = list(pool.map(lambda _: stack.start_run(), range(5)))
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [202, 202, 429, 429, 429], [a.text for a in answers]
+    refused = next(a for a in answers if a.status_code == 429)
+    assert refused.json()["error"] == "RateLimited"
+    assert (refused.json()["limit"], refused.json()["upgrade"]) == (2, "mid")
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert stack.sql("SELECT count(*) FROM agent_runs") == "2"  # refused runs left no row
+    organization_id = stack.sql("SELECT id FROM organizations")
+    slots = f"apex:org:{organization_id}:active_runs"
+    assert slots in _redis_keys(stack)
+
+    # A worker runs the two; their slots are released and the next run is accepted.
+    stack.llm.script(ALL_INTENTS, *({} for _ in range(3)), ALL_INTENTS)
+    worker = stack.add_worker()
+    for answer in answers:
+        if answer.status_code == 202:
+            assert stack.wait(answer.json()["id"])["status"] == "succeeded"
+    assert slots not in _redis_keys(stack)
+    assert stack.start_run().status_code == 202
+    assert wait_until(lambda: slots not in _redis_keys(stack), timeout=60)
+
+    # A token budget that covers triage's call but not the next one: the run stops with
+    # agent_error (budget exceeded) and no further request reaches the LLM server.
+    stack.llm.reset()
+    stack.llm.script(ALL_INTENTS)
+    run_id = stack.start_run(token_budget=300).json()["id"]
+    run = stack.wait(run_id)
+    assert run["status"] == "failed"
+    assert run["error"].startswith("optimisation: budget exceeded: token budget")
+    assert len(stack.llm.requests()) == 1
+    assert 0 < run["tokens_used"] <= 300
+    errors = [e["payload"] for e in stack.events(run_id) if e["type"] == "agent_error"]
+    assert errors == [{"agent": "optimisation", "error": run["error"][14:], "fatal": True}]
+
+    # Runaway analyses: one exhausts its memory limit, the next its CPU limit. Both are
+    # stopped and reported; the run finishes with the rest; the worker serves the next run.
+    worker.stop()
+    runaway = stack.add_worker(
+        failpoints="analysis.runaway_memory:1,analysis.runaway_cpu:1",
+        analysis_memory_limit_mb="512",
+        analysis_cpu_limit_seconds="3",
+    )
+    pid = runaway.process.pid  # type: ignore[union-attr]
+    stack.llm.reset()
+    stack.llm.script(ALL_INTENTS, {}, {}, {}, ALL_INTENTS)
+    run_id = stack.start_run().json()["id"]
+    assert stack.wait(run_id)["status"] == "succeeded"
+    failed = stack.report(run_id)["report"]["failed_analyses"]
+    assert [f["analysis"] for f in failed] == ["batch_api", "error_waste"]
+    assert "memory limit (512 MB)" in failed[0]["error"]
+    assert "CPU limit (3 s) and was killed" in failed[1]["error"]
+    reported = [e["payload"]["tool"] for e in stack.events(run_id) if e["type"] == "agent_error"]
+    assert reported == ["batch_api", "error_waste"]
+    assert runaway.running
+    assert runaway.process.pid == pid  # type: ignore[union-attr]
+    next_run = stack.start_run().json()["id"]
+    assert stack.wait(next_run)["status"] == "succeeded"
+    assert stack.report(next_run)["report"]["failed_analyses"] == []
+
+    # Cancellation stops the step in flight (its LLM request included) and leaves no job,
+    # no busy database connection and no Redis key behind but the run's event log.
+    stack.llm.reset()
+    stack.llm.script({"delay": 20})
+    before = _redis_keys(stack)
+    run_id = stack.start_run().json()["id"]
+    assert wait_until(lambda: len(stack.llm.requests()) == 1, timeout=30)
+    cancelled = stack.client.post(f"{RUNS}/{run_id}/cancel", headers=stack.headers)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    assert wait_until(lambda: "agent_step_cancelled" in runaway.logs(), timeout=10)
+    run = stack.run(run_id)
+    assert [(s["name"], s["status"], s["error"]) for s in run["steps"]] == [
+        ("triage", "failed", "cancelled")
+    ]
+    assert wait_until(lambda: _pending_jobs(stack) == 0, timeout=10)
+    busy = stack.postgres.sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction')",
+        stack.database,
+    )
+    assert busy.strip() == "0"
+    assert _redis_keys(stack) - before == {f"apex:run:{run_id}:events"}
+    assert slots not in _redis_keys(stack)
+    again = stack.client.post(f"{RUNS}/{run_id}/cancel", headers=stack.headers)
+    assert again.status_code == 409
+    time.sleep(1)
+    assert len(stack.llm.requests()) == 1  # nothing after the cancelled call
+    print(
+        "\nresources: 5 at once on a 2-run plan -> 2 queued, 3 x 429; budget stop after 1 "
+        "LLM call; memory and CPU runaways killed, worker alive; cancel left 0 jobs, "
+        "0 busy connections, 0 stray keys"
     )

@@ -315,7 +315,7 @@ def demo(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
     from rich.table import Table
 
-    from apex.demo import projected_bill, run_demo
+    from apex.demo import DEMO_EMAIL, projected_bill, run_demo
     from apex.migrations import runner
 
     settings = _settings()
@@ -380,6 +380,12 @@ def demo(
         f"Run {run.id}: {run.llm_calls} LLM calls, {run.tokens_used} tokens. "
         "Start `apex serve` to explore it over the API (/docs)."
     )
+    if result.password is not None:
+        out.print(
+            f"Log in as {DEMO_EMAIL} with password {result.password} (shown once) "
+            "to read it over the API.",
+            markup=False,
+        )
 
 
 def main() -> None:

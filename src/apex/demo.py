@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from apex.agents.schemas import RunIn
 from apex.agents.service import start_run
 from apex.billing.plans import plan_for
 from apex.identity.models import Tier
+from apex.identity.passwords import hash_password
 from apex.identity.repository import OrganizationRepository
 from apex.identity.service import create_account
 from apex.kit.clock import Clock, SystemClock
@@ -37,6 +39,7 @@ from apex.settings import Settings
 from apex.usage.service import ingest
 
 DEMO_SLUG = "apex-demo"
+DEMO_EMAIL = "demo@apex.invalid"
 DEMO_QUESTION = "Where are we wasting money on LLMs, and what should we change first?"
 Progress = Callable[[int, int], None]
 
@@ -140,24 +143,28 @@ class DemoResult:
     accepted: int
     duplicates: int
     run: AgentRun
+    password: str | None
 
 
-async def _demo_organization(database: Database) -> uuid.UUID:
+async def _demo_organization(database: Database) -> tuple[uuid.UUID, str | None]:
+    """The demo organisation's id, and the password of its new owner account (None when
+    the organisation was made by an earlier demo)."""
     async with database.unit_of_work() as session:
         organizations = OrganizationRepository(session)
         existing = await organizations.by_slug(DEMO_SLUG)
         if existing is not None:
-            return existing.id
+            return existing.id, None
+        password = secrets.token_urlsafe(12)
         _, organization = await create_account(
             session,
-            email="demo@apex.invalid",
+            email=DEMO_EMAIL,
             display_name="Demo",
-            password_hash=None,
+            password_hash=await hash_password(password),
             organization_name="Apex Demo",
             organization_slug=DEMO_SLUG,
         )
         organization.tier = Tier.MID.value  # every analysis is on the Mid plan
-        return organization.id
+        return organization.id, password
 
 
 async def run_demo(
@@ -177,7 +184,7 @@ async def run_demo(
     database.after_commit(queue.after_commit)
     await queue.start()
     try:
-        organization_id = await _demo_organization(database)
+        organization_id, password = await _demo_organization(database)
         accepted = duplicates = done = 0
         total = total_records()
         batch: list[dict[str, Any]] = []
@@ -208,7 +215,7 @@ async def run_demo(
                 now=clock.now(),
             )
         run = await _wait(database, run.id, on_event)
-        return DemoResult(organization_id, accepted, duplicates, run)
+        return DemoResult(organization_id, accepted, duplicates, run, password)
     finally:
         await queue.stop()
         runtime.sandbox.close()

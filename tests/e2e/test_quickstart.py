@@ -1,4 +1,5 @@
-"""The README's first command, as a person runs it: Apex comes up healthy from nothing."""
+"""The README's first command, as a person runs it: from nothing, `apex demo` ingests a
+month, runs the agent pipeline and prints the report; then Apex serves it, healthy."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from tests.harness import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_run_demo_serves_and_shows_it_healthy(tmp_path: Path) -> None:
+def test_run_demo_reports_savings_then_serves_healthy(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("APEX_")}
     env |= {"APEX_DATA_DIR": str(tmp_path / "data"), "APEX_PORT": str(port), "APEX_DEMO_EXIT": "1"}
+    env["COLUMNS"] = "200"  # rich wraps table cells to the terminal width
     result = subprocess.run(
         ["./run", "demo"],
         cwd=REPO,
@@ -25,6 +27,19 @@ def test_run_demo_serves_and_shows_it_healthy(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    out = " ".join(result.stdout.split())
+    assert "Ingested 19500 records (0 already there)." in out
+    # Every kind of planted waste is found, and the bill is shown.
+    for finding in (
+        "prompt prefixes of support-chat",
+        "research-agent sends",
+        "ticket-triage from gpt-4o",
+        "research-agent's failed calls",
+        "nightly-digest through the openai batch API",
+        "faq-bot's repeated requests",
+    ):
+        assert finding in out, finding
+    assert "Bill on the Mid plan" in out
     assert f"at http://127.0.0.1:{port}: OK" in result.stdout
     assert "database │ ok" in result.stdout
     assert "redis    │ ok" in result.stdout

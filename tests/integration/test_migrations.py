@@ -35,6 +35,10 @@ CORE_TABLES = {
     "refresh_tokens",
     "api_keys",
     "invitations",
+    "usage_records",
+    "price_overrides",
+    "agent_runs",
+    "agent_steps",
 }
 
 

@@ -13,6 +13,7 @@ reasoning, billed at the output price.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -27,6 +28,7 @@ MILLION = Decimal(1_000_000)
 CENT = Decimal("0.01")
 Capability = Literal["frontier", "mid", "small"]
 CAPABILITY_ORDER: tuple[Capability, ...] = ("small", "mid", "frontier")
+_VERSION_SUFFIX = re.compile(r"\d{4}-\d{2}-\d{2}|\d{8}|\d{3}|latest|preview(-[\w.-]+)?")
 
 
 class CatalogueError(ValueError):
@@ -114,20 +116,21 @@ class Catalogue:
         return len(self._prices)
 
     def find(self, provider: str, model: str) -> ModelPrice | None:
-        """The entry for `model`, or for the longest catalogue name it extends with '-'
-        (`gpt-4o-2024-08-06` → `gpt-4o`)."""
+        """The entry for `model`, or for the catalogue name it extends with a date or version
+        suffix (`gpt-4o-2024-08-06` → `gpt-4o`, `claude-sonnet-4-5-20250929` →
+        `claude-sonnet-4-5`). Any other suffix is another model (`gpt-4o-mini` is not
+        `gpt-4o`) and is not guessed at."""
         exact = self._prices.get((provider, model))
         if exact is not None:
             return exact
-        best: ModelPrice | None = None
         for (entry_provider, name), price in self._prices.items():
             if (
                 entry_provider == provider
                 and model.startswith(name + "-")
-                and (best is None or len(name) > len(best.model))
+                and _VERSION_SUFFIX.fullmatch(model[len(name) + 1 :])
             ):
-                best = price
-        return best
+                return price
+        return None
 
     def with_overrides(self, overrides: list[ModelPrice]) -> Catalogue:
         merged = dict(self._prices)

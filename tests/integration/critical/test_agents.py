@@ -592,10 +592,13 @@ def test_agent_resource_management_integration(stack: Stack) -> None:
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["status"] == "cancelled"
     assert wait_until(lambda: "agent_step_cancelled" in runaway.logs(), timeout=10)
-    run = stack.run(run_id)
-    assert [(s["name"], s["status"], s["error"]) for s in run["steps"]] == [
-        ("triage", "failed", "cancelled")
-    ]
+    assert wait_until(
+        lambda: (
+            [(s["name"], s["status"], s["error"]) for s in stack.run(run_id)["steps"]]
+            == [("triage", "failed", "cancelled")]
+        ),
+        timeout=10,
+    ), stack.run(run_id)
     assert wait_until(lambda: _pending_jobs(stack) == 0, timeout=10)
     busy = stack.postgres.sql(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
@@ -609,8 +612,20 @@ def test_agent_resource_management_integration(stack: Stack) -> None:
     assert again.status_code == 409
     time.sleep(1)
     assert len(stack.llm.requests()) == 1  # nothing after the cancelled call
+
+    # A step that outlives its wall-clock limit fails the run, and frees its slot.
+    runaway.stop()
+    stack.add_worker(agent_step_timeout_seconds="2")
+    stack.llm.reset()
+    stack.llm.script({"delay": 6})
+    started = time.monotonic()
+    run_id = stack.start_run().json()["id"]
+    run = stack.wait(run_id)
+    assert (run["status"], run["error"]) == ("failed", "triage: step timed out after 2 s")
+    assert time.monotonic() - started < 5
+    assert wait_until(lambda: slots not in _redis_keys(stack), timeout=10)
     print(
         "\nresources: 5 at once on a 2-run plan -> 2 queued, 3 x 429; budget stop after 1 "
         "LLM call; memory and CPU runaways killed, worker alive; cancel left 0 jobs, "
-        "0 busy connections, 0 stray keys"
+        "0 busy connections, 0 stray keys; a step over its time limit failed the run"
     )

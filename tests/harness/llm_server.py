@@ -1,14 +1,16 @@
-"""A local OpenAI-compatible server for tests: `python -m tests.harness.llm_server --port N`.
+"""A local LLM server for tests: `python -m tests.harness.llm_server --port N`.
 
-It speaks POST /v1/chat/completions (JSON and server-sent-event streaming, with usage) and is
-scripted over HTTP: POST /_script appends behaviours consumed one per request, in order;
-when none is queued it answers normally. A behaviour is a JSON object:
+It speaks OpenAI's POST /v1/chat/completions and Anthropic's POST /v1/messages (JSON and
+server-sent-event streaming, with usage) and is scripted over HTTP: POST /_script appends
+behaviours consumed one per request, in order; when none is queued it answers normally.
+A behaviour is a JSON object:
   {"status": 500}                      an error response
   {"status": 429, "retry_after": 1.5}  rate limited, with Retry-After
   {"delay": 3}                         answer after 3 s (client timeouts)
   {"text": "...", "cached_tokens": 5}  a normal answer with this text
-GET /_requests returns every request received (time, body, and the usage it was answered
-with); POST /_reset clears the script and the log.
+  {"cached_tokens": 5, "cache_write_tokens": 7}  usage with prompt-cache reads / writes
+GET /_requests returns every request received (time, path, body, header names, and the
+usage it was answered with); POST /_reset clears the script and the log.
 """
 
 from __future__ import annotations
@@ -55,20 +57,11 @@ def _default_text(body: dict[str, Any]) -> str:
 
 
 async def completions(request: Request) -> Response:
-    body = await request.json()
-    entry: dict[str, Any] = {"t": time.monotonic(), "body": body, "status": 200}
-    REQUESTS.append(entry)
-    behaviour = SCRIPT.popleft() if SCRIPT else {}
-    if "delay" in behaviour:
-        await asyncio.sleep(float(behaviour["delay"]))
-    status = int(behaviour.get("status", 200))
-    entry["status"] = status
+    """OpenAI's Chat Completions API."""
+    body, entry, behaviour = await _received(request)
+    status = entry["status"]
     if status != 200:
-        headers = {}
-        if "retry_after" in behaviour:
-            headers["Retry-After"] = str(behaviour["retry_after"])
-        error = {"error": {"message": f"scripted {status}", "type": "server_error"}}
-        return JSONResponse(error, status_code=status, headers=headers)
+        return _error(behaviour, status)
     text = str(behaviour.get("text") or _default_text(body))
     usage = _usage(body, text, int(behaviour.get("cached_tokens", 0)))
     entry["usage"] = usage
@@ -109,6 +102,89 @@ async def completions(request: Request) -> Response:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+async def _received(request: Request) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(body, log entry, behaviour): log the request, take the next scripted behaviour."""
+    body = await request.json()
+    entry: dict[str, Any] = {
+        "t": time.monotonic(),
+        "path": request.url.path,
+        "body": body,
+        "headers": sorted(request.headers.keys()),
+        "status": 200,
+    }
+    REQUESTS.append(entry)
+    behaviour = SCRIPT.popleft() if SCRIPT else {}
+    if "delay" in behaviour:
+        await asyncio.sleep(float(behaviour["delay"]))
+    entry["status"] = int(behaviour.get("status", 200))
+    return body, entry, behaviour
+
+
+def _error(behaviour: dict[str, Any], status: int) -> Response:
+    headers = {}
+    if "retry_after" in behaviour:
+        headers["Retry-After"] = str(behaviour["retry_after"])
+    error = {"type": "error", "error": {"message": f"scripted {status}", "type": "api_error"}}
+    return JSONResponse(error, status_code=status, headers=headers)
+
+
+def _sse(kind: str, data: dict[str, Any]) -> str:
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+
+async def messages(request: Request) -> Response:
+    """Anthropic's Messages API."""
+    body, entry, behaviour = await _received(request)
+    if entry["status"] != 200:
+        return _error(behaviour, entry["status"])
+    text = str(behaviour.get("text") or "Noted: the findings are summarised below.")
+    prompt = _count(str(body.get("system", ""))) + sum(
+        _count(str(m.get("content", ""))) for m in body.get("messages", [])
+    )
+    cached = min(int(behaviour.get("cached_tokens", 0)), prompt)
+    written = min(int(behaviour.get("cache_write_tokens", 0)), prompt - cached)
+    usage = {
+        "input_tokens": prompt - cached - written,
+        "cache_read_input_tokens": cached,
+        "cache_creation_input_tokens": written,
+        "output_tokens": _count(text),
+    }
+    entry["usage"] = usage
+    message = {
+        "id": f"msg_{len(REQUESTS)}", "type": "message", "role": "assistant",
+        "model": body.get("model"), "stop_reason": "end_turn", "stop_sequence": None,
+    }  # fmt: skip
+    if not body.get("stream"):
+        return JSONResponse(
+            {**message, "content": [{"type": "text", "text": text}], "usage": usage}
+        )
+
+    async def events() -> AsyncIterator[str]:
+        started: dict[str, Any] = {**message, "content": [], "usage": {**usage, "output_tokens": 1}}
+        yield _sse("message_start", {"type": "message_start", "message": started})
+        block = {"type": "text", "text": ""}
+        yield _sse(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": block},
+        )
+        words = text.split(" ")
+        for index, word in enumerate(words):
+            piece = word if index == len(words) - 1 else word + " "
+            delta = {"type": "text_delta", "text": piece}
+            yield _sse(
+                "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+            )
+        yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+        ending = {"stop_reason": "end_turn", "stop_sequence": None}
+        final_usage = {"output_tokens": usage["output_tokens"]}
+        yield _sse(
+            "message_delta", {"type": "message_delta", "delta": ending, "usage": final_usage}
+        )
+        yield _sse("message_stop", {"type": "message_stop"})
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
 async def script(request: Request) -> Response:
     behaviours = await request.json()
     SCRIPT.extend(behaviours if isinstance(behaviours, list) else [behaviours])
@@ -132,6 +208,7 @@ async def health(_: Request) -> Response:
 app = Starlette(
     routes=[
         Route("/v1/chat/completions", completions, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
         Route("/_script", script, methods=["POST"]),
         Route("/_requests", requests_log),
         Route("/_reset", reset, methods=["POST"]),

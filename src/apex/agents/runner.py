@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession
 
 import apex.models  # noqa: F401  (every table, so foreign keys between domains resolve)
 from apex.agents.budget import Budget
@@ -37,6 +38,8 @@ from apex.identity.repository import OrganizationRepository
 from apex.kit.clock import Clock
 from apex.kit.db import Database
 from apex.kit.failpoints import Failpoints
+from apex.realtime.models import Message, MessageRole
+from apex.realtime.repository import MessageRepository
 from apex.settings import Settings
 from apex.usage.models import NANOS_PER_USD
 from apex.usage.spend import Window
@@ -249,7 +252,22 @@ async def _finish_step(
             run.finished_at = now
             run.report = output["report"]
             run.report_markdown = output["markdown"]
+            await _answer_in_thread(session, run, output["markdown"])
     return True
+
+
+async def _answer_in_thread(session: AsyncSession, run: AgentRun, markdown: str) -> None:
+    """The report is the assistant's answer to the question, in the run's thread."""
+    messages = MessageRepository(session)
+    await messages.add(
+        Message(
+            thread_id=run.thread_id,
+            organization_id=run.organization_id,
+            seq=await messages.next_seq(run.thread_id),
+            role=MessageRole.ASSISTANT.value,
+            content=markdown,
+        )
+    )
 
 
 async def _fail(

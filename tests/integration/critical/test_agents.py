@@ -403,6 +403,12 @@ def test_agent_orchestration_integration(stack: Stack) -> None:
     assert events[-1]["payload"]["total_monthly_savings_usd"] == EXPECTED_TOTAL_SAVINGS
     markdown = stack.report(run_id)["markdown"]
     assert f"**${EXPECTED_TOTAL_SAVINGS}**" in markdown
+    # The question and the report are the run's thread: the user's message, then the answer.
+    thread = stack.sql(
+        "SELECT seq, role, content = (SELECT report_markdown FROM agent_runs) "  # noqa: S608
+        f"FROM messages WHERE thread_id = '{run['thread_id']}' ORDER BY seq"
+    ).splitlines()
+    assert thread == ["1|user|f", "2|assistant|t"]
     print(
         f"\norchestration: 5 steps, {len(events)} events in order, 6/6 planted wastes found, "
         f"${EXPECTED_TOTAL_SAVINGS}/month to the cent"

@@ -289,6 +289,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "APEX_FAILPOINTS are for tests and refused when APEX_ENVIRONMENT=production"
             )
+        if self.queue_redelivery_seconds <= self.agent_step_timeout_seconds:
+            raise ValueError(
+                "APEX_QUEUE_REDELIVERY_SECONDS must be longer than "
+                "APEX_AGENT_STEP_TIMEOUT_SECONDS, or a running step's job would be handed to "
+                "a second worker"
+            )
         return self
 
     # --- derived --------------------------------------------------------------------------

@@ -101,6 +101,13 @@ def test_production_requires_a_secret_key(monkeypatch: pytest.MonkeyPatch) -> No
         load_settings()
 
 
+def test_a_job_is_not_redelivered_while_its_step_may_still_run() -> None:
+    with pytest.raises(SettingsError, match="APEX_QUEUE_REDELIVERY_SECONDS must be longer"):
+        load_settings(agent_step_timeout_seconds=300, queue_redelivery_seconds=300)
+    accepted = load_settings(agent_step_timeout_seconds=30, queue_redelivery_seconds=31)
+    assert accepted.queue_redelivery_seconds == 31
+
+
 def test_settings_are_immutable() -> None:
     settings = Settings()
     with pytest.raises(Exception, match="frozen"):

@@ -97,6 +97,15 @@ def test_rest_batches_are_idempotent_and_keep_good_records(
         ).splitlines()
         assert costs == ["call-200|1450000|catalogue", "call-201|123456789|reported"]
 
+        # A cached price above the input price is refused, naming the field.
+        dearer = client.put(
+            "/api/v1/pricing/acme/odd",
+            headers=headers,
+            json={"input": "1.00", "cached_input": "2.00", "output": "3.00"},
+        )
+        assert dearer.status_code == 422
+        assert "cached_input must not cost more than input" in dearer.text
+
         # Oversized batches and bodies without records are refused as a whole, naming the field.
         too_many = client.post(
             "/api/v1/usage/events",

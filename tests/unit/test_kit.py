@@ -3,7 +3,10 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from apex.kit.clock import FrozenClock, SystemClock
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from apex.kit.clock import FrozenClock, SystemClock, UtcInstant
 from apex.kit.errors import ApexError, Conflict, RateLimited, ServiceUnavailable, _field_path
 from apex.kit.ids import new_id
 
@@ -47,3 +50,17 @@ def test_field_paths_read_like_the_payload() -> None:
     assert _field_path(("query", "limit")) == "limit"
     assert _field_path(("body",)) == "body"
     assert _field_path(()) == "body"
+
+
+@pytest.mark.parametrize(
+    "sent",
+    ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-05:00", "1969-12-31T23:59:59Z"],
+)
+def test_client_times_out_of_range_are_refused_not_overflowed(sent: str) -> None:
+    with pytest.raises(ValidationError, match="must be between 1970 and 2100"):
+        TypeAdapter(UtcInstant).validate_python(sent)
+
+
+def test_client_times_are_normalised_to_utc() -> None:
+    instant = TypeAdapter(UtcInstant).validate_python("2026-11-01T01:30:00+02:00")
+    assert instant.isoformat() == "2026-10-31T23:30:00+00:00"

@@ -7,8 +7,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
+from apex.kit.clock import UtcInstant
 from apex.kit.text import Text
 
 
@@ -17,10 +18,10 @@ class RunIn(BaseModel):
     thread_id: uuid.UUID | None = Field(
         default=None, description="Your thread; a new one is started when absent."
     )
-    period_start: AwareDatetime | None = Field(
+    period_start: UtcInstant | None = Field(
         default=None, description="Start of the usage analysed; default: 30 days before now."
     )
-    period_end: AwareDatetime | None = Field(default=None, description="End; default: now.")
+    period_end: UtcInstant | None = Field(default=None, description="End; default: now.")
     token_budget: int | None = Field(default=None, ge=1, le=10_000_000)
     cost_budget_usd: Decimal | None = Field(default=None, ge=0, le=1000)
 

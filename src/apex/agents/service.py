@@ -15,7 +15,7 @@ from apex.agents.repository import RunRepository
 from apex.agents.schemas import RunIn
 from apex.billing.plans import plan_for
 from apex.identity.repository import OrganizationRepository
-from apex.kit.errors import Conflict, NotFound, RateLimited
+from apex.kit.errors import Conflict, NotFound, RateLimited, ValidationFailed
 from apex.realtime.models import MessageRole
 from apex.realtime.repository import ThreadRepository
 from apex.realtime.service import start_thread
@@ -56,6 +56,11 @@ async def start_run(
         thread_id = thread.id
     end = body.period_end or now
     start = body.period_start or end - timedelta(days=30)
+    if start >= end:
+        raise ValidationFailed(
+            "period_start must be before period_end (default: now).",
+            errors=[{"field": "period_start", "message": "must be before period_end"}],
+        )
     run = AgentRun(
         organization_id=organization_id,
         thread_id=thread_id,

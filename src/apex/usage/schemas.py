@@ -6,8 +6,9 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from apex.kit.clock import UtcInstant
 from apex.kit.text import Text
 from apex.usage.pricing import Capability
 
@@ -24,7 +25,7 @@ class UsageRecordIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     id: Text = Field(min_length=1, max_length=200, description="Yours; unique per organisation.")
-    timestamp: AwareDatetime = Field(description="When the call was made, with a time zone.")
+    timestamp: UtcInstant = Field(description="When the call was made, with a time zone.")
     provider: str = Field(min_length=1, max_length=50, pattern=r"^[a-z0-9][a-z0-9._-]*$")
     model: Text = Field(min_length=1, max_length=100)
     workload: Text = Field(default="default", min_length=1, max_length=100)
@@ -96,13 +97,19 @@ class PriceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     capability: Capability = "frontier"
-    context_window: int = Field(default=128_000, gt=0)
+    context_window: int = Field(default=128_000, gt=0, le=100_000_000)
     input: Decimal = Field(ge=0, le=10_000)
     cached_input: Decimal | None = Field(default=None, ge=0, le=10_000)
     cache_write: Decimal | None = Field(default=None, ge=0, le=10_000)
     output: Decimal = Field(ge=0, le=10_000)
     batch_discount: Decimal = Field(default=Decimal(0), ge=0, lt=1)
     source: Text = Field(default="negotiated rate", min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _cached_not_dearer(self) -> PriceIn:
+        if self.cached_input is not None and self.cached_input > self.input:
+            raise ValueError("cached_input must not cost more than input")
+        return self
 
 
 class PriceOut(BaseModel):

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apex.kit.errors import ValidationFailed
 from apex.kit.ids import new_id
 from apex.usage.models import NANOS_PER_USD, CostSource, PriceOverride
 from apex.usage.pricing import Catalogue, ModelPrice, Tokens, cost_of, default_catalogue
@@ -155,6 +156,18 @@ async def ingest(
 
 
 def price_from(provider: str, model: str, body: PriceIn, today: date) -> ModelPrice:
+    """The catalogue entry for a negotiated price (its own rules checked: 422, never 500)."""
+    try:
+        return _model_price(provider, model, body, today)
+    except ValidationError as exc:
+        problems = _problems(exc)
+        raise ValidationFailed(
+            "Invalid price: " + "; ".join(f"{p.field}: {p.reason}" for p in problems),
+            errors=[{"field": p.field, "message": p.reason} for p in problems],
+        ) from None
+
+
+def _model_price(provider: str, model: str, body: PriceIn, today: date) -> ModelPrice:
     return ModelPrice(
         provider=provider,
         model=model,

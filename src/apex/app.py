@@ -17,8 +17,8 @@ from sqlalchemy import text
 from apex import __version__
 from apex.agents import endpoints as agent_endpoints
 from apex.agents.limits import RunSlots
-from apex.agents.queue import JobQueue
 from apex.agents.runner import build_runtime
+from apex.agents.tasks import register_agent_tasks
 from apex.identity import endpoints as identity_endpoints
 from apex.identity.denylist import Denylist
 from apex.identity.keys import KeyRing
@@ -30,6 +30,7 @@ from apex.kit.db import Database
 from apex.kit.errors import install_error_handlers
 from apex.kit.failpoints import Failpoints
 from apex.kit.outbox import OutboxRelay
+from apex.kit.queue import JobQueue
 from apex.kit.redis import create_redis
 from apex.kit.replicas import ReadYourWrites, Replica
 from apex.migrations import runner
@@ -115,7 +116,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.redis_url is None
         else None
     )
-    queue = JobQueue(settings, runtime)
+    queue = JobQueue(settings)
+    register_agent_tasks(queue, runtime)
     database.after_commit(queue.after_commit)
     database.after_rollback(RunSlots(redis).release_rolled_back)
     keyring = KeyRing(

@@ -265,11 +265,12 @@ def worker(
     import asyncio
     import signal
 
-    from apex.agents.queue import JobQueue, serve_jobs
     from apex.agents.runner import build_runtime
+    from apex.agents.tasks import register_agent_tasks
     from apex.kit.clock import SystemClock
     from apex.kit.db import Database
     from apex.kit.failpoints import Failpoints
+    from apex.kit.queue import JobQueue, serve_jobs
     from apex.kit.redis import create_redis
     from apex.observability.logging import configure_logging
 
@@ -284,7 +285,8 @@ def worker(
         runtime = build_runtime(
             settings, database, redis, SystemClock(), Failpoints(settings.failpoints)
         )
-        queue = JobQueue(settings, runtime)
+        queue = JobQueue(settings)
+        register_agent_tasks(queue, runtime)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -21,11 +21,11 @@ from typing import Any
 
 from apex.agents.limits import RunSlots
 from apex.agents.models import TERMINAL, AgentRun
-from apex.agents.queue import JobQueue
 from apex.agents.repository import RunRepository
 from apex.agents.runner import build_runtime
 from apex.agents.schemas import RunIn
 from apex.agents.service import start_run
+from apex.agents.tasks import register_agent_tasks
 from apex.billing.plans import plan_for
 from apex.identity.models import Tier
 from apex.identity.passwords import hash_password
@@ -34,6 +34,7 @@ from apex.identity.service import create_account
 from apex.kit.clock import Clock, SystemClock
 from apex.kit.db import Database
 from apex.kit.failpoints import Failpoints
+from apex.kit.queue import JobQueue
 from apex.kit.redis import create_redis
 from apex.settings import Settings
 from apex.usage.service import ingest
@@ -180,7 +181,8 @@ async def run_demo(
     database = Database(settings)
     redis = create_redis(settings)
     runtime = build_runtime(settings, database, redis, clock, Failpoints(settings.failpoints))
-    queue = JobQueue(settings, runtime if settings.redis_url is None else None)
+    queue = JobQueue(settings)
+    register_agent_tasks(queue, runtime if settings.redis_url is None else None)
     database.after_commit(queue.after_commit)
     await queue.start()
     try:

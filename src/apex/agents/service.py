@@ -10,9 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from apex.agents.events import RunEvents
 from apex.agents.limits import SLOTS_TO_RELEASE_ON_ROLLBACK, RunSlots
 from apex.agents.models import TERMINAL, AgentRun, RunStatus
-from apex.agents.queue import queue_after_commit
 from apex.agents.repository import RunRepository
 from apex.agents.schemas import RunIn
+from apex.agents.tasks import queue_first_step
 from apex.billing.plans import plan_for
 from apex.identity.repository import OrganizationRepository
 from apex.kit.errors import Conflict, NotFound, RateLimited, ValidationFailed
@@ -100,7 +100,7 @@ async def start_run(
         )
     # Released if the transaction does not commit, so a failed start holds no slot.
     session.info.setdefault(SLOTS_TO_RELEASE_ON_ROLLBACK, []).append((organization_id, run.id))
-    queue_after_commit(session.info, run.id)
+    queue_first_step(session.info, run.id)
     return run
 
 

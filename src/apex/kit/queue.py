@@ -1,16 +1,16 @@
 """The job queue (taskiq): Redis Streams in production, in-process on the embedded default.
 
-One task, `apex.agents.run_step`, runs one step of a run and queues the next. A message is
-acknowledged after its task finished; one whose worker died is claimed by another worker
-after `APEX_QUEUE_REDELIVERY_SECONDS` (longer than any step may take, so a live worker is
-never raced).
+Domains register their tasks (`queue.register(name, function)`, see `agents/tasks.py`) and
+queue jobs after their transaction commits (`enqueue_after_commit(session.info, ...)` plus
+the `after_commit` database hook). A message is acknowledged after its task finished; one
+whose worker died is claimed by another worker after `APEX_QUEUE_REDELIVERY_SECONDS`, which
+must be longer than any task may run, so a live worker is never raced.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -18,12 +18,9 @@ from redis.asyncio import Redis
 from taskiq import AckableMessage, AsyncBroker, InMemoryBroker
 from taskiq_redis import RedisStreamBroker
 
-from apex.agents.runner import Runtime, abandon, advance
 from apex.settings import Settings
 
-STEP_TASK = "apex.agents.run_step"
-MAX_JOB_ATTEMPTS = 5
-RUNS_TO_QUEUE = "agent_runs_to_queue"
+JOBS_AFTER_COMMIT = "jobs_after_commit"
 log = structlog.get_logger(__name__)
 
 
@@ -82,42 +79,29 @@ def create_broker(settings: Settings) -> AsyncBroker:
 
 
 class JobQueue:
-    """The broker with Apex's tasks registered; `runtime` is set in processes that run them."""
+    """The broker and the tasks registered on it."""
 
-    def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.broker = create_broker(settings)
-        self.runtime = runtime
 
-        async def run_step(run_id: str, attempt: int = 0) -> None:
-            if self.runtime is None:
-                raise RuntimeError("this process queues jobs but does not run them")
-            try:
-                more = await advance(self.runtime, uuid.UUID(run_id))
-            except Exception:
-                # The database or Redis failed around the step (the step's own errors are
-                # handled by `advance`): try again later, then give the run up.
-                log.exception("agent_step_job_failed", run_id=run_id, attempt=attempt)
-                if attempt + 1 >= MAX_JOB_ATTEMPTS:
-                    await abandon(self.runtime, uuid.UUID(run_id), "the step could not be run")
-                    return
-                await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
-                await self.enqueue_step(uuid.UUID(run_id), attempt + 1)
-                return
-            if more:
-                await self.enqueue_step(uuid.UUID(run_id))
+    def register(self, name: str, task: Callable[..., Awaitable[None]]) -> None:
+        self.broker.register_task(task, task_name=name)
 
-        self.broker.register_task(run_step, task_name=STEP_TASK)
-
-    async def enqueue_step(self, run_id: uuid.UUID, attempt: int = 0) -> None:
-        task = self.broker.find_task(STEP_TASK)
+    async def enqueue(self, name: str, *args: Any) -> None:
+        task = self.broker.find_task(name)
         if task is None:
-            raise RuntimeError(f"task {STEP_TASK} is not registered")
-        await task.kiq(str(run_id), attempt)
+            raise RuntimeError(f"task {name} is not registered")
+        await task.kiq(*args)
+
+    @staticmethod
+    def enqueue_after_commit(session_info: dict[str, Any], name: str, *args: Any) -> None:
+        """Queue a job once the unit of work that `session_info` belongs to has committed."""
+        session_info.setdefault(JOBS_AFTER_COMMIT, []).append((name, args))
 
     async def after_commit(self, info: dict[str, Any]) -> None:
-        """Database after-commit hook: queue the first step of runs created in the unit."""
-        for run_id in info.pop(RUNS_TO_QUEUE, []):
-            await self.enqueue_step(run_id)
+        """The database's after-commit hook: send the jobs the unit of work recorded."""
+        for name, args in info.pop(JOBS_AFTER_COMMIT, []):
+            await self.enqueue(name, *args)
 
     async def start(self) -> None:
         await self.broker.startup()
@@ -126,10 +110,6 @@ class JobQueue:
         if isinstance(self.broker, InMemoryBroker):
             await self.broker.wait_all()
         await self.broker.shutdown()
-
-
-def queue_after_commit(session_info: dict[str, Any], run_id: uuid.UUID) -> None:
-    session_info.setdefault(RUNS_TO_QUEUE, []).append(run_id)
 
 
 async def serve_jobs(queue: JobQueue, stop: asyncio.Event, *, concurrency: int) -> None:

@@ -190,7 +190,8 @@ async def run_demo(
         accepted = duplicates = done = 0
         total = total_records()
         batch: list[dict[str, Any]] = []
-        for record in generate_month(seed, clock.now()):
+        end = clock.now()
+        for record in generate_month(seed, end):
             batch.append(record)
             if len(batch) == batch_size:
                 async with database.unit_of_work() as session:
@@ -211,7 +212,10 @@ async def run_demo(
                 session,
                 organization_id=organization_id,
                 user_id=None,
-                body=RunIn(question=DEMO_QUESTION),
+                # Exactly the generated month, so the figures are the same on every run.
+                body=RunIn(
+                    question=DEMO_QUESTION, period_start=end - timedelta(days=30), period_end=end
+                ),
                 settings=settings,
                 slots=RunSlots(redis),
                 now=clock.now(),

@@ -100,7 +100,11 @@ async def _claim_next_step(runtime: Runtime, run_id: uuid.UUID) -> _Claim | None
         step.attempts = (step.attempts or 0) + 1
         step.started_at = now
         step.worker = WORKER_NAME
-        step.input = {"after": [s for s in STEPS[: STEPS.index(name)]]}
+        step.input = {  # what the step works from: the question and the earlier outputs
+            "question": run.question,
+            "period": [run.period_start.isoformat(), run.period_end.isoformat()],
+            "outputs_of": list(STEPS[: STEPS.index(name)]),
+        }
         organization = await OrganizationRepository(session).get_or_raise(run.organization_id)
         started = run.started_at or now
         deadline = started + timedelta(seconds=runtime.settings.agent_run_timeout_seconds)

@@ -8,6 +8,7 @@ PR_SET_PDEATHSIG=SIGKILL: if the test process dies, the kernel kills them too.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import ctypes
@@ -239,6 +240,17 @@ def leftover_processes() -> list[tuple[int, str]]:
         if cwd.startswith(marker) and cmd.strip():
             found.append((int(entry.name), cmd.strip()))
     return found
+
+
+async def eventually(predicate: Callable[[], bool], within: float, interval: float = 0.05) -> bool:
+    """`wait_until` for async tests: polls without blocking the event loop, so the
+    in-process app's own tasks (which the predicate may be waiting on) keep running."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(interval)
+    return predicate()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

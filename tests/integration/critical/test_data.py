@@ -28,7 +28,7 @@ from apex.app import create_app
 from apex.kit.db import SessionDep
 from apex.settings import Settings
 from tests.harness import ApexServer, PostgresCluster, RedisServer
-from tests.harness.procs import wait_until
+from tests.harness.procs import eventually, wait_until
 from tests.integration.conftest import migrate
 from tests.integration.critical.conftest import bearer, database_name, row_counts, signup
 
@@ -289,7 +289,7 @@ async def test_connection_pooling_integration(fresh_postgres: PostgresCluster) -
         assert terminated == 200
         assert failed == 200
         # Nothing stays checked out (the outbox relay may hold one for a moment each second).
-        assert wait_until(lambda: app.state.database.pool_status().checked_out == 0, 5)
+        assert await eventually(lambda: app.state.database.pool_status().checked_out == 0, 5)
         rounds = [
             await asyncio.gather(*(client.get("/t/quick") for _ in range(10))) for _ in range(20)
         ]
@@ -310,7 +310,7 @@ async def test_connection_pooling_integration(fresh_postgres: PostgresCluster) -
         for task in cancelled:
             task.cancel()
         await asyncio.gather(*cancelled, return_exceptions=True)
-        assert wait_until(lambda: app.state.database.pool_status().checked_out == 0, 10)
+        assert await eventually(lambda: app.state.database.pool_status().checked_out == 0, 10)
         idle_in_tx = "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
         assert await asyncio.to_thread(fresh_postgres.sql, idle_in_tx, db) == "0"
         assert [

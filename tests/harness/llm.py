@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import shutil
-import sys
-import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.harness.procs import (
-    HarnessError,
-    ManagedProcess,
     ServiceProcess,
     free_port,
     make_workdir,
     register_dir,
-    tail,
+    start_python_server,
 )
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 class LlmServer(ServiceProcess):
@@ -41,20 +34,16 @@ class LlmServer(ServiceProcess):
         return f"{self.url}/v1"
 
     def start(self, timeout: float = 20) -> LlmServer:
-        self.process = ManagedProcess(
-            [sys.executable, "-m", "tests.harness.llm_server", "--port", str(self.port)],
+        self.process = start_python_server(
+            "tests.harness.llm_server",
+            ["--port", str(self.port)],
+            root=self.root,
             log_path=self.log_path,
-            cwd=self.root,
-            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+            ready_url=f"{self.url}/_health",
+            what="the LLM server",
+            timeout=timeout,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/_health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise HarnessError(f"the LLM server did not start. Log tail:\n{tail(self.log_path)}")
+        return self
 
     def script(self, *behaviours: dict[str, Any]) -> None:
         httpx.post(f"{self.url}/_script", json=list(behaviours), timeout=5).raise_for_status()

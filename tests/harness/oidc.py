@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import shutil
-import sys
-import time
-from pathlib import Path
 
 import httpx
 
 from tests.harness.procs import (
-    HarnessError,
-    ManagedProcess,
     ServiceProcess,
     free_port,
     make_workdir,
     register_dir,
-    tail,
+    start_python_server,
 )
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 class OidcProvider(ServiceProcess):
@@ -40,37 +33,17 @@ class OidcProvider(ServiceProcess):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20) -> OidcProvider:
-        self.process = ManagedProcess(
-            [
-                sys.executable,
-                "-m",
-                "tests.harness.oidc_provider",
-                "--port",
-                str(self.port),
-                "--client-id",
-                self.client_id,
-                "--client-secret",
-                self.client_secret,
-                "--redirect-uri",
-                self.redirect_uri,
-            ],
+        self.process = start_python_server(
+            "tests.harness.oidc_provider",
+            ["--port", str(self.port), "--client-id", self.client_id,
+             "--client-secret", self.client_secret, "--redirect-uri", self.redirect_uri],
+            root=self.root,
             log_path=self.log_path,
-            cwd=self.root,
-            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if (
-                    httpx.get(
-                        f"{self.issuer}/.well-known/openid-configuration", timeout=1
-                    ).status_code
-                    == 200
-                ):
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise HarnessError(f"the OIDC provider did not start. Log tail:\n{tail(self.log_path)}")
+            ready_url=f"{self.issuer}/.well-known/openid-configuration",
+            what="the OIDC provider",
+            timeout=timeout,
+        )  # fmt: skip
+        return self
 
     def script(self, **behaviour: object) -> None:
         httpx.post(f"{self.issuer}/_script", json=behaviour, timeout=5).raise_for_status()

@@ -18,11 +18,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import httpx
 
 HARNESS_PREFIX = "apex-harness-"
 _PR_SET_PDEATHSIG = 1
@@ -251,6 +254,37 @@ async def eventually(predicate: Callable[[], bool], within: float, interval: flo
             return True
         await asyncio.sleep(interval)
     return predicate()
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def start_python_server(
+    module: str,
+    args: list[str],
+    *,
+    root: Path,
+    log_path: Path,
+    ready_url: str,
+    what: str,
+    timeout: float,
+) -> ManagedProcess:
+    """Run `python -m MODULE ARGS` (a test double from tests/harness) and wait until
+    `ready_url` answers 200; fail with the log's tail if it never does."""
+    process = ManagedProcess(
+        [sys.executable, "-m", module, *args],
+        log_path=log_path,
+        cwd=root,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(ready_url, timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise HarnessError(f"{what} did not start. Log tail:\n{tail(log_path)}")
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

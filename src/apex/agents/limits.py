@@ -49,6 +49,3 @@ class RunSlots:
         """Database after-rollback hook: free the slots taken for runs that were not stored."""
         for organization_id, run_id in info.pop(SLOTS_TO_RELEASE_ON_ROLLBACK, []):
             await self.release(organization_id, run_id)
-
-    async def active(self, organization_id: uuid.UUID, *, now: float) -> int:
-        return int(await self.redis.zcount(slots_key(organization_id), now, "+inf"))

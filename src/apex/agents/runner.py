@@ -303,12 +303,6 @@ async def abandon(runtime: Runtime, run_id: uuid.UUID, reason: str) -> None:
     await runtime.slots.release(organization_id, run_id)
 
 
-async def run_inline(runtime: Runtime, run: AgentRun) -> None:
-    """Run every step in this process (the demo and tests of the pipeline itself)."""
-    while await advance(runtime, run.id):
-        pass
-
-
 def build_runtime(
     settings: Settings, database: Database, redis: Redis, clock: Clock, failpoints: Failpoints
 ) -> Runtime:

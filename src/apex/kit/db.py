@@ -222,8 +222,10 @@ class Database:
             except BaseException as exc:
                 await session.rollback()
                 for undo in self._after_rollback:
-                    with contextlib.suppress(Exception):
+                    try:
                         await undo(session.info)
+                    except Exception:  # the original error is what the caller must see
+                        log.exception("after_rollback_hook_failed")
                 raise translate_db_error(exc) from exc
             for hook in self._after_commit:
                 await hook(session.info)

@@ -27,7 +27,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 MILLION = Decimal(1_000_000)
 CENT = Decimal("0.01")
 Capability = Literal["frontier", "mid", "small"]
-CAPABILITY_ORDER: tuple[Capability, ...] = ("small", "mid", "frontier")
 _VERSION_SUFFIX = re.compile(r"\d{4}-\d{2}-\d{2}|\d{8}|\d{3}|latest|preview(-[\w.-]+)?")
 
 

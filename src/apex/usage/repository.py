@@ -42,9 +42,6 @@ class UsageRepository(Repository[UsageRecord]):
         result = await self.session.execute(statement, list(rows))
         return set(result.scalars().all())
 
-    async def count_for(self, organization_id: uuid.UUID) -> int:
-        return await self.count(UsageRecord.organization_id == organization_id)
-
 
 class PriceOverrideRepository(Repository[PriceOverride]):
     model = PriceOverride

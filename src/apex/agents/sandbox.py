@@ -1,8 +1,13 @@
 """Heavy analyses in a subprocess under memory (RLIMIT_AS) and CPU (RLIMIT_CPU) limits.
 
-Each analysis gets a fresh process (`max_tasks_per_child=1`), so limits are per analysis and
-a runaway one is stopped by the kernel (CPU: SIGXCPU/SIGKILL) or fails its allocations
-(memory) without touching the worker, which only sees `AnalysisKilled`.
+Each analysis gets a fresh process of its own, so limits are per analysis and a runaway one
+is stopped by the kernel (CPU: SIGXCPU, then SIGKILL at the hard limit) or fails its
+allocations (memory) without touching the worker, which only sees `AnalysisKilled`.
+
+One `multiprocessing.Process` and one pipe per analysis, rather than a `ProcessPoolExecutor`:
+CPython 3.11's pool can stop replacing workers when `max_tasks_per_child` is set
+(python/cpython#115634), which hung a data step until its time limit; and a process of our
+own gives its exit signal directly and can be killed when the step is cancelled.
 """
 
 from __future__ import annotations
@@ -11,8 +16,7 @@ import asyncio
 import multiprocessing
 import resource
 import signal
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
 from typing import Any
 
 from apex.agents.tools.analyses import RECOMMENDERS, Recommendation
@@ -21,14 +25,11 @@ from apex.usage.spend import SpendData
 
 RUNAWAY_MEMORY = "memory"
 RUNAWAY_CPU = "cpu"
+_OUT_OF_MEMORY = "out_of_memory"
 
 
 class AnalysisKilled(RuntimeError):
     """An analysis went over its memory or CPU limit and was stopped."""
-
-
-class _OutOfMemory(Exception):
-    """Raised in the child, after the memory is released, in place of `MemoryError`."""
 
 
 def _limit(memory_bytes: int, cpu_seconds: int) -> None:
@@ -48,76 +49,123 @@ def _runaway(kind: str) -> None:
 
 def _analyse(
     name: str, data: SpendData, catalogue: Catalogue, runaway: str | None
-) -> list[Recommendation]:
+) -> tuple[str, Any]:
     exhausted = False
     try:
         if runaway is not None:
             _runaway(runaway)
-        return RECOMMENDERS[name](data, catalogue)
+        return "ok", RECOMMENDERS[name](data, catalogue)
     except MemoryError:
         exhausted = True  # leave the except block first: its traceback pins the memory
-    if exhausted:
-        raise _OutOfMemory(name)
-    raise AssertionError("unreachable")
+    except Exception as error:  # a bug in an analysis: the worker re-raises it
+        return "error", error
+    assert exhausted
+    return _OUT_OF_MEMORY, None
+
+
+def _child(
+    results: Connection,
+    limits: tuple[int, int],
+    name: str,
+    data: SpendData,
+    catalogue: Catalogue,
+    runaway: str | None,
+) -> None:
+    """The subprocess: limit itself, run one analysis, send back what happened."""
+    _limit(*limits)
+    outcome = _analyse(name, data, catalogue, runaway)
+    try:
+        results.send(outcome)
+    except Exception as error:  # an unpicklable error: send its text
+        results.send(("error", RuntimeError(f"{name}: {error!r}")))
+    results.close()
+
+
+async def _readable(fd: int) -> None:
+    """Wait, without a thread, until `fd` can be read (data, end of file or process exit)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+def _receive(results: Connection) -> tuple[str, Any] | None:
+    """The child's outcome, or None if it died before sending one."""
+    try:
+        outcome: tuple[str, Any] = results.recv()
+    except EOFError:
+        return None
+    return outcome
 
 
 class AnalysisSandbox:
     def __init__(self, *, memory_mb: int, cpu_seconds: int) -> None:
         self.memory_bytes = memory_mb * 1024 * 1024
         self.cpu_seconds = cpu_seconds
-        self._pool: ProcessPoolExecutor | None = None
-
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # forkserver: children fork from a small clean process, not from the threaded
-            # worker. Preloading only the analyses keeps it from re-importing `__main__`.
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["apex.agents.sandbox"])
-            self._pool = ProcessPoolExecutor(
-                max_workers=2,
-                mp_context=context,
-                max_tasks_per_child=1,
-                initializer=_limit,
-                initargs=(self.memory_bytes, self.cpu_seconds),
-            )
-        return self._pool
+        # forkserver: children fork from a small clean process, not from the threaded
+        # worker. Preloading only the analyses keeps it from re-importing `__main__`.
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["apex.agents.sandbox"])
 
     async def run(
         self, name: str, data: SpendData, catalogue: Catalogue, *, runaway: str | None = None
     ) -> list[Recommendation]:
-        loop = asyncio.get_running_loop()
-        future: Any = loop.run_in_executor(
-            self._executor(), _analyse, name, data, catalogue, runaway
+        receiver, sender = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_child,
+            args=(sender, (self.memory_bytes, self.cpu_seconds), name, data, catalogue, runaway),
+            name=f"apex-analysis-{name}",
+            daemon=True,
         )
         try:
-            result: list[Recommendation] = await future
-        except (_OutOfMemory, MemoryError):
+            process.start()
+            sender.close()  # the child holds its own end: end of file means it has died
+            await _readable(receiver.fileno())
+            outcome = _receive(receiver)
+            await _readable(process.sentinel)
+            process.join()
+        finally:
+            if process.is_alive():  # cancelled: the analysis must not outlive its step
+                process.kill()
+                process.join()
+            sender.close()
+            receiver.close()
+        exitcode = process.exitcode
+        process.close()
+        return self._result(name, outcome, exitcode)
+
+    def _result(
+        self, name: str, outcome: tuple[str, Any] | None, exitcode: int | None
+    ) -> list[Recommendation]:
+        if outcome is None:
+            raise self._death(name, exitcode)
+        kind, value = outcome
+        if kind == _OUT_OF_MEMORY:
             raise AnalysisKilled(
                 f"{name} went over its memory limit ({self.memory_bytes // 2**20} MB) "
                 "and was stopped"
-            ) from None
-        except BrokenProcessPool:
-            signals = self._exit_signals()
-            self.close()  # the pool cannot be used again; the next analysis gets a new one
-            if signals and signals <= {signal.SIGXCPU, signal.SIGKILL}:
-                raise AnalysisKilled(
-                    f"{name} went over its CPU limit ({self.cpu_seconds} s) and was killed"
-                ) from None
-            raise AnalysisKilled(
-                f"{name}'s process died ({', '.join(s.name for s in signals) or 'no signal'})"
-            ) from None
+            )
+        if kind == "error":
+            raise value
+        result: list[Recommendation] = value
         return result
 
-    def _exit_signals(self) -> set[signal.Signals]:
-        """The signals that ended the pool's processes (read from the executor's own table)."""
-        processes = getattr(self._pool, "_processes", None) or {}
-        return {
-            signal.Signals(-process.exitcode)
-            for process in processes.values()
-            if process.exitcode is not None and process.exitcode < 0
-        }
+    def _death(self, name: str, exitcode: int | None) -> AnalysisKilled:
+        died_of = signal.Signals(-exitcode) if exitcode is not None and exitcode < 0 else None
+        if died_of in (signal.SIGXCPU, signal.SIGKILL):
+            return AnalysisKilled(
+                f"{name} went over its CPU limit ({self.cpu_seconds} s) and was killed"
+            )
+        how = died_of.name if died_of is not None else f"exit code {exitcode}"
+        return AnalysisKilled(f"{name}'s process died ({how})")
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        """Nothing outlives an analysis; kept so owners can release the sandbox uniformly."""

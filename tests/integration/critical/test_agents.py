@@ -338,7 +338,7 @@ def test_agent_orchestration_integration(stack: Stack) -> None:
     run_id = started.json()["id"]
     assert started.json()["status"] == "queued"
     run = stack.wait(run_id)
-    assert run["status"] == "succeeded", run
+    assert run["status"] == "succeeded", (run["error"], run["steps"], runaway.logs()[-4000:])
 
     # The steps ran in order, each once, and are stored with their timings and LLM usage.
     steps = run["steps"]
@@ -578,7 +578,7 @@ def test_agent_resource_management_integration(stack: Stack) -> None:
     stack.llm.script(ALL_INTENTS, {}, {}, {}, ALL_INTENTS)
     run_id = stack.start_run().json()["id"]
     run = stack.wait(run_id)
-    assert run["status"] == "succeeded", run
+    assert run["status"] == "succeeded", (run["error"], run["steps"], runaway.logs()[-4000:])
     failed = stack.report(run_id)["report"]["failed_analyses"]
     assert [f["analysis"] for f in failed] == ["batch_api", "error_waste"]
     assert "memory limit (512 MB)" in failed[0]["error"]

@@ -338,7 +338,7 @@ def test_agent_orchestration_integration(stack: Stack) -> None:
     run_id = started.json()["id"]
     assert started.json()["status"] == "queued"
     run = stack.wait(run_id)
-    assert run["status"] == "succeeded", (run["error"], run["steps"], runaway.logs()[-4000:])
+    assert run["status"] == "succeeded", (run["error"], run["steps"])
 
     # The steps ran in order, each once, and are stored with their timings and LLM usage.
     steps = run["steps"]

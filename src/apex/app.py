@@ -162,8 +162,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         await keyring.stop()
         await queue.stop()
-        if runtime is not None:
-            runtime.sandbox.close()
         await relay.stop()
         await cache.stop()
         await redis.aclose()

@@ -296,7 +296,6 @@ def worker(
             await serve_jobs(queue, stop, concurrency=concurrency)
         finally:
             await queue.broker.shutdown()
-            runtime.sandbox.close()
             await redis.aclose()
             await database.dispose()
             structlog.get_logger("apex.worker").info("worker_stopped")

@@ -224,7 +224,6 @@ async def run_demo(
         return DemoResult(organization_id, accepted, duplicates, run, password)
     finally:
         await queue.stop()
-        runtime.sandbox.close()
         await redis.aclose()
         await database.dispose()
 

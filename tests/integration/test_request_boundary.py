@@ -13,13 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from apex.app import create_app
 from apex.identity.models import Organization
-from apex.kit.db import SessionDep
+from apex.kit.db import SessionDep, call_after_commit
 from apex.kit.errors import RateLimited
 from apex.kit.repository import Repository
 from apex.settings import Settings
@@ -39,8 +39,16 @@ router = APIRouter(prefix="/t")
 
 
 @router.post("/orgs", status_code=201)
-async def create_orgs(body: list[NewOrganization], session: SessionDep) -> dict[str, int]:
+async def create_orgs(
+    body: list[NewOrganization], session: SessionDep, request: Request
+) -> dict[str, int]:
     repository = OrganizationRepository(session)
+    app = request.app
+
+    async def announce() -> None:  # a side effect outside the transaction: sees it committed
+        app.state.announced.append(await _count(app))
+
+    call_after_commit(session, announce)
     for item in body:
         await repository.add(Organization(name=item.name, slug=item.slug))
         if item.fail_after_flush:
@@ -68,6 +76,7 @@ async def app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[F
         settings = Settings(data_dir=tmp_path, environment="test")
     application = create_app(settings)
     application.include_router(router)
+    application.state.announced = []
     async with application.router.lifespan_context(application):
         yield application
 
@@ -91,6 +100,7 @@ async def test_success_commits_before_the_response(app: FastAPI, client: httpx.A
     assert response.status_code == 201
     assert response.json() == {"created": 2}
     assert await _count(app) == 2
+    assert app.state.announced == [2]  # called once, after the commit
 
 
 async def test_error_after_flush_rolls_everything_back(
@@ -107,6 +117,7 @@ async def test_error_after_flush_rolls_everything_back(
     }
     assert "boom" not in response.text  # internals never leak to the client
     assert await _count(app) == 0
+    assert app.state.announced == []  # never called for a rolled-back transaction
 
 
 async def test_constraint_violation_is_a_conflict_and_keeps_nothing(
@@ -121,6 +132,7 @@ async def test_constraint_violation_is_a_conflict_and_keeps_nothing(
     assert body["error"] == "Conflict"
     assert body["detail"] == "The change conflicts with existing data."
     assert await _count(app) == 1  # "fresh" was rolled back with the failed one
+    assert app.state.announced == [1]  # the failed commit called nothing
 
 
 async def test_domain_error_has_the_documented_body(client: httpx.AsyncClient) -> None:

@@ -166,6 +166,3 @@ class AnalysisSandbox:
             )
         how = died_of.name if died_of is not None else f"exit code {exitcode}"
         return AnalysisKilled(f"{name}'s process died ({how})")
-
-    def close(self) -> None:
-        """Nothing outlives an analysis; kept so owners can release the sandbox uniformly."""

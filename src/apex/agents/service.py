@@ -15,6 +15,7 @@ from apex.agents.schemas import RunIn
 from apex.agents.tasks import queue_first_step
 from apex.billing.plans import plan_for
 from apex.identity.repository import OrganizationRepository
+from apex.kit.db import call_after_commit
 from apex.kit.errors import Conflict, NotFound, RateLimited, ValidationFailed
 from apex.realtime.models import MessageRole
 from apex.realtime.repository import ThreadRepository
@@ -129,6 +130,11 @@ async def cancel_run(
     locked.finished_at = now
     locked.error = "cancelled by the user"
     await session.flush()
-    await slots.release(organization_id, run_id)
-    await events.emit("agent_error", {"error": "cancelled by the user", "fatal": True})
+
+    async def announce() -> None:
+        await slots.release(organization_id, run_id)
+        await events.emit("agent_error", {"error": "cancelled by the user", "fatal": True})
+
+    # Only once the cancellation is stored: a failed commit must leave the run's slot held.
+    call_after_commit(session, announce)
     return locked

@@ -229,6 +229,18 @@ class Database:
                 raise translate_db_error(exc) from exc
             for hook in self._after_commit:
                 await hook(session.info)
+            for call in session.info.pop(_CALLS_AFTER_COMMIT, []):
+                await call()
+
+
+_CALLS_AFTER_COMMIT = "calls_after_commit"
+
+
+def call_after_commit(session: AsyncSession, call: Callable[[], Awaitable[None]]) -> None:
+    """Await `call()` once the session's transaction has committed, never on rollback: for a
+    side effect outside the database (Redis) that must not be seen before the change it
+    follows from is durable. Calls run in the order they were recorded."""
+    session.info.setdefault(_CALLS_AFTER_COMMIT, []).append(call)
 
 
 def translate_db_error(exc: BaseException) -> BaseException:

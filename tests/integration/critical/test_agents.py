@@ -625,7 +625,7 @@ def test_agent_resource_management_integration(stack: Stack) -> None:
 
     # A step that outlives its wall-clock limit fails the run, and frees its slot.
     runaway.stop()
-    stack.add_worker(agent_step_timeout_seconds="2")
+    limited = stack.add_worker(agent_step_timeout_seconds="2")
     stack.llm.reset()
     stack.llm.script({"delay": 20})
     started = time.monotonic()
@@ -634,8 +634,31 @@ def test_agent_resource_management_integration(stack: Stack) -> None:
     assert (run["status"], run["error"]) == ("failed", "triage: step timed out after 2 s")
     assert time.monotonic() - started < 10  # long before the LLM call would have answered
     assert wait_until(lambda: slots not in _redis_keys(stack), timeout=10)
+
+    # So does a run that outlives its own limit, counted across steps: triage answers at
+    # once, and a later step's slow LLM call takes the run past its 10 s.
+    limited.stop()
+    stack.add_worker(
+        agent_run_timeout_seconds="10",
+        agent_step_timeout_seconds="30",
+        queue_redelivery_seconds="60",
+    )
+    stack.llm.reset()
+    stack.llm.script(ALL_INTENTS, {"delay": 30})
+    started = time.monotonic()
+    run_id = stack.start_run().json()["id"]
+    run = stack.wait(run_id)
+    assert run["status"] == "failed"
+    assert run["error"].endswith(": run timed out after 10 s"), run["error"]
+    steps = {s["name"]: s["status"] for s in run["steps"]}
+    assert (steps["triage"], steps["data"]) == ("succeeded", "succeeded")
+    assert steps[run["error"].split(":")[0]] == "failed"
+    assert time.monotonic() - started < 25  # long before the slow call would have answered
+    assert len(stack.llm.requests()) == 2
+    assert wait_until(lambda: slots not in _redis_keys(stack), timeout=10)
     print(
         "\nresources: 5 at once on a 2-run plan -> 2 queued, 3 x 429; budget stop after 1 "
         "LLM call; memory and CPU runaways killed, worker alive; cancel left 0 jobs, "
-        "0 busy connections, 0 stray keys; a step over its time limit failed the run"
+        "0 busy connections, 0 stray keys; a step over its time limit failed the run, and so "
+        f"did a run over its own limit ({run['error']})"
     )

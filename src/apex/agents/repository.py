@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import select
 
@@ -24,12 +25,10 @@ class RunRepository(Repository[AgentRun]):
         )
         return result
 
-    async def locked(self, run_id: uuid.UUID) -> AgentRun | None:
-        """The run, row-locked until the transaction ends (PostgreSQL; SQLite has one writer)."""
-        result: AgentRun | None = await self.session.scalar(
-            select(AgentRun).where(AgentRun.id == run_id).with_for_update()
+    async def started_since(self, organization_id: uuid.UUID, since: datetime) -> int:
+        return await self.count(
+            AgentRun.organization_id == organization_id, AgentRun.created_at >= since
         )
-        return result
 
     async def recent(self, organization_id: uuid.UUID, limit: int = 50) -> Sequence[AgentRun]:
         statement = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime, timedelta
 
@@ -13,7 +14,7 @@ from apex.agents.models import TERMINAL, AgentRun, RunStatus
 from apex.agents.repository import RunRepository
 from apex.agents.schemas import RunIn
 from apex.agents.tasks import queue_first_step
-from apex.billing.plans import plan_for
+from apex.billing.plans import Plan, plan_for
 from apex.identity.repository import OrganizationRepository
 from apex.kit.db import call_after_commit
 from apex.kit.errors import Conflict, NotFound, RateLimited, ValidationFailed
@@ -36,10 +37,14 @@ async def start_run(
 ) -> AgentRun:
     """Create a queued run; its first step is queued once the transaction commits.
 
-    The organisation's plan caps concurrent runs: a run over the cap is refused (429 with
-    Retry-After and the tier that allows more), never silently parked.
+    The organisation's plan caps runs started per UTC day and concurrent runs: a run over
+    either cap is refused (429 with Retry-After and the tier that allows more), never
+    silently parked.
     """
-    organization = await OrganizationRepository(session).get_or_raise(organization_id)
+    # Locked: concurrent starts of one organisation count its runs of the day one at a time.
+    organization = await OrganizationRepository(session).get_or_raise(organization_id, lock=True)
+    plan = plan_for(organization.tier)
+    await _refuse_over_daily_runs(session, organization_id, plan, now)
     if body.thread_id is not None:
         thread = await ThreadRepository(session).get(body.thread_id)
         if thread is None or thread.organization_id != organization_id:
@@ -63,6 +68,7 @@ async def start_run(
             errors=[{"field": "period_start", "message": "must be before period_end"}],
         )
     run = AgentRun(
+        created_at=now,  # the day it counts against is the injectable clock's
         organization_id=organization_id,
         thread_id=thread_id,
         created_by_id=user_id,
@@ -85,24 +91,51 @@ async def start_run(
     )
     session.add(run)
     await session.flush()
-    plan = plan_for(organization.tier)
     lapse = now.timestamp() + settings.agent_run_timeout_seconds + 60
     if not await slots.acquire(
         organization_id, run.id, limit=plan.concurrent_agent_runs, now=now.timestamp(), until=lapse
     ):
-        upgrade = plan.next_tier
-        raise RateLimited(
-            f"Your {plan.tier.value} plan runs at most {plan.concurrent_agent_runs} agent runs "
-            "at a time; wait for one to finish."
-            + (f" The {upgrade.value} plan allows more." if upgrade else ""),
-            retry_after=5,
+        raise _over_plan(
+            plan,
+            f"runs at most {plan.concurrent_agent_runs} agent runs at a time; "
+            "wait for one to finish.",
             limit=plan.concurrent_agent_runs,
-            upgrade=upgrade.value if upgrade else None,
+            retry_after=5,
         )
     # Released if the transaction does not commit, so a failed start holds no slot.
     session.info.setdefault(SLOTS_TO_RELEASE_ON_ROLLBACK, []).append((organization_id, run.id))
     queue_first_step(session.info, run.id)
     return run
+
+
+def _over_plan(plan: Plan, what: str, *, limit: int, retry_after: float) -> RateLimited:
+    upgrade = plan.next_tier
+    return RateLimited(
+        f"Your {plan.tier.value} plan {what}"
+        + (f" The {upgrade.value} plan allows more." if upgrade else ""),
+        retry_after=retry_after,
+        limit=limit,
+        upgrade=upgrade.value if upgrade else None,
+    )
+
+
+async def _refuse_over_daily_runs(
+    session: AsyncSession, organization_id: uuid.UUID, plan: Plan, now: datetime
+) -> None:
+    """Runs count against the UTC day they were started on, whatever became of them."""
+    if plan.agent_runs_per_day is None:
+        return
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    started = await RunRepository(session).started_since(organization_id, today)
+    if started >= plan.agent_runs_per_day:
+        tomorrow = today + timedelta(days=1)
+        raise _over_plan(
+            plan,
+            f"starts at most {plan.agent_runs_per_day} agent runs a day; "
+            "the count starts again at 00:00 UTC.",
+            limit=plan.agent_runs_per_day,
+            retry_after=math.ceil((tomorrow - now).total_seconds()),
+        )
 
 
 async def get_run(session: AsyncSession, organization_id: uuid.UUID, run_id: uuid.UUID) -> AgentRun:

@@ -30,11 +30,23 @@ class Repository(Generic[ModelT]):
         result: ModelT | None = await self.session.get(self.model, id)
         return result
 
-    async def get_or_raise(self, id: uuid.UUID) -> ModelT:
-        found = await self.get(id)
+    async def get_or_raise(self, id: uuid.UUID, *, lock: bool = False) -> ModelT:
+        found = await (self.locked(id) if lock else self.get(id))
         if found is None:
             raise NotFound(f"{self.model.__name__} {id} was not found.")
         return found
+
+    async def locked(self, id: uuid.UUID) -> ModelT | None:
+        """The row, locked until the transaction ends (PostgreSQL; SQLite has one writer),
+        as it is now: `populate_existing` refreshes a copy the session read before the lock."""
+        statement = (
+            self.select()
+            .where(self.model.id == id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        result: ModelT | None = await self.session.scalar(statement)
+        return result
 
     async def add(self, instance: ModelT) -> ModelT:
         self.session.add(instance)

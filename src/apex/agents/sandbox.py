@@ -101,7 +101,7 @@ def _receive(results: Connection) -> tuple[str, Any] | None:
     """The child's outcome, or None if it died before sending one."""
     try:
         outcome: tuple[str, Any] = results.recv()
-    except EOFError:
+    except (EOFError, OSError):  # OSError: killed in the middle of sending
         return None
     return outcome
 

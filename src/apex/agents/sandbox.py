@@ -6,8 +6,8 @@ allocations (memory) without touching the worker, which only sees `AnalysisKille
 
 One `multiprocessing.Process` and one pipe per analysis, rather than a `ProcessPoolExecutor`:
 CPython 3.11's pool can stop replacing workers when `max_tasks_per_child` is set
-(python/cpython#115634), which hung a data step until its time limit; and a process of our
-own gives its exit signal directly and can be killed when the step is cancelled.
+(python/cpython#115634) and keeps why a worker died in a private table, while a process of
+our own gives its exit signal directly and is killed when its step is cancelled.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ embedded default (SQLite, runs executed by the in-process job queue)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ from fastapi import FastAPI
 from apex.app import create_app
 from apex.kit.clock import FrozenClock
 from apex.settings import Settings
+from tests.integration.critical.conftest import SIGNUP, bearer, signup_body
 
 RUNS = "/api/v1/agents/runs"
 QUESTION = {"question": "Where are we wasting money?"}
@@ -38,16 +38,7 @@ async def app(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[FastAPI]:
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://apex.test") as http:
-        signed_up = await http.post(
-            "/api/v1/auth/signup",
-            json={
-                "email": f"quota-{uuid.uuid4().hex[:8]}@example.test",
-                "password": "correct horse battery staple",
-                "organization_name": "Quota Test",
-            },
-        )
-        assert signed_up.status_code == 201, signed_up.text
-        http.headers["Authorization"] = f"Bearer {signed_up.json()['access_token']}"
+        http.headers.update(bearer(await http.post(SIGNUP, json=signup_body())))
         yield http
 
 

@@ -12,15 +12,22 @@ from tests.harness import PostgresCluster
 CORE_TABLES = ("users", "organizations", "memberships", "threads", "messages", "outbox_messages")
 
 
-def signup(client: httpx.Client, **overrides: Any) -> httpx.Response:
+SIGNUP = "/api/v1/auth/signup"
+
+
+def signup_body(**overrides: Any) -> dict[str, Any]:
+    """A new user and organisation, unique per call."""
     tag = uuid.uuid4().hex[:10]
-    body = {
+    return {
         "email": f"user-{tag}@example.test",
         "password": "correct horse battery staple",
         "organization_name": f"Org {tag}",
         **overrides,
     }
-    return client.post("/api/v1/auth/signup", json=body)
+
+
+def signup(client: httpx.Client, **overrides: Any) -> httpx.Response:
+    return client.post(SIGNUP, json=signup_body(**overrides))
 
 
 def bearer(response: httpx.Response) -> dict[str, str]:

@@ -16,7 +16,6 @@ from sqlalchemy import text
 
 from apex import __version__
 from apex.agents import endpoints as agent_endpoints
-from apex.agents.limits import RunSlots
 from apex.agents.runner import build_runtime
 from apex.agents.tasks import register_agent_tasks
 from apex.identity import endpoints as identity_endpoints
@@ -119,7 +118,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     queue = JobQueue(settings)
     register_agent_tasks(queue, runtime)
     database.after_commit(queue.after_commit)
-    database.after_rollback(RunSlots(redis).release_rolled_back)
     keyring = KeyRing(
         database,
         secret=settings.signing_secret,

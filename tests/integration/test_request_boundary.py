@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from apex.app import create_app
 from apex.identity.models import Organization
-from apex.kit.db import SessionDep, call_after_commit
+from apex.kit.db import SessionDep, call_after_commit, call_after_rollback
 from apex.kit.errors import RateLimited
 from apex.kit.repository import Repository
 from apex.settings import Settings
@@ -48,7 +48,11 @@ async def create_orgs(
     async def announce() -> None:  # a side effect outside the transaction: sees it committed
         app.state.announced.append(await _count(app))
 
+    async def undo() -> None:  # what was done outside the transaction: sees it rolled back
+        app.state.undone.append(await _count(app))
+
     call_after_commit(session, announce)
+    call_after_rollback(session, undo)
     for item in body:
         await repository.add(Organization(name=item.name, slug=item.slug))
         if item.fail_after_flush:
@@ -77,6 +81,7 @@ async def app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[F
     application = create_app(settings)
     application.include_router(router)
     application.state.announced = []
+    application.state.undone = []
     async with application.router.lifespan_context(application):
         yield application
 
@@ -101,6 +106,7 @@ async def test_success_commits_before_the_response(app: FastAPI, client: httpx.A
     assert response.json() == {"created": 2}
     assert await _count(app) == 2
     assert app.state.announced == [2]  # called once, after the commit
+    assert app.state.undone == []
 
 
 async def test_error_after_flush_rolls_everything_back(
@@ -118,6 +124,7 @@ async def test_error_after_flush_rolls_everything_back(
     assert "boom" not in response.text  # internals never leak to the client
     assert await _count(app) == 0
     assert app.state.announced == []  # never called for a rolled-back transaction
+    assert app.state.undone == [0]  # called once, after the rollback
 
 
 async def test_constraint_violation_is_a_conflict_and_keeps_nothing(
@@ -132,7 +139,8 @@ async def test_constraint_violation_is_a_conflict_and_keeps_nothing(
     assert body["error"] == "Conflict"
     assert body["detail"] == "The change conflicts with existing data."
     assert await _count(app) == 1  # "fresh" was rolled back with the failed one
-    assert app.state.announced == [1]  # the failed commit called nothing
+    assert app.state.announced == [1]  # the failed commit announced nothing
+    assert app.state.undone == [1]  # and undid its side effects
 
 
 async def test_domain_error_has_the_documented_body(client: httpx.AsyncClient) -> None:

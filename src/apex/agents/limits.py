@@ -7,7 +7,6 @@ A sorted set per organisation holds its active run ids scored by when their slot
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from redis.asyncio import Redis
 
@@ -19,9 +18,6 @@ redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
 redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(ARGV[4]) * 1000))
 return 1
 """
-
-
-SLOTS_TO_RELEASE_ON_ROLLBACK = "run_slots_to_release"
 
 
 def slots_key(organization_id: uuid.UUID) -> str:
@@ -44,8 +40,3 @@ class RunSlots:
 
     async def release(self, organization_id: uuid.UUID, run_id: uuid.UUID) -> None:
         await self.redis.zrem(slots_key(organization_id), str(run_id))
-
-    async def release_rolled_back(self, info: dict[str, Any]) -> None:
-        """Database after-rollback hook: free the slots taken for runs that were not stored."""
-        for organization_id, run_id in info.pop(SLOTS_TO_RELEASE_ON_ROLLBACK, []):
-            await self.release(organization_id, run_id)

@@ -9,14 +9,14 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.agents.events import RunEvents
-from apex.agents.limits import SLOTS_TO_RELEASE_ON_ROLLBACK, RunSlots
+from apex.agents.limits import RunSlots
 from apex.agents.models import TERMINAL, AgentRun, RunStatus
 from apex.agents.repository import RunRepository
 from apex.agents.schemas import RunIn
 from apex.agents.tasks import queue_first_step
 from apex.billing.plans import Plan, plan_for
 from apex.identity.repository import OrganizationRepository
-from apex.kit.db import call_after_commit
+from apex.kit.db import call_after_commit, call_after_rollback
 from apex.kit.errors import Conflict, NotFound, RateLimited, ValidationFailed
 from apex.realtime.models import MessageRole
 from apex.realtime.repository import ThreadRepository
@@ -103,7 +103,8 @@ async def start_run(
             retry_after=5,
         )
     # Released if the transaction does not commit, so a failed start holds no slot.
-    session.info.setdefault(SLOTS_TO_RELEASE_ON_ROLLBACK, []).append((organization_id, run.id))
+    run_id = run.id
+    call_after_rollback(session, lambda: slots.release(organization_id, run_id))
     queue_first_step(session.info, run.id)
     return run
 

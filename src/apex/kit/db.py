@@ -158,7 +158,6 @@ class Database:
             info=info,
         )
         self._after_commit: list[AfterCommit] = []
-        self._after_rollback: list[AfterCommit] = []
         self._monitor: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -173,11 +172,6 @@ class Database:
         `session.info`; a hook sends it once the data it describes is durable.
         """
         self._after_commit.append(hook)
-
-    def after_rollback(self, hook: AfterCommit) -> None:
-        """Call `hook(session.info)` after a unit of work rolled back: undo what a service
-        did outside the database (a Redis reservation) for data that will never exist."""
-        self._after_rollback.append(hook)
 
     @property
     def backend(self) -> str:
@@ -221,11 +215,11 @@ class Database:
                 await session.commit()
             except BaseException as exc:
                 await session.rollback()
-                for undo in self._after_rollback:
+                for undo in session.info.pop(_CALLS_AFTER_ROLLBACK, []):
                     try:
-                        await undo(session.info)
+                        await undo()
                     except Exception:  # the original error is what the caller must see
-                        log.exception("after_rollback_hook_failed")
+                        log.exception("after_rollback_call_failed")
                 raise translate_db_error(exc) from exc
             for hook in self._after_commit:
                 await hook(session.info)
@@ -234,6 +228,7 @@ class Database:
 
 
 _CALLS_AFTER_COMMIT = "calls_after_commit"
+_CALLS_AFTER_ROLLBACK = "calls_after_rollback"
 
 
 def call_after_commit(session: AsyncSession, call: Callable[[], Awaitable[None]]) -> None:
@@ -241,6 +236,13 @@ def call_after_commit(session: AsyncSession, call: Callable[[], Awaitable[None]]
     side effect outside the database (Redis) that must not be seen before the change it
     follows from is durable. Calls run in the order they were recorded."""
     session.info.setdefault(_CALLS_AFTER_COMMIT, []).append(call)
+
+
+def call_after_rollback(session: AsyncSession, call: Callable[[], Awaitable[None]]) -> None:
+    """Await `call()` if the session's transaction rolls back, or its commit fails: undo
+    what was done outside the database (a Redis reservation) for data that will never
+    exist. A failing call is logged; the caller sees the original error."""
+    session.info.setdefault(_CALLS_AFTER_ROLLBACK, []).append(call)
 
 
 def translate_db_error(exc: BaseException) -> BaseException:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import structlog
 import typer
@@ -13,6 +13,9 @@ from rich.console import Console
 
 from apex import __version__
 from apex.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from apex.usage.files import FileIngestResult
 
 app = typer.Typer(
     help="Apex: find the waste in LLM spend and prove the savings.",
@@ -203,6 +206,9 @@ def ingest(
     ],
     org: Annotated[str, typer.Option(help="The organisation's slug.")],
     batch_size: Annotated[int, typer.Option(min=1, max=1000)] = 1000,
+    restart: Annotated[
+        bool, typer.Option(help="Send the whole file again (ignore the checkpoint).")
+    ] = False,
 ) -> None:
     """Import usage records from a JSONL or CSV file (resumable; record ids make it exact)."""
     import asyncio
@@ -211,7 +217,8 @@ def ingest(
 
     from apex.identity.repository import OrganizationRepository
     from apex.kit.db import Database
-    from apex.usage.files import FileFormatError, FileIngestResult, ingest_file
+    from apex.kit.failpoints import Failpoints
+    from apex.usage.files import FileFormatError, ingest_file
 
     settings = _settings()
 
@@ -229,6 +236,8 @@ def ingest(
                 file,
                 batch_size=batch_size,
                 progress=lambda done, total: progress.update(task, completed=done, total=total),
+                restart=restart,
+                failpoints=Failpoints(settings.failpoints),
             )
         finally:
             await database.dispose()
@@ -244,17 +253,35 @@ def ingest(
             result = asyncio.run(run(progress))
     except FileFormatError as exc:
         _fail(f"{file}: {exc} (earlier batches are stored: fix it and run again to resume)", 1)
+    if result.already_finished:
+        _report_finished_file(result)
+        return
     if result.resumed_from_line:
         console.print(f"Resumed after line {result.resumed_from_line}.")
     console.print(
-        f"[green]{result.accepted} accepted[/green], {result.duplicates} duplicates, "
-        f"[red]{result.rejected} rejected[/red] ({result.lines} lines)."
+        f"[green]{result.accepted:,} accepted[/green], {result.duplicates:,} duplicates "
+        f"(already stored), [red]{result.rejected:,} rejected[/red] ({result.lines:,} lines)."
     )
+    if result.warnings:
+        console.print(f"[yellow]{result.warnings:,} stored with a warning[/yellow].")
     for line, problem in result.problems:
-        reasons = "; ".join(f"{p.field}: {p.reason}" for p in problem.errors)
+        reasons = "; ".join(f"{p.field}: {p.reason}" for p in problem.errors + problem.warnings)
         console.print(f"  line {line} ({problem.id or 'no id'}): {reasons}", markup=False)
     if result.rejected:
         raise typer.Exit(1)
+
+
+def _report_finished_file(result: FileIngestResult) -> None:
+    """A file ingested to its end before: say what the store holds of it."""
+    records, stored = result.records_in_file, result.already_stored
+    if stored == records:
+        console.print(f"This file was ingested before: {records:,} records, all already stored.")
+    else:
+        console.print(
+            f"This file was ingested before: {records:,} records, {stored:,} already stored, "
+            f"{records - stored:,} not stored (rejected then). Run with --restart to send it "
+            "again and see why."
+        )
 
 
 @app.command()
@@ -316,6 +343,7 @@ def demo(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
     from rich.table import Table
 
+    from apex.agents.pipeline import coverage_lines
     from apex.demo import DEMO_EMAIL, projected_bill, run_demo
     from apex.migrations import runner
 
@@ -371,6 +399,9 @@ def demo(
             rec["confidence"],
         )
     out.print(ranked)
+    if report.get("withheld"):
+        out.print(report["withheld"]["message"])
+    out.print(Markdown("\n".join(coverage_lines(report["coverage"]))))
     out.print(Markdown("## Summary\n\n" + report["summary"]))
     base, share, total = projected_bill("mid", Decimal(report["total_monthly_savings_usd"]))
     out.print(

@@ -1,9 +1,10 @@
 """`apex demo`: from nothing to a savings report, through the production code paths.
 
 A demo organisation (Mid plan) gets a seeded, realistic month of LLM usage — six workloads
-on three providers, with one planted instance of every kind of waste the analyses find —
-ingested through the usage service, then a run of the full agent pipeline through the job
-queue, exactly as a run started over the API.
+on two providers, user ids on every call, dated model names, with one planted instance of
+every kind of waste the analyses find — ingested through the usage service, then a run of
+the full agent pipeline through the job queue, exactly as a run started over the API.
+The month is a fixed one (October 2026), so the figures are the same on every run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -42,6 +43,8 @@ from apex.usage.service import ingest
 DEMO_SLUG = "apex-demo"
 DEMO_EMAIL = "demo@apex.invalid"
 DEMO_QUESTION = "Where are we wasting money on LLMs, and what should we change first?"
+DEMO_PERIOD_END = datetime(2026, 11, 1, tzinfo=UTC)
+DEMO_DAYS = 30
 Progress = Callable[[int, int], None]
 
 
@@ -53,7 +56,7 @@ class Workload:
     calls: int
     input_tokens: tuple[int, int]
     output_tokens: tuple[int, int]
-    interactive: bool = True
+    interactive: bool = True  # False: a scheduled job, 01:00-05:00 UTC, seconds per call
     prefix_tokens: int = 0  # a shared prompt prefix, sent uncached (caching waste)
     cached: bool = False  # already uses prompt caching
     repeat_share: float = 0.0  # share of calls repeating one of a few prompts
@@ -62,8 +65,8 @@ class Workload:
 
 
 WORKLOADS = (
-    # Short classification on a frontier model: right-sizing.
-    Workload("ticket-triage", "openai", "gpt-4o", 9000, (400, 900), (5, 40)),
+    # Short classification on a frontier model (logged under its dated name): right-sizing.
+    Workload("ticket-triage", "openai", "gpt-4o-2024-08-06", 9000, (400, 900), (5, 40)),
     # A long shared system prompt, never cached: prompt caching.
     Workload(
         "support-chat", "anthropic", "claude-sonnet-4-5", 3000, (3500, 5000), (150, 500),
@@ -95,10 +98,14 @@ def _hash(*parts: object) -> str:
 def generate_month(seed: int, end: datetime) -> Iterator[dict[str, Any]]:
     """A month of usage records ending at `end`, the same for the same seed."""
     rng = random.Random(seed)  # noqa: S311 - reproducible demo data, not a secret
-    start = end - timedelta(days=30)
+    start = end - timedelta(days=DEMO_DAYS)
     for workload in WORKLOADS:
         for n in range(workload.calls):
-            at = start + timedelta(seconds=rng.uniform(0, 30 * 86_400 - 1))
+            if workload.interactive:
+                at = start + timedelta(seconds=rng.uniform(0, DEMO_DAYS * 86_400 - 1))
+            else:  # the nightly job: every call between 01:00 and 05:00 UTC
+                day = start + timedelta(days=rng.randrange(DEMO_DAYS))
+                at = day + timedelta(hours=1, seconds=rng.uniform(0, 4 * 3600 - 1))
             prompt = rng.randint(*workload.input_tokens)
             output = rng.randint(*workload.output_tokens)
             repeated = rng.random() < workload.repeat_share
@@ -123,15 +130,26 @@ def generate_month(seed: int, end: datetime) -> Iterator[dict[str, Any]]:
                 "cached_input_tokens": cached,
                 "cache_write_tokens": written,
                 "output_tokens": output,
-                "latency_ms": 300 + output * 12 + (30_000 if status == "timeout" else 0),
+                "latency_ms": _latency(rng, workload, output, status),
                 "status": status,
                 "prompt_hash": _hash(workload.name, prompt_id),
-                "end_user": f"user-{rng.randint(1, 400)}" if workload.interactive else None,
+                # Gateways put a user (or, for jobs, a tenant) id on every call.
+                "end_user": f"user-{rng.randint(1, 400)}"
+                if workload.interactive
+                else f"tenant-{rng.randint(1, 60)}",
             }
             if workload.prefix_tokens:
                 record["prefix_hash"] = _hash(workload.name, "system-prompt-v3")
                 record["prefix_tokens"] = workload.prefix_tokens
             yield record
+
+
+def _latency(rng: random.Random, workload: Workload, output: int, status: str) -> int:
+    if status == "timeout":
+        return 30_000
+    if not workload.interactive:
+        return rng.randint(8_000, 30_000)  # long generations nobody waits for
+    return 300 + output * 12
 
 
 def total_records() -> int:
@@ -190,7 +208,7 @@ async def run_demo(
         accepted = duplicates = done = 0
         total = total_records()
         batch: list[dict[str, Any]] = []
-        end = clock.now()
+        end = DEMO_PERIOD_END
         for record in generate_month(seed, end):
             batch.append(record)
             if len(batch) == batch_size:
@@ -214,7 +232,9 @@ async def run_demo(
                 user_id=None,
                 # Exactly the generated month, so the figures are the same on every run.
                 body=RunIn(
-                    question=DEMO_QUESTION, period_start=end - timedelta(days=30), period_end=end
+                    question=DEMO_QUESTION,
+                    period_start=end - timedelta(days=DEMO_DAYS),
+                    period_end=end,
                 ),
                 settings=settings,
                 slots=RunSlots(redis),

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from apex.usage.files import checkpoint_path
 from tests.harness import ApexServer, PostgresCluster, RedisServer
 from tests.harness.procs import ManagedProcess, wait_until
 from tests.integration.critical.conftest import bearer, database_name, signup
@@ -52,29 +53,64 @@ def test_rest_batches_are_idempotent_and_keep_good_records(
     database = database_name(database_url)
     with server.client() as client:
         headers = bearer(signup(client))
-        batch = [_record(n) for n in range(10)]
+        batch: list[Any] = [_record(n) for n in range(10)]
         batch.insert(3, _record(99, timestamp="2026-11-01T12:00:00"))  # no time zone
         batch.insert(5, _record(98, input_tokens=-5, status="maybe"))  # two problems
         batch.insert(6, _record(96, prefix_tokens=5000, prefix_hash="p1"))  # longer than prompt
-        batch.insert(7, _record(97, provider="acme", model="secret-model"))  # unpriced
+        batch.insert(7, _record(97, provider="acme", model="secret-model"))  # unpriced: kept
+        batch.insert(8, _record(95, input_tokens=True, output_tokens="123"))  # not counts
+        batch.insert(9, 1)  # not an object: rejected alone
+        batch.insert(10, _record(94, metadata={"team": "search", "trace": [1, 2]}))
         batch.append(_record(0))  # the same id again in the same batch
         first = client.post("/api/v1/usage/events", headers=headers, json={"records": batch})
         assert first.status_code == 200, first.text
         report = first.json()
-        assert (report["accepted"], report["duplicates"], report["rejected"]) == (10, 1, 4)
-        problems = {r["id"]: r["errors"] for r in report["results"] if r["status"] == "rejected"}
-        assert [e["field"] for e in problems["call-99"]] == ["timestamp"]
-        assert {e["field"] for e in problems["call-98"]} == {"input_tokens", "status"}
-        assert problems["call-96"] == [
+        assert (report["accepted"], report["duplicates"], report["rejected"]) == (12, 1, 5)
+        assert len(report["results"]) == len(batch)
+        problems = {r["index"]: r["errors"] for r in report["results"] if r["status"] == "rejected"}
+        by_id = {r["id"]: r for r in report["results"] if r["id"]}
+        assert [e["field"] for e in by_id["call-99"]["errors"]] == ["timestamp"]
+        assert {e["field"] for e in by_id["call-98"]["errors"]} == {"input_tokens", "status"}
+        assert by_id["call-96"]["errors"] == [
             {"field": "record", "reason": "prefix_tokens (5000) exceeds the prompt's tokens (3000)"}
         ]
-        assert problems["call-97"][0]["field"] == "model"
-        assert _sum_and_count(postgres, database) == (10, 10 * GPT4O_CALL_NANOS)
+        assert {e["field"] for e in by_id["call-95"]["errors"]} == {"input_tokens", "output_tokens"}
+        assert problems[9] == [{"field": "record", "reason": "must be a JSON object"}]
+        assert by_id["call-97"]["status"] == "accepted"
+        assert by_id["call-97"]["warnings"][0]["field"] == "model"
+        assert "stored unpriced" in by_id["call-97"]["warnings"][0]["reason"]
+        # The unpriced record is stored at cost 0, marked so, until it has a price.
+        assert _sum_and_count(postgres, database) == (12, 11 * GPT4O_CALL_NANOS)
+        assert (
+            postgres.sql(
+                "SELECT cost_source FROM usage_records WHERE record_id = 'call-97'", database
+            ).strip()
+            == "unpriced"
+        )
+        # Metadata is stored and returned as sent.
+        stored = client.get("/api/v1/usage/events/call-94", headers=headers)
+        assert stored.status_code == 200, stored.text
+        assert stored.json()["metadata"] == {"team": "search", "trace": [1, 2]}
+        assert stored.json()["cost_usd"] == "0.0065"
+        assert client.get("/api/v1/usage/events/nope", headers=headers).status_code == 404
 
         # The client retries the whole batch (it never saw the answer): nothing is counted twice.
         again = client.post("/api/v1/usage/events", headers=headers, json={"records": batch})
-        assert (again.json()["accepted"], again.json()["duplicates"]) == (0, 11)
-        assert _sum_and_count(postgres, database) == (10, 10 * GPT4O_CALL_NANOS)
+        assert (again.json()["accepted"], again.json()["duplicates"]) == (0, 13)
+        assert _sum_and_count(postgres, database) == (12, 11 * GPT4O_CALL_NANOS)
+
+        # What a client sends back is echoed short and always encodable.
+        odd = [_record(0, id="x" * 5000), {**_record(0), "id": "bad-\ud800-id"}]
+        echoed = client.post(
+            "/api/v1/usage/events",
+            headers={**headers, "Content-Type": "application/json"},
+            content=json.dumps({"records": odd}),  # escapes the lone surrogate as JSON allows
+        )
+        assert echoed.status_code == 200, echoed.text
+        long_id, surrogate = echoed.json()["results"]
+        assert long_id["status"] == surrogate["status"] == "rejected"
+        assert len(long_id["id"]) <= 201
+        assert surrogate["id"] == "bad-\ufffd-id"
 
         # A reported cost is kept as sent; a negotiated price applies to later records.
         priced = client.put(
@@ -87,8 +123,8 @@ def test_rest_batches_are_idempotent_and_keep_good_records(
             _record(200, provider="acme", model="secret-model", cached_input_tokens=0),
             _record(201, cost_usd="0.123456789"),
         ]
-        stored = client.post("/api/v1/usage/events", headers=headers, json={"records": more})
-        assert stored.json()["accepted"] == 2
+        added = client.post("/api/v1/usage/events", headers=headers, json={"records": more})
+        assert added.json()["accepted"] == 2
         # acme at $1 in / $3 out: 1,000 in + 150 out(incl. reasoning) = 0.001 + 0.00045.
         costs = postgres.sql(
             "SELECT record_id, cost_nanos, cost_source FROM usage_records "
@@ -126,7 +162,7 @@ def test_rest_batches_are_idempotent_and_keep_good_records(
             json={"records": [_record(500)]},
         )
         assert refused.status_code == 403
-    assert _sum_and_count(postgres, database)[0] == 12
+    assert _sum_and_count(postgres, database)[0] == 14
 
 
 def test_cli_ingest_resumes_after_kill_and_counts_each_record_once(
@@ -181,11 +217,17 @@ def test_cli_ingest_resumes_after_kill_and_counts_each_record_once(
         f"{lines - stored_before} more in {time.monotonic() - started:.1f}s"
     )
 
-    # Running it again on the finished file changes nothing.
-    checkpoint.unlink()
+    # Running it again on the finished file says what the store has, and sends nothing.
     replay = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert replay.returncode == 0
-    assert f"0 accepted, {lines} duplicates" in " ".join(replay.stderr.split())
+    assert replay.returncode == 0, replay.stderr
+    said = " ".join((replay.stdout + replay.stderr).split())
+    assert f"{lines:,} records, all already stored" in said
+    # --restart sends it again: every record is reported as a duplicate, nothing changes.
+    restart = subprocess.run(
+        [*command, "--restart"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert restart.returncode == 0
+    assert f"0 accepted, {lines:,} duplicates" in " ".join(restart.stderr.split())
     assert _sum_and_count(postgres, database) == (lines, lines * GPT4O_CALL_NANOS)
 
     # A malformed line stops the import with its line number; records before it are kept.
@@ -204,3 +246,49 @@ def test_cli_ingest_resumes_after_kill_and_counts_each_record_once(
     )
     assert failed.returncode == 1
     assert "line 3" in failed.stderr
+
+
+def test_cli_ingest_killed_inside_a_batch_loses_and_doubles_nothing(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+    tmp_path: Path,
+) -> None:
+    """Killed (SIGKILL, by failpoints) inside a batch's transaction, then right after a
+    batch committed but before its checkpoint: the finished run has every record once."""
+    server = start_apex(database_url, redis_server.url)
+    database = database_name(database_url)
+    with server.client() as client:
+        signup(client, organization_name="Crash Co")
+    slug = postgres.sql("SELECT slug FROM organizations", database).strip()
+    lines, batch = 1_000, 100
+    path = tmp_path / "usage.csv"
+    with path.open("w") as handle:
+        handle.write("id,timestamp,provider,model,workload,input_tokens,cached_input_tokens,"
+                     "output_tokens,reasoning_tokens\n")  # fmt: skip
+        for n in range(lines):
+            handle.write(f"csv-{n},2026-11-01T12:00:00Z,openai,gpt-4o,support,1000,2000,100,50\n")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("APEX_")}
+    base["APEX_DATABASE_URL"] = database_url
+    command = [sys.executable, "-m", "apex", "ingest", str(path), "--org", slug,
+               "--batch-size", str(batch)]  # fmt: skip
+
+    def ingest(failpoint: str | None) -> subprocess.CompletedProcess[str]:
+        env = base | ({"APEX_FAILPOINTS": failpoint} if failpoint else {})
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    # Killed with the first batch inserted, its transaction not committed: nothing stored.
+    killed = ingest("ingest.kill_before_commit:1")
+    assert killed.returncode == -9
+    assert _sum_and_count(postgres, database) == (0, 0)
+    assert not checkpoint_path(path).exists()
+    killed = ingest("ingest.kill_after_commit:1")
+    assert killed.returncode == -9
+    # The first batch committed; the process died before writing the checkpoint.
+    assert _sum_and_count(postgres, database) == (batch, batch * GPT4O_CALL_NANOS)
+    finished = ingest(None)
+    assert finished.returncode == 0, finished.stderr
+    # It started from the top again: the committed batch comes back as duplicates.
+    assert f"{lines - batch:,} accepted, {batch} duplicates" in " ".join(finished.stderr.split())
+    assert _sum_and_count(postgres, database) == (lines, lines * GPT4O_CALL_NANOS)

@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apex.agents.tools import analyses
-from apex.usage.pricing import Tokens, default_catalogue, to_cents
+from apex.agents.tools.analyses import Recommendation
+from apex.usage.pricing import (
+    Catalogue,
+    ModelPrice,
+    Tokens,
+    default_catalogue,
+    parse_catalogue,
+    to_cents,
+)
 from apex.usage.spend import DayRow, DuplicateRow, GroupRow, PrefixRow, SpendData, Window
+from tests.unit.records import MONTH, START, Call, aggregate, calls_of, spread
 
 pytestmark = pytest.mark.unit
-START = datetime(2026, 10, 1, tzinfo=UTC)
-MONTH = Window(START, START + timedelta(days=30))
 CATALOGUE = default_catalogue()
+ACME = {"provider": "acme", "price_date": "2026-01-01"}
+ENTRY_DEFAULTS: dict[str, Any] = {
+    "capability": "mid", "context_window": 100_000, "input": "1", "cached_input": "1",
+    "cache_write": "1", "output": "2", "batch_discount": "0", "price_date": "2026-11-01",
+    "source": "negotiated",
+}  # fmt: skip
 
 
 def group(
@@ -28,7 +45,6 @@ def group(
     *,
     status: str = "ok",
     tokens: Tokens = Tokens(),
-    with_user: int | None = None,
 ) -> GroupRow:
     return GroupRow(
         workload=workload,
@@ -38,20 +54,14 @@ def group(
         calls=calls,
         tokens=tokens,
         cost_nanos=int(Decimal(cost_usd) * 10**9),
-        calls_with_end_user=calls if with_user is None else with_user,
+        calls_with_end_user=calls,
         first_record_id=f"{workload}-1",
         last_record_id=f"{workload}-{calls}",
     )
 
 
-def data(*groups: GroupRow, window: Window = MONTH, **rows: list) -> SpendData:  # type: ignore[type-arg]
-    return SpendData(
-        window=window,
-        groups=list(groups),
-        days=rows.get("days", []),
-        prefixes=rows.get("prefixes", []),
-        duplicates=rows.get("duplicates", []),
-    )
+def data(*groups: GroupRow, window: Window = MONTH) -> SpendData:
+    return SpendData(window=window, groups=list(groups), days=[], prefixes=[], duplicates=[])
 
 
 def figures(rec: analyses.Recommendation) -> tuple[str, str, str]:
@@ -62,26 +72,91 @@ def figures(rec: analyses.Recommendation) -> tuple[str, str, str]:
     )
 
 
-def test_right_sizing_moves_short_calls_to_the_cheapest_mid_model() -> None:
-    # 10,000 gpt-4o calls, 5M input + 1M output tokens: 5M x $2.50 + 1M x $10 = $22.50.
-    # openai's mid models by input+output price: gpt-4.1-mini ($0.40 + $1.60) is cheapest:
-    # 5M x $0.40 + 1M x $1.60 = $3.60.
-    tokens = Tokens(input=5_000_000, output=1_000_000)
-    [rec] = analyses.model_right_sizing(
-        data(group("classify", "openai", "gpt-4o", 10_000, "22.50", tokens=tokens)), CATALOGUE
+def run(name: str, *calls: list[Call], catalogue: Catalogue = CATALOGUE) -> list[Recommendation]:
+    spend = aggregate([c for batch in calls for c in batch], catalogue=catalogue)
+    catalogue = catalogue.with_overrides(analyses.derive_prices(spend.fits, catalogue))
+    found: list[Recommendation] = analyses.RECOMMENDERS[name](spend, catalogue)
+    return found
+
+
+def cycle(*values: int) -> Callable[[int], int]:
+    return lambda n: values[n % len(values)]
+
+
+# --- model right-sizing ------------------------------------------------------------------
+def test_right_sizing_picks_the_cheapest_model_that_fits_and_names_the_runner_up() -> None:
+    # A classifier answering 3 tokens, logged three ways (dated, Azure, plain): one slice.
+    # 3,000 calls x 500 in / 3 out on gpt-4o ($2.50 / $10.00): 3.75 + 0.09 = $3.84.
+    # Short prompts and answers fit a small model. OpenAI's current, non-reasoning models
+    # below frontier, on these tokens: gpt-4.1-nano (0.10/0.40) 0.15 + 0.0036 = $0.1536;
+    # gpt-4o-mini (0.15/0.60) 0.225 + 0.0054 = $0.2304; gpt-4.1-mini (0.40/1.60) $0.6144.
+    # gpt-5-nano is cheaper still but reasoning: its hidden tokens would change the bill.
+    logged = cycle(0, 1, 2)
+    names = [("openai", "gpt-4o-2024-08-06"), ("azure", "gpt-4o"), ("openai", "gpt-4o")]
+    calls = [
+        replace(call, provider=names[logged(n)][0], model=names[logged(n)][1])
+        for n, call in enumerate(
+            calls_of("classify", "openai", "gpt-4o", 3000, input=500, output=3)
+        )
+    ]
+    [rec] = run("model_right_sizing", calls)
+    assert (rec.provider, rec.model) == ("openai", "gpt-4o")
+    assert rec.evidence["target_model"] == "gpt-4.1-nano"
+    assert rec.evidence["runner_up"] == {"model": "gpt-4o-mini", "projected_monthly_usd": "0.23"}
+    assert figures(rec) == ("3.84", "0.15", "3.69")
+    assert rec.evidence["logged_as"] == [
+        "azure/gpt-4o",
+        "openai/gpt-4o",
+        "openai/gpt-4o-2024-08-06",
+    ]
+
+
+def test_right_sizing_respects_the_largest_context_seen() -> None:
+    catalogue = parse_catalogue(
+        json.dumps(
+            {
+                "providers": [
+                    {"provider": "acme", "source": "https://acme.test", "batch_discount": "0"}
+                ],
+                "models": [
+                    {**ACME, "model": "big", "capability": "frontier", "context_window": 200_000,
+                     "input": "10", "output": "30"},
+                    {**ACME, "model": "tiny", "capability": "small", "context_window": 8_000,
+                     "input": "0.10", "output": "0.20"},
+                    {**ACME, "model": "roomy", "capability": "small", "context_window": 128_000,
+                     "input": "0.30", "output": "0.60"},
+                ],
+            }
+        )
+    )  # fmt: skip
+    short = calls_of("extract", "acme", "big", 99, input=1000, output=10)
+    [rec] = run("model_right_sizing", short, catalogue=catalogue)
+    assert (rec.evidence["target_model"], rec.evidence["runner_up"]["model"]) == ("tiny", "roomy")
+    # One call of 20,000 tokens: the 8,000-token model cannot take it.
+    long = calls_of("extract-long", "acme", "big", 1, input=20_000, output=10)
+    [rec] = run(
+        "model_right_sizing", short, [replace(long[0], workload="extract")], catalogue=catalogue
     )
-    assert rec.evidence["target_model"] == "gpt-4.1-mini"
-    assert figures(rec) == ("22.50", "3.60", "18.90")
-    # Long outputs (600 tokens on average) are not "simple": nothing is recommended.
-    long = Tokens(input=5_000_000, output=6_000_000)
-    assert not analyses.model_right_sizing(
-        data(group("write", "openai", "gpt-4o", 10_000, "72.50", tokens=long)), CATALOGUE
+    assert (rec.evidence["target_model"], rec.evidence["runner_up"]) == ("roomy", None)
+
+
+def test_right_sizing_leaves_work_that_needs_its_model_alone() -> None:
+    # Long answers are not simple work; a small model has nothing smaller; 49 calls are few.
+    assert not run(
+        "model_right_sizing", calls_of("write", "openai", "gpt-4o", 500, input=900, output=600)
     )
-    # Too few calls to judge.
-    assert not analyses.model_right_sizing(
-        data(group("classify", "openai", "gpt-4o", 49, "0.11", tokens=Tokens(input=24_500))),
-        CATALOGUE,
+    assert not run(
+        "model_right_sizing", calls_of("tag", "openai", "gpt-4o-mini", 500, input=300, output=3)
     )
+    assert not run(
+        "model_right_sizing", calls_of("tag", "openai", "gpt-4o", 49, input=300, output=3)
+    )
+
+
+# --- prompt caching ------------------------------------------------------------------------
+def support(count: int, **fields: Any) -> list[Call]:
+    defaults = {"input": 4500, "output": 200, "prefix_hash": "p1", "prefix_tokens": 2000}
+    return calls_of("support", "anthropic", "claude-sonnet-4-5", count, **{**defaults, **fields})
 
 
 def test_prompt_caching_counts_one_cache_write_per_prefix_per_day() -> None:
@@ -89,50 +164,122 @@ def test_prompt_caching_counts_one_cache_write_per_prefix_per_day() -> None:
     # 300 calls over 30 days with a 2,000-token prefix: 600,000 prefix tokens cost $1.80.
     # Written once a day: 60,000 tokens (+$0.75/M); read 540,000 (-$2.70/M):
     # savings = 0.54 x 2.70 - 0.06 x 0.75 = 1.458 - 0.045 = $1.413 -> projected 0.387.
-    prefix = PrefixRow("rag", "anthropic", "claude-sonnet-4-5", "p1", 300, 30, 600_000, "a", "b")
-    [rec] = analyses.prompt_caching(data(prefixes=[prefix]), CATALOGUE)
+    [rec] = run("prompt_caching", support(300))
     assert figures(rec) == ("1.80", "0.39", "1.41")
-    # Short prefixes are below the provider's cacheable minimum.
-    short = PrefixRow("rag", "anthropic", "claude-sonnet-4-5", "p2", 300, 30, 300_000, "a", "b")
-    assert not analyses.prompt_caching(data(prefixes=[short]), CATALOGUE)
 
 
+def test_prompt_caching_leaves_cached_and_short_prefixes_alone() -> None:
+    # Already cached (reads after one write a day): nothing left to cache.
+    cached = support(300, input=2500, cached=lambda n: 0 if n % 10 == 0 else 2000,
+                     written=lambda n: 2000 if n % 10 == 0 else 0)  # fmt: skip
+    assert not run("prompt_caching", cached)
+    # Below the provider's cacheable minimum (1,024 tokens).
+    assert not run("prompt_caching", support(300, prefix_tokens=800))
+
+
+# --- response caching ----------------------------------------------------------------------
 def test_response_caching_keeps_one_call_per_distinct_prompt() -> None:
-    # Prompt A: 101 calls x $0.01; prompt B: 51 x $0.02 -> $2.03, of which $0.03 remains.
-    rows = [
-        DuplicateRow("faq", "openai", "gpt-4o-mini", "A", 101, 1_010_000_000, "f1", "f9"),
-        DuplicateRow("faq", "openai", "gpt-4o-mini", "B", 51, 1_020_000_000, "f2", "f8"),
-    ]
-    [rec] = analyses.response_caching(data(duplicates=rows), CATALOGUE)
-    assert figures(rec) == ("2.03", "0.03", "2.00")
-    assert rec.evidence["repeated_calls"] == 150
-    few = [DuplicateRow("faq", "openai", "gpt-4o-mini", "A", 10, 10_000_000, "f1", "f9")]
-    assert not analyses.response_caching(data(duplicates=few), CATALOGUE)
+    # 2,000 calls, 100 questions asked 20 times each, on gpt-4.1-mini ($0.40 / $1.60):
+    # 2,000 x (2,000 x 0.40 + 300 x 1.60)/1M = $2.56; one answer per question remains:
+    # 100 x $0.00128 = $0.128 -> $0.13.
+    faq = calls_of("faq", "openai", "gpt-4.1-mini", 2000, input=2000, output=300,
+                   prompt_hash=lambda n: f"q{n % 100}")  # fmt: skip
+    [rec] = run("response_caching", faq)
+    assert figures(rec) == ("2.56", "0.13", "2.43")
+    assert rec.evidence["repeated_calls"] == 1900
 
 
-def test_batch_api_only_for_workloads_no_user_waits_for() -> None:
-    offline = group("nightly", "openai", "gpt-4.1", 200, "40.00", with_user=0)
-    interactive = group("chat", "openai", "gpt-4.1", 200, "40.00", with_user=1)
-    [rec] = analyses.batch_api(data(offline, interactive), CATALOGUE)
-    assert (rec.workload, figures(rec)) == ("nightly", ("40.00", "20.00", "20.00"))
+def test_response_caching_ignores_retries_and_rare_repeats() -> None:
+    # A timed-out call retried with the same prompt is not a repeat answer.
+    first = calls_of("chat", "openai", "gpt-4.1-mini", 500, input=800, output=100,
+                     prompt_hash=lambda n: f"c{n}")  # fmt: skip
+    retried = [replace(c, id=c.id + "-try1", status="timeout", output=0) for c in first[:40]]
+    assert not run("response_caching", first, retried)
+    # 12 repeats in 1,000 calls (1.2%): a few people asking the same thing, not a pattern.
+    rare = calls_of("chat", "openai", "gpt-4.1", 1000, input=8000, output=500,
+                    prompt_hash=lambda n: f"c{n % 988}")  # fmt: skip
+    assert not run("response_caching", rare)
 
 
+# --- batch API -----------------------------------------------------------------------------
+def nightly(count: int, **fields: Any) -> list[Call]:
+    defaults: dict[str, Any] = {
+        "at": spread(count, hours=(1, 5)),
+        "input": 3000,
+        "output": 800,
+        "latency_ms": lambda n: 8000 + (n * 37) % 22000,
+        "end_user": lambda n: f"tenant-{n % 40}",  # gateways tag jobs with a tenant too
+    }
+    return calls_of("nightly", "openai", "gpt-4.1", count, **{**defaults, **fields})
+
+
+def test_batch_api_finds_the_overnight_job_though_every_call_has_a_user() -> None:
+    # 600 calls between 01:00 and 05:00 UTC, 8-30 s each, on gpt-4.1 ($2 / $8):
+    # 600 x (3,000 x 2 + 800 x 8)/1M = $7.44; the batch API halves it.
+    [rec] = run("batch_api", nightly(600))
+    assert figures(rec) == ("7.44", "3.72", "3.72")
+    assert rec.evidence["share_in_window"] == "100.0"
+
+
+@pytest.mark.parametrize(
+    "calls",
+    [
+        # People at all hours, answered in a second and a half.
+        pytest.param(nightly(600, at=spread(600), latency_ms=1500), id="interactive"),
+        # One time zone's office hours (09-17): 75% in any 6 hours, and fast.
+        pytest.param(nightly(600, at=spread(600, hours=(9, 17)), latency_ms=2500), id="office"),
+        # A slow reasoning chat, used around the clock.
+        pytest.param(nightly(600, at=spread(600), latency_ms=20_000), id="slow-chat"),
+        # A desk open 10:00-15:00 UTC: all in a few hours, but answered in a second.
+        pytest.param(nightly(600, at=spread(600, hours=(10, 15)), latency_ms=1200), id="desk"),
+        # Night-time, but no latency logged: no evidence nobody waits.
+        pytest.param(nightly(600, latency_ms=None), id="no-latency"),
+    ],
+)
+def test_batch_api_leaves_interactive_look_alikes_alone(calls: list[Call]) -> None:
+    assert not run("batch_api", calls)
+
+
+# --- prompt trimming -----------------------------------------------------------------------
 def test_prompt_trimming_assumes_a_quarter_of_uncached_input() -> None:
-    # gpt-4.1: 1M input tokens x $2.00 = $2.00 over 100 calls (10k each, 50x the output).
-    tokens = Tokens(input=1_000_000, output=20_000)
-    [rec] = analyses.prompt_trimming(
-        data(group("research", "openai", "gpt-4.1", 100, "2.16", tokens=tokens)), CATALOGUE
+    # gpt-4.1: 100 calls x 10,000 input tokens x $2.00/M = $2.00; 50x the output.
+    [rec] = run(
+        "prompt_trimming", calls_of("research", "openai", "gpt-4.1", 100, input=10_000, output=200)
     )
     assert figures(rec) == ("2.00", "1.50", "0.50")
+    # A summariser's answers are long enough for its input (10:1), and 5,000-token prompts
+    # are not very long.
+    assert not run(
+        "prompt_trimming", calls_of("digest", "openai", "gpt-4.1", 100, input=10_000, output=1000)
+    )
+    assert not run(
+        "prompt_trimming", calls_of("chat", "openai", "gpt-4.1", 100, input=5000, output=20)
+    )
 
 
+# --- error waste ---------------------------------------------------------------------------
 def test_error_waste_is_the_whole_cost_of_failed_calls() -> None:
-    errors = group("agent", "openai", "gpt-4o", 30, "3.00", status="error")
-    timeouts = group("agent", "openai", "gpt-4o", 12, "1.20", status="timeout")
-    fine = group("agent", "openai", "gpt-4o", 500, "50.00")
-    [rec] = analyses.error_waste(data(errors, timeouts, fine), CATALOGUE)
-    assert figures(rec) == ("4.20", "0.00", "4.20")
+    # 42 of 542 calls failed after sending 10,000 gpt-4o input tokens ($2.50/M): $1.05.
+    def status(n: int) -> str:
+        return "error" if n < 30 else "timeout" if n < 42 else "ok"
+
+    agent = calls_of("agent", "openai", "gpt-4o", 542, input=10_000,
+                     output=lambda n: 0 if n < 42 else 100, status=status)  # fmt: skip
+    [rec] = run("error_waste", agent)
+    assert figures(rec) == ("1.05", "0.00", "1.05")
     assert rec.evidence["by_status"] == {"error": 30, "timeout": 12}
+
+
+def test_error_waste_ignores_rare_and_free_failures() -> None:
+    # 20 errors in 5,000 calls (0.4%) is the normal rate of a provider.
+    rare = calls_of("agent", "openai", "gpt-4o", 5000, input=1000, output=100,
+                    status=lambda n: "error" if n < 20 else "ok")  # fmt: skip
+    assert not run("error_waste", rare)
+    # Rate-limited calls (429) send no tokens and cost nothing.
+    limited = calls_of("agent", "openai", "gpt-4o", 500, input=lambda n: 0 if n < 60 else 1000,
+                       output=lambda n: 0 if n < 60 else 100,
+                       status=lambda n: "error" if n < 60 else "ok")  # fmt: skip
+    assert not run("error_waste", limited)
 
 
 def test_projection_scales_a_shorter_window_to_a_month() -> None:
@@ -142,21 +289,123 @@ def test_projection_scales_a_shorter_window_to_a_month() -> None:
     assert rec.current_monthly_usd == Decimal("6.00")
 
 
+# --- models the catalogue does not know -----------------------------------------------------
+def reported(count: int, noise: Callable[[int], Decimal] = lambda n: Decimal(1)) -> list[Call]:
+    """A model nobody prices, whose gateway reports $1.20 / $4.80 per million tokens."""
+    calls = calls_of("extract", "acme", "secret-1", count,
+                     input=lambda n: 1000 + (n * 37) % 3000,
+                     output=lambda n: 0 if n < 30 else 50 + (n * 13) % 400,
+                     status=lambda n: "error" if n < 30 else "ok")  # fmt: skip
+    dollars = [(c.input * Decimal("1.20") + c.output * Decimal("4.80")) / 10**6 for c in calls]
+    return [replace(c, cost_usd=dollars[n] * noise(n)) for n, c in enumerate(calls)]
+
+
+def test_a_model_without_a_catalogue_price_is_analysed_from_its_reported_costs() -> None:
+    calls = reported(400)
+    spend = aggregate(calls)
+    [price] = analyses.derive_prices(spend.fits, CATALOGUE)
+    assert (price.input, price.output) == (Decimal("1.2000"), Decimal("4.8000"))
+    assert "good fit" in price.source
+    # Its failed calls are found, with the confidence an estimate deserves.
+    [rec] = run("error_waste", calls)
+    failed = sum((c.cost_usd or Decimal(0) for c in calls if c.status == "error"), Decimal(0))
+    assert rec.current_monthly_usd == to_cents(failed)
+    assert (rec.confidence, rec.evidence["price_basis"]) == ("medium", price.source)
+
+
+def test_a_poor_fit_lowers_confidence_to_low() -> None:
+    noisy = reported(400, noise=lambda n: Decimal("0.5") + Decimal(n % 11) / 10)
+    [rec] = run("error_waste", noisy)
+    assert rec.confidence == "low"
+    assert "poor fit" in rec.evidence["price_basis"]
+
+
+# --- coverage ------------------------------------------------------------------------------
+def test_coverage_says_what_was_left_out_and_how_to_fix_it() -> None:
+    # 80 calls of a model nobody prices, without cost; 5 calls of a priced one (too few);
+    # 100 calls that are analysed: 100 x 1,000 gpt-4o input tokens = $0.25.
+    mystery = calls_of("labs", "acme", "mystery-2", 80, input=700, output=30)
+    few = calls_of("pilot", "openai", "gpt-4o", 5, input=100_000)  # 5 x $0.25 = $1.25
+    main = calls_of("chat", "openai", "gpt-4o", 100, input=1000)
+    spend = aggregate(mystery + few + main)
+    covered = analyses.coverage(spend, CATALOGUE)
+    assert (covered["spend_usd"], covered["analysed_usd"], covered["excluded_usd"]) == (
+        "1.50",
+        "0.25",
+        "1.25",
+    )
+    unpriced, too_few = covered["excluded"]
+    assert (unpriced["reason"], unpriced["model"], unpriced["calls"], unpriced["cost_usd"]) == (
+        "unpriced", "mystery-2", 80, None,
+    )  # fmt: skip
+    assert "PUT /api/v1/pricing/acme/mystery-2" in unpriced["fix"]
+    assert (too_few["reason"], too_few["workloads"], too_few["cost_usd"]) == (
+        "too_few_calls", ["pilot"], "1.25",
+    )  # fmt: skip
+    # Once priced (an override), the stored records are costed and analysed.
+    override = ModelPrice(**{**ENTRY_DEFAULTS, "provider": "acme", "model": "mystery-2"})
+    priced = CATALOGUE.with_overrides([override])
+    assert [e["reason"] for e in analyses.coverage(spend, priced)["excluded"]] == ["too_few_calls"]
+    breakdown = analyses.spend_breakdown(spend, priced)
+    # 80 x (700 x $1 + 30 x $2)/1M = $0.0608, on top of $1.50.
+    assert breakdown.total_usd == Decimal("1.56")
+
+
 def test_breakdown_orders_by_cost_and_reports_the_trend() -> None:
     days = [DayRow("2026-10-01", 10, 1_000_000_000), DayRow("2026-10-02", 10, 3_000_000_000)]
-    breakdown = analyses.spend_breakdown(
-        data(
-            group("a", "openai", "gpt-4o", 10, "1.00"),
-            group("b", "openai", "gpt-4o", 10, "3.00"),
-            days=days,
-        )
+    groups = (
+        group("a", "openai", "gpt-4o", 10, "1.00"),
+        group("b", "openai", "gpt-4o", 10, "3.00"),
     )
+    breakdown = analyses.spend_breakdown(replace(data(*groups), days=days))
     assert breakdown.total_usd == Decimal("4.00")
     assert [w["workload"] for w in breakdown.by_workload] == ["b", "a"]
     assert breakdown.by_model == [
         {"model": "openai/gpt-4o", "calls": 20, "cost_usd": "4", "share": "100.0"}
     ]
     assert breakdown.trend_percent == Decimal("200.0")
+
+
+# --- a workload with no waste yields no finding ---------------------------------------------
+SMALL = [p for p in CATALOGUE.candidates("openai") + CATALOGUE.candidates("anthropic")
+         if p.capability == "small" and not p.reasoning]  # fmt: skip
+
+
+@st.composite
+def healthy_workload(draw: st.DrawFn) -> list[Call]:
+    """Calls with nothing to find: the right model for the job, distinct prompts, people at
+    most hours answered quickly, few failures, cached or short prefixes, modest prompts."""
+    count = draw(st.integers(min_value=10, max_value=600))
+    price = draw(st.sampled_from(SMALL))
+    first_hour = draw(st.integers(min_value=0, max_value=12))
+    width = draw(st.integers(min_value=12, max_value=24 - first_hour))
+    input_tokens = draw(st.integers(min_value=50, max_value=6000))
+    output_tokens = draw(st.integers(min_value=1, max_value=1500))
+    failures = draw(st.integers(min_value=0, max_value=count // 100))
+    prefix = draw(st.sampled_from(["none", "short", "cached"]))
+    fields: dict[str, Any] = {
+        "at": spread(count, hours=(first_hour, first_hour + width)),
+        "input": input_tokens,
+        "output": lambda n: 0 if n < failures else output_tokens,
+        "status": lambda n: "error" if n < failures else "ok",
+        "latency_ms": lambda n: 300 + (n * 53) % 2500,
+        "end_user": lambda n: f"user-{n % 97}",
+        "prompt_hash": lambda n: f"p{n}",
+    }
+    if prefix == "short":
+        fields |= {"prefix_hash": "sys", "prefix_tokens": min(input_tokens, 900)}
+    elif prefix == "cached" and input_tokens > 1200:
+        fields |= {"prefix_hash": "sys", "prefix_tokens": 1200, "input": input_tokens - 1200,
+                   "cached": 1200}  # fmt: skip
+    return calls_of("healthy", price.provider, price.model, count, **fields)
+
+
+@settings(max_examples=60, deadline=None)
+@given(healthy_workload())
+def test_a_workload_with_no_waste_yields_no_finding(calls: list[Call]) -> None:
+    spend = aggregate(calls)
+    _, found = analyses.run_analyses(spend, CATALOGUE, analyses.RECOMMENDERS)
+    assert found == []
 
 
 # --- properties ---------------------------------------------------------------------------

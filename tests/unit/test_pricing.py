@@ -19,9 +19,51 @@ ENTRY = {
 
 def test_the_shipped_catalogue_is_valid_dated_and_sourced() -> None:
     catalogue = default_catalogue()
-    assert len(catalogue) >= 15
-    assert {p.provider for p in catalogue} >= {"openai", "anthropic", "google"}
+    assert len(catalogue) >= 150
+    vendors = {"openai", "anthropic", "google", "mistral", "deepseek", "xai", "cohere"}
+    assert {p.provider for p in catalogue} >= vendors
+    # Meta's Llama, as the common hosts sell it.
+    llama_hosts = {p.provider for p in catalogue if "llama" in p.model.lower()}
+    assert llama_hosts >= {"together", "groq", "fireworks", "bedrock"}
     assert all(p.source.startswith("https://") for p in catalogue)
+    assert sum(p.status == "legacy" for p in catalogue) >= 40  # still billed in many accounts
+
+
+@pytest.mark.parametrize(
+    ("provider", "logged", "entry"),
+    [
+        ("anthropic", "claude-3-5-sonnet-20241022", "anthropic/claude-3-5-sonnet"),
+        ("anthropic", "claude-3-5-sonnet-latest", "anthropic/claude-3-5-sonnet"),
+        ("openrouter", "anthropic/claude-3.5-sonnet", "anthropic/claude-3-5-sonnet"),
+        ("bedrock", "us.anthropic.claude-3-5-sonnet-20240620-v1:0", "anthropic/claude-3-5-sonnet"),
+        ("aws", "anthropic.claude-3-haiku-20240307-v1:0", "anthropic/claude-3-haiku"),
+        ("vertex_ai", "claude-3-5-sonnet-v2@20241022", "anthropic/claude-3-5-sonnet"),
+        ("vertex_ai", "gemini-2.5-pro", "google/gemini-2.5-pro"),
+        ("azure", "gpt-4o", "openai/gpt-4o"),
+        ("openai", "GPT-4o-2024-08-06", "openai/gpt-4o"),
+        ("openai", "gpt-35-turbo", "openai/gpt-3.5-turbo"),
+        ("litellm", "openai/gpt-4.1-mini", "openai/gpt-4.1-mini"),
+        ("mistral", "mistral-large-latest", "mistral/mistral-large"),
+        ("mistral", "mistral-large-2411", "mistral/mistral-large"),
+        ("cohere", "command-r-plus-08-2024", "cohere/command-r-plus"),
+        ("xai", "grok-4-0709", "xai/grok-4"),
+        ("bedrock", "meta.llama3-3-70b-instruct-v1:0", "bedrock/meta.llama3-3-70b-instruct-v1:0"),
+        ("together_ai", "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+         "together/meta-llama/Llama-3.3-70B-Instruct-Turbo"),
+    ],
+)  # fmt: skip
+def test_names_as_logs_spell_them_resolve_to_their_entry(
+    provider: str, logged: str, entry: str
+) -> None:
+    found = default_catalogue().find(provider, logged)
+    assert found is not None
+    assert found.name == entry
+
+
+def test_a_snapshot_with_its_own_price_is_not_priced_as_its_family() -> None:
+    may = default_catalogue().find("openai", "gpt-4o-2024-05-13")
+    assert may is not None
+    assert (may.input, may.output) == (Decimal("5.00"), Decimal("15.00"))
 
 
 def test_dated_model_names_resolve_to_their_family() -> None:

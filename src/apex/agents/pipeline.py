@@ -22,11 +22,13 @@ from apex.agents.sandbox import RUNAWAY_CPU, RUNAWAY_MEMORY, AnalysisKilled, Ana
 from apex.agents.tools.analyses import (
     RECOMMENDERS,
     Recommendation,
+    coverage,
+    derive_prices,
     ranking_key,
     spend_breakdown,
     total_savings,
 )
-from apex.billing.plans import Plan
+from apex.billing.plans import Plan, upgrade_for_findings
 from apex.kit.db import Database
 from apex.kit.failpoints import Failpoints
 from apex.usage.pricing import Catalogue
@@ -145,7 +147,11 @@ async def data(ctx: StepContext) -> dict[str, Any]:
     async with ctx.database.unit_of_work() as session:
         spend = await SpendRepository(session).fetch(ctx.organization_id, ctx.window)
         catalogue: Catalogue = await catalogue_for(session, ctx.organization_id)
-    breakdown = spend_breakdown(spend)
+    # Models the catalogue does not know are still analysed when their records reported
+    # what they cost: their prices are estimated from those costs.
+    catalogue = catalogue.with_overrides(derive_prices(spend.fits, catalogue))
+    breakdown = spend_breakdown(spend, catalogue)
+    covered = coverage(spend, catalogue)
     await ctx.events.emit(
         "tool_completed",
         {"tool": "spend_query", "records": breakdown.calls, "groups": len(spend.groups)},
@@ -174,6 +180,7 @@ async def data(ctx: StepContext) -> dict[str, Any]:
         "breakdown": breakdown.as_dict(),
         "recommendations": [r.as_dict() for r in recommendations],
         "failed_analyses": failed,
+        "coverage": covered,
     }
 
 
@@ -191,19 +198,48 @@ async def optimisation(ctx: StepContext) -> dict[str, Any]:
     for position, rec in enumerate(ranked, start=1):
         rec["rank"] = position
     await ctx.events.emit("agent_thinking", {"text": f"Ranked {len(ranked)} recommendations."})
+    total = total_savings((r["workload"], _savings(r)) for r in ranked)
+    shown, withheld = _plan_view(ctx.plan, ranked, total)
     facts = "\n".join(
         f"- {r['title']}: saves ${r['savings_monthly_usd']} a month ({r['confidence']} confidence)."
-        for r in ranked[:5]
+        for r in shown[:5]
     )
+    if withheld:
+        facts += f"\n- {withheld['message']}"
     response = await ctx.ask(
         LLMRequest(
             system="Summarise these savings opportunities in two sentences. Do not add numbers.",
             prompt=facts or "- No waste was found in this period.",
         )
     )
-    total = total_savings((r["workload"], _savings(r)) for r in ranked)
     await ctx.events.emit("partial_result", {"total_monthly_savings_usd": str(total)})
-    return {"ranked": ranked, "total_monthly_savings_usd": str(total), "summary": response.text}
+    return {
+        "ranked": shown,
+        "withheld": withheld,
+        "total_monthly_savings_usd": str(total),
+        "summary": response.text,
+    }
+
+
+def _plan_view(
+    plan: Plan, ranked: list[dict[str, Any]], total: Decimal
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The findings the plan shows in full, and the rest counted and valued: what they add
+    to the total (the total itself is always shown)."""
+    if plan.findings_shown is None or len(ranked) <= plan.findings_shown:
+        return ranked, None
+    shown = ranked[: plan.findings_shown]
+    value = total - total_savings((r["workload"], _savings(r)) for r in shown)
+    upgrade = upgrade_for_findings(plan)
+    count = len(ranked) - len(shown)
+    plan_name = upgrade.tier.value.capitalize() if upgrade else "a paid"
+    return shown, {
+        "findings": count,
+        "monthly_savings_usd": str(value),
+        "upgrade": upgrade.tier.value if upgrade else None,
+        "message": f"{count} more finding{'s' if count != 1 else ''} worth ${value}/month "
+        f"on the {plan_name} plan.",
+    }
 
 
 async def actions(ctx: StepContext) -> dict[str, Any]:
@@ -227,8 +263,41 @@ async def actions(ctx: StepContext) -> dict[str, Any]:
     return {"plan": plan, "intro": response.text}
 
 
+def coverage_lines(covered: dict[str, Any]) -> list[str]:
+    """The report's coverage section as Markdown lines (the report, the CLI)."""
+    if not covered:
+        return []
+    lines = [
+        "## Coverage",
+        "",
+        f"Analysed ${covered['analysed_usd']} of ${covered['spend_usd']} "
+        f"({covered['analysed_share']}%); left out ${covered['excluded_usd']}.",
+        "",
+    ]
+    for item in covered["excluded"]:
+        amount = f"${item['cost_usd']}" if item.get("cost_usd") is not None else "cost unknown"
+        subject = item.get("model") or item.get("analysis") or "findings"
+        lines.append(
+            f"- **{item['reason']}** ({subject}, {amount}): {item['explanation']} "
+            f"Fix: {item['fix']}"
+        )
+    for item in covered.get("estimated_prices", []):
+        lines.append(
+            f"- **estimated price** ({item['provider']}/{item['model']}, {item['workload']}, "
+            f"${item['cost_usd']}): {item['price_basis']}. Fix: {item['fix']}"
+        )
+    if not covered["excluded"] and not covered.get("estimated_prices"):
+        lines.append("- Nothing was left out.")
+    return [*lines, ""]
+
+
 def _markdown(
-    question: str, window: Window, breakdown: dict[str, Any], opt: dict[str, Any], summary: str
+    question: str,
+    window: Window,
+    breakdown: dict[str, Any],
+    opt: dict[str, Any],
+    summary: str,
+    covered: dict[str, Any],
 ) -> str:
     lines = [
         "# LLM spend report",
@@ -261,8 +330,52 @@ def _markdown(
             f"${r['projected_monthly_usd']} | ${r['savings_monthly_usd']} | {r['confidence']} |"
             for r in opt["ranked"]
         ),
+        *([f"\n{opt['withheld']['message']}"] if opt.get("withheld") else []),
+        "",
+        *coverage_lines(covered),
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _report_coverage(ctx: StepContext, withheld: dict[str, Any] | None) -> dict[str, Any]:
+    """The data step's coverage, with what the run itself left out: analyses that failed,
+    analyses the question did not ask for, findings the plan does not show."""
+    covered = dict(ctx.outputs["data"].get("coverage") or {})
+    left_out = list(covered.get("excluded", []))
+    for failure in ctx.outputs["data"]["failed_analyses"]:
+        left_out.append(
+            {
+                "reason": "analysis_failed",
+                "analysis": failure["analysis"],
+                "cost_usd": None,
+                "explanation": f"The {failure['analysis']} analysis did not finish: "
+                f"{failure['error']}.",
+                "fix": "Run the analysis again; if it fails again, narrow the period.",
+            }
+        )
+    for name in ctx.outputs["triage"]["not_in_plan"]:
+        left_out.append(
+            {
+                "reason": "not_in_plan",
+                "analysis": name,
+                "cost_usd": None,
+                "explanation": f"The {name} analysis is not part of this plan.",
+                "fix": "Upgrade the plan.",
+            }
+        )
+    if withheld:
+        left_out.append(
+            {
+                "reason": "plan_limit",
+                "findings": withheld["findings"],
+                "cost_usd": None,
+                "monthly_savings_usd": withheld["monthly_savings_usd"],
+                "explanation": withheld["message"],
+                "fix": f"Upgrade to the {withheld['upgrade'] or 'next'} plan to see them.",
+            }
+        )
+    covered["excluded"] = left_out
+    return covered
 
 
 async def reporting(ctx: StepContext) -> dict[str, Any]:
@@ -271,22 +384,25 @@ async def reporting(ctx: StepContext) -> dict[str, Any]:
     response = await ctx.ask(
         LLMRequest(
             system="Write a short executive summary of these findings. Do not add numbers.",
-            prompt=opt["summary"] + "\n" + ctx.outputs["actions"]["intro"],
+            prompt=opt["summary"] + "\n\n" + ctx.outputs["actions"]["intro"],
         ),
         stream=True,
     )
+    covered = _report_coverage(ctx, opt.get("withheld"))
     report = {
         "question": ctx.question,
         "period": {"start": ctx.window.start.isoformat(), "end": ctx.window.end.isoformat()},
         "summary": response.text,
         "breakdown": breakdown,
         "recommendations": opt["ranked"],
+        "withheld": opt.get("withheld"),
         "total_monthly_savings_usd": opt["total_monthly_savings_usd"],
         "plan": ctx.outputs["actions"]["plan"],
+        "coverage": covered,
         "failed_analyses": ctx.outputs["data"]["failed_analyses"],
         "not_in_plan": ctx.outputs["triage"]["not_in_plan"],
     }
-    markdown = _markdown(ctx.question, ctx.window, breakdown, opt, response.text)
+    markdown = _markdown(ctx.question, ctx.window, breakdown, opt, response.text, covered)
     return {"report": report, "markdown": markdown}
 
 

@@ -36,6 +36,8 @@ class Plan:
     retention_days: int
     analyses: frozenset[str]
     trial_days: int
+    # Findings shown in full in a report; the rest are counted and valued (None: all).
+    findings_shown: int | None = None
 
     @property
     def next_tier(self) -> Tier | None:
@@ -47,7 +49,7 @@ class Plan:
 PLANS: dict[Tier, Plan] = {
     Tier.FREE: Plan(
         Tier.FREE, Decimal(0), Decimal(0), 100_000, 3, 1, 100, 10, 1, 30,
-        frozenset({"spend_breakdown", "error_waste"}), 0,
+        ALL_ANALYSES, 0, findings_shown=1,
     ),
     Tier.EARLY: Plan(
         Tier.EARLY, Decimal(99), Decimal("0.15"), 5_000_000, 100, 2, 1_000, 100, 5, 180,
@@ -66,3 +68,11 @@ PLANS: dict[Tier, Plan] = {
 
 def plan_for(tier: str) -> Plan:
     return PLANS[Tier(tier)]
+
+
+def upgrade_for_findings(plan: Plan) -> Plan | None:
+    """The first tier above `plan` that shows every finding (the Free report's upsell)."""
+    for tier in list(Tier)[list(Tier).index(plan.tier) + 1 :]:
+        if PLANS[tier].findings_shown is None:
+            return PLANS[tier]
+    return None

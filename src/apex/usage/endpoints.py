@@ -11,7 +11,7 @@ from apex.kit.db import SessionDep
 from apex.kit.errors import NotFound
 from apex.usage import service
 from apex.usage.pricing import ModelPrice, default_catalogue
-from apex.usage.schemas import IngestReport, PriceIn, PriceOut, UsageBatchIn
+from apex.usage.schemas import IngestReport, PriceIn, PriceOut, UsageBatchIn, UsageRecordOut
 
 router = APIRouter(prefix="/api/v1", tags=["usage"])
 
@@ -31,8 +31,19 @@ async def ingest_usage(
     return await service.ingest(session, principal.organization_id, body.records)
 
 
+@router.get("/usage/events/{record_id}", response_model=UsageRecordOut)
+async def get_usage_record(
+    record_id: Annotated[str, Path(min_length=1, max_length=200)],
+    principal: Annotated[Principal, RequirePermission("usage:read")],
+    session: SessionDep,
+) -> UsageRecordOut:
+    """One stored record, as Apex costed it, with the metadata you sent."""
+    return await service.stored_record(session, principal.organization_id, record_id)
+
+
 def _price_out(price: ModelPrice, overridden: bool) -> PriceOut:
-    return PriceOut(**price.model_dump(), overridden=overridden)
+    fields = price.model_dump(exclude={"derived", "aliases"})
+    return PriceOut(**fields, aliases=list(price.aliases), overridden=overridden)
 
 
 @router.get("/pricing", response_model=list[PriceOut])

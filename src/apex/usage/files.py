@@ -2,9 +2,10 @@
 
 Each batch is one transaction through the same `service.ingest` as the REST API. After a
 batch commits, the byte offset reached is written to `FILE.apex-ingest.json`; a run started
-again on the same (unchanged) file continues from there. Record ids keep it exact even if a
-batch committed just before the checkpoint was written: the batch is re-sent and reported
-as duplicates.
+again on the same (unchanged) file continues from there. Record ids keep it exact even if the
+process dies after a batch committed and before the checkpoint was written: the batch is
+re-sent and reported as duplicates. A file already finished is not re-sent: the run checks
+which of its record ids the store has and says so (`restart=True` re-sends it all).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from apex.kit.db import Database
+from apex.kit.failpoints import NO_FAILPOINTS, Failpoints
 from apex.usage import service
 from apex.usage.pricing import Catalogue
+from apex.usage.repository import UsageRepository
 from apex.usage.schemas import IngestReport, RecordResult
 
 CHECKPOINT_SUFFIX = ".apex-ingest.json"
@@ -34,6 +39,19 @@ class FileFormatError(ValueError):
 MAX_PROBLEMS_KEPT = 100
 
 
+INTEGER_COLUMNS = frozenset(
+    {
+        "input_tokens",
+        "cached_input_tokens",
+        "cache_write_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+        "prefix_tokens",
+        "latency_ms",
+    }
+)
+
+
 @dataclass
 class FileIngestResult:
     accepted: int = 0
@@ -42,13 +60,21 @@ class FileIngestResult:
     resumed_from_line: int = 0
     lines: int = 0
     problems: list[tuple[int, RecordResult]] = field(default_factory=list)  # (line, result)
+    warnings: int = 0
+    # Set when the file had been ingested to its end before: what the store holds of it.
+    already_finished: bool = False
+    records_in_file: int = 0
+    already_stored: int = 0
 
     def add(self, report: IngestReport, line_numbers: list[int]) -> None:
         self.accepted += report.accepted
         self.duplicates += report.duplicates
         self.rejected += report.rejected
         for result in report.results:
-            if result.status == "rejected" and len(self.problems) < MAX_PROBLEMS_KEPT:
+            self.warnings += bool(result.warnings)
+            if (result.status == "rejected" or result.warnings) and len(
+                self.problems
+            ) < MAX_PROBLEMS_KEPT:
                 self.problems.append((line_numbers[result.index], result))
 
 
@@ -93,6 +119,11 @@ def _csv_record(header: list[str], line: bytes, number: int) -> dict[str, Any]:
     if len(values) != len(header):
         raise FileFormatError(f"line {number}: {len(values)} values for {len(header)} columns")
     record: dict[str, Any] = {k: v for k, v in zip(header, values, strict=True) if v != ""}
+    for column in INTEGER_COLUMNS & record.keys():
+        # CSV has only text: a whole number is a count; anything else is left as text for
+        # validation to reject, naming the column.
+        if record[column].strip().lstrip("-").isdigit():
+            record[column] = int(record[column])
     if "metadata" in record:
         try:
             record["metadata"] = json.loads(record["metadata"])
@@ -138,11 +169,15 @@ async def ingest_file(
     *,
     batch_size: int = 1000,
     progress: Progress | None = None,
+    restart: bool = False,
+    failpoints: Failpoints = NO_FAILPOINTS,
 ) -> FileIngestResult:
     kind = _kind(path)
     # Local file reads block briefly between awaits; this runs in the CLI, not in a server.
     total = path.stat().st_size  # noqa: ASYNC240
-    offset, lines = _load_checkpoint(path, organization_id)
+    offset, lines = (0, 0) if restart else _load_checkpoint(path, organization_id)
+    if total and offset >= total:
+        return await _what_the_store_has(database, organization_id, path, kind, batch_size)
     result = FileIngestResult(resumed_from_line=lines)
     with path.open("rb") as handle:
         header: list[str] = []
@@ -161,14 +196,14 @@ async def ingest_file(
             numbers.append(number)
             if len(batch) == batch_size:
                 catalogue = await _commit(
-                    database, organization_id, batch, numbers, result, catalogue
+                    database, organization_id, batch, numbers, result, catalogue, failpoints
                 )
                 _save_checkpoint(path, organization_id, end, number)
                 if progress is not None:
                     progress(end, total)
             lines = number
         if batch:
-            await _commit(database, organization_id, batch, numbers, result, catalogue)
+            await _commit(database, organization_id, batch, numbers, result, catalogue, failpoints)
         _save_checkpoint(path, organization_id, handle.tell(), lines)
     if progress is not None:
         progress(total, total)
@@ -183,11 +218,46 @@ async def _commit(
     numbers: list[int],
     result: FileIngestResult,
     catalogue: Catalogue | None,
+    failpoints: Failpoints,
 ) -> Catalogue:
     async with database.unit_of_work(primary=True) as session:
         catalogue = catalogue or await service.catalogue_for(session, organization_id)
         report = await service.ingest(session, organization_id, batch, catalogue=catalogue)
+        if failpoints.fires("ingest.kill_before_commit"):
+            os.kill(os.getpid(), signal.SIGKILL)
+    if failpoints.fires("ingest.kill_after_commit"):  # committed, checkpoint not yet written
+        os.kill(os.getpid(), signal.SIGKILL)
     result.add(report, numbers)
     batch.clear()
     numbers.clear()
     return catalogue
+
+
+async def _what_the_store_has(
+    database: Database, organization_id: uuid.UUID, path: Path, kind: str, batch_size: int
+) -> FileIngestResult:
+    """For a file ingested to its end before: how many of its records the store holds."""
+    result = FileIngestResult(already_finished=True)
+    with path.open("rb") as handle:
+        header: list[str] = []
+        start = 0
+        if kind == "csv":
+            header = next(csv.reader([handle.readline().decode("utf-8-sig")]), [])
+            start = 1
+        ids: list[str] = []
+        for record, number, _ in _records(handle, kind, header, start):
+            result.lines = number
+            result.records_in_file += 1
+            if isinstance(record, dict) and isinstance(record.get("id"), str):
+                ids.append(record["id"])
+            if len(ids) >= batch_size:
+                result.already_stored += await _count_stored(database, organization_id, ids)
+                ids.clear()
+        result.already_stored += await _count_stored(database, organization_id, ids)
+    return result
+
+
+async def _count_stored(database: Database, organization_id: uuid.UUID, ids: list[str]) -> int:
+    async with database.unit_of_work() as session:
+        stored = await UsageRepository(session).stored_ids(organization_id, list(set(ids)))
+    return sum(record_id in stored for record_id in ids)

@@ -30,8 +30,9 @@ class CallStatus(enum.StrEnum):
 
 
 class CostSource(enum.StrEnum):
-    REPORTED = "reported"
-    CATALOGUE = "catalogue"
+    REPORTED = "reported"  # the customer sent cost_usd
+    CATALOGUE = "catalogue"  # computed from the pricing catalogue (or an override)
+    UNPRICED = "unpriced"  # no price known when stored: cost 0 until a price exists
 
 
 class UsageRecord(IdMixin, Base):

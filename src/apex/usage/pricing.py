@@ -27,7 +27,42 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 MILLION = Decimal(1_000_000)
 CENT = Decimal("0.01")
 Capability = Literal["frontier", "mid", "small"]
-_VERSION_SUFFIX = re.compile(r"\d{4}-\d{2}-\d{2}|\d{8}|\d{3}|latest|preview(-[\w.-]+)?")
+# Suffixes that name a snapshot of the same model: dates (2024-08-06, 20240806, 0806, 2411,
+# 08-2024), versions (001, v1:0 on Bedrock), `latest`, `preview…`, `exp…`.
+_SNAPSHOT = (
+    r"\d{4}-\d{2}-\d{2}|\d{8}|\d{4}|\d{3}|\d{2}-\d{4}|\d{2}-\d{2}|v\d+(:\d+)?|latest|"
+    r"preview|exp"
+)
+_VERSION_SUFFIX = re.compile(rf"(?:{_SNAPSHOT})(?:-(?:{_SNAPSHOT}))*")
+# Who hosts or relays other vendors' models under their names: a model they carry is found by
+# its own name (OpenRouter `anthropic/claude-3.5-sonnet`, Bedrock
+# `us.anthropic.claude-3-5-sonnet-20240620-v1:0`, Vertex `claude-3-5-sonnet-v2@20241022`).
+PROVIDER_ALIASES = {
+    "azure": "openai",
+    "azure_openai": "openai",
+    "azure-openai": "openai",
+    "openai-compatible": "openai",
+    "gemini": "google",
+    "google-ai": "google",
+    "google_ai_studio": "google",
+    "mistralai": "mistral",
+    "x-ai": "xai",
+    "grok": "xai",
+    "together_ai": "together",
+    "togetherai": "together",
+    "fireworks_ai": "fireworks",
+    "aws": "bedrock",
+    "aws_bedrock": "bedrock",
+    "amazon": "bedrock",
+    "cohere_chat": "cohere",
+    "dashscope": "alibaba",
+    "qwen": "alibaba",
+    "moonshotai": "moonshot",
+}
+HOSTS = frozenset({"openrouter", "bedrock", "vertex_ai", "vertex", "google-vertex", "litellm",
+                   "portkey", "helicone", "azure_ai"})  # fmt: skip
+_BEDROCK_REGION = re.compile(r"^(us|eu|apac|ap|global|us-gov|ca|jp|au)\.")
+_BEDROCK_VENDORS = {"anthropic", "meta", "amazon", "mistral", "cohere", "deepseek", "openai"}
 
 
 class CatalogueError(ValueError):
@@ -50,12 +85,25 @@ class ModelPrice(BaseModel):
     batch_discount: Decimal = Field(ge=0, lt=1, description="0.50 = the batch API halves it")
     price_date: date
     source: str = Field(min_length=1)
+    status: Literal["current", "legacy"] = Field(
+        default="current", description="legacy: still billed, never recommended"
+    )
+    reasoning: bool = Field(default=False, description="bills hidden reasoning tokens as output")
+    kind: Literal["chat", "embedding"] = "chat"
+    aliases: tuple[str, ...] = Field(default=(), description="other names of the same model")
+    derived: bool = Field(
+        default=False, description="estimated from the organisation's reported costs"
+    )
 
     @model_validator(mode="after")
     def _cached_not_dearer(self) -> ModelPrice:
         if self.cached_input > self.input:
             raise ValueError("cached_input must not cost more than input")
         return self
+
+    @property
+    def name(self) -> str:
+        return f"{self.provider}/{self.model}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +129,14 @@ class Tokens:
     def total(self) -> int:
         return self.input + self.cached_input + self.cache_write + self.output + self.reasoning
 
+    @property
+    def prompt(self) -> int:
+        return self.input + self.cached_input + self.cache_write
+
+    @property
+    def completion(self) -> int:
+        return self.output + self.reasoning
+
 
 def cost_of(price: ModelPrice, tokens: Tokens) -> Decimal:
     """Exact cost in USD (not rounded: round only what is shown)."""
@@ -97,16 +153,53 @@ def to_cents(amount: Decimal) -> Decimal:
     return amount.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
+def catalogue_provider(provider: str) -> str:
+    """The catalogue's name for a provider as logs spell it (`azure` → `openai`)."""
+    return PROVIDER_ALIASES.get(provider.lower(), provider.lower())
+
+
+def _spellings(provider: str, model: str) -> Iterator[tuple[str, str]]:
+    """The (provider, model) pairs a logged name may stand for, most literal first."""
+    provider = PROVIDER_ALIASES.get(provider.lower(), provider.lower())
+    model = model.strip()
+    yield provider, model
+    name = model
+    if "/" in name:  # OpenRouter and LiteLLM: vendor/model (bedrock/anthropic.claude-…)
+        vendor, rest = name.split("/", 1)
+        vendor = PROVIDER_ALIASES.get(vendor.lower(), vendor.lower())
+        yield from _spellings(vendor, rest)
+        return
+    if "@" in name:  # Vertex: claude-3-5-sonnet-v2@20241022
+        name = name.replace("@", "-")
+        yield provider, name
+    if provider in ("bedrock", *HOSTS) or _BEDROCK_REGION.match(name):
+        bare = _BEDROCK_REGION.sub("", name)
+        vendor, _, rest = bare.partition(".")
+        if vendor in _BEDROCK_VENDORS and rest:
+            yield "bedrock", bare
+            yield vendor, rest
+    if "." in name and name.startswith("claude"):  # claude-3.5-sonnet → claude-3-5-sonnet
+        yield provider, name.replace(".", "-")
+
+
 class Catalogue:
-    """Model prices keyed by (provider, model); dated model names resolve to their family."""
+    """Model prices keyed by (provider, model); logged names resolve to entries through
+    aliases, hosts' spellings and snapshot suffixes (`Catalogue.find`)."""
 
     def __init__(self, prices: list[ModelPrice]) -> None:
         self._prices: dict[tuple[str, str], ModelPrice] = {}
+        self._names: dict[tuple[str, str], ModelPrice] = {}
         for price in prices:
             key = (price.provider, price.model)
             if key in self._prices:
                 raise CatalogueError(f"{price.provider}/{price.model} is listed twice")
             self._prices[key] = price
+        for price in prices:  # aliases first, so an entry's own name wins over an alias
+            for alias in price.aliases:
+                self._names[(price.provider, alias.lower())] = price
+        for price in prices:
+            self._names[(price.provider, price.model.lower())] = price
+        self._found: dict[tuple[str, str], ModelPrice | None] = {}
 
     def __iter__(self) -> Iterator[ModelPrice]:
         return iter(self._prices.values())
@@ -115,21 +208,50 @@ class Catalogue:
         return len(self._prices)
 
     def find(self, provider: str, model: str) -> ModelPrice | None:
-        """The entry for `model`, or for the catalogue name it extends with a date or version
-        suffix (`gpt-4o-2024-08-06` → `gpt-4o`, `claude-sonnet-4-5-20250929` →
-        `claude-sonnet-4-5`). Any other suffix is another model (`gpt-4o-mini` is not
-        `gpt-4o`) and is not guessed at."""
-        exact = self._prices.get((provider, model))
+        """The entry for a model as logs spell it: its name or an alias (any case); a
+        host's spelling of it (`openrouter` + `anthropic/claude-3.5-sonnet`, `bedrock` +
+        `us.anthropic.claude-3-5-sonnet-20240620-v1:0`, `azure` + `gpt-4o`); or a snapshot
+        of it (`gpt-4o-2024-08-06` → `gpt-4o`, unless that snapshot has its own entry).
+        Any other suffix is another model (`gpt-4o-mini` is not `gpt-4o`) and is not
+        guessed at. On a host, a name found under exactly one vendor is that vendor's."""
+        key = (provider, model)
+        if key not in self._found:
+            self._found[key] = self._resolve(provider, model)
+        return self._found[key]
+
+    def _resolve(self, provider: str, model: str) -> ModelPrice | None:
+        spellings = list(dict.fromkeys(_spellings(provider, model)))
+        for candidate_provider, name in spellings:
+            price = self._named(candidate_provider, name)
+            if price is not None:
+                return price
+        if PROVIDER_ALIASES.get(provider.lower(), provider.lower()) in HOSTS:
+            vendors = {p for p, _ in self._prices}
+            found = {
+                price.name: price
+                for vendor in vendors
+                for _, name in spellings
+                if (price := self._named(vendor, name)) is not None
+            }
+            if len(found) == 1:
+                return next(iter(found.values()))
+        return None
+
+    def _named(self, provider: str, name: str) -> ModelPrice | None:
+        lowered = name.lower()
+        exact = self._names.get((provider, lowered))
         if exact is not None:
             return exact
-        for (entry_provider, name), price in self._prices.items():
+        best: tuple[int, ModelPrice] | None = None
+        for (entry_provider, entry_name), price in self._names.items():
             if (
                 entry_provider == provider
-                and model.startswith(name + "-")
-                and _VERSION_SUFFIX.fullmatch(model[len(name) + 1 :])
+                and lowered.startswith(entry_name + "-")
+                and _VERSION_SUFFIX.fullmatch(lowered[len(entry_name) + 1 :])
+                and (best is None or len(entry_name) > best[0])
             ):
-                return price
-        return None
+                best = (len(entry_name), price)
+        return best[1] if best else None
 
     def with_overrides(self, overrides: list[ModelPrice]) -> Catalogue:
         merged = dict(self._prices)
@@ -137,16 +259,16 @@ class Catalogue:
             merged[(price.provider, price.model)] = price
         return Catalogue(list(merged.values()))
 
-    def cheaper_alternative(self, price: ModelPrice, capability: Capability) -> ModelPrice | None:
-        """The cheapest model of the same provider in `capability` (by output + input price)."""
-        candidates = [
+    def candidates(self, provider: str) -> list[ModelPrice]:
+        """Current chat models of a provider: what a workload may be moved to."""
+        return [
             entry
             for entry in self._prices.values()
-            if entry.provider == price.provider
-            and entry.capability == capability
-            and entry.input + entry.output < price.input + price.output
+            if entry.provider == provider
+            and entry.status == "current"
+            and entry.kind == "chat"
+            and not entry.derived
         ]
-        return min(candidates, key=lambda e: (e.input + e.output, e.model), default=None)
 
 
 def parse_catalogue(text: str) -> Catalogue:
@@ -157,10 +279,11 @@ def parse_catalogue(text: str) -> Catalogue:
     entries = document.get("models") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not entries:
         raise CatalogueError("the pricing catalogue needs a non-empty 'models' list")
+    defaults = _provider_defaults(document.get("providers", []))
     prices = []
     for index, entry in enumerate(entries):
         try:
-            prices.append(ModelPrice.model_validate(entry))
+            prices.append(ModelPrice.model_validate(_with_defaults(entry, defaults)))
         except ValidationError as exc:
             name = entry.get("model", "?") if isinstance(entry, dict) else "?"
             problems = "; ".join(
@@ -169,6 +292,32 @@ def parse_catalogue(text: str) -> Catalogue:
             )
             raise CatalogueError(f"models[{index}] ({name}): {problems}") from None
     return Catalogue(prices)
+
+
+def _provider_defaults(providers: object) -> dict[str, dict[str, object]]:
+    """Per provider, what its entries leave out: `source`, `batch_discount`."""
+    if not isinstance(providers, list):
+        raise CatalogueError("'providers' must be a list")
+    defaults: dict[str, dict[str, object]] = {}
+    for index, item in enumerate(providers):
+        if not isinstance(item, dict) or not isinstance(item.get("provider"), str):
+            raise CatalogueError(f"providers[{index}] needs a 'provider' name")
+        unknown = set(item) - {"provider", "source", "batch_discount"}
+        if unknown:
+            raise CatalogueError(f"providers[{index}]: unknown keys {sorted(unknown)}")
+        defaults[item["provider"]] = {k: v for k, v in item.items() if k != "provider"}
+    return defaults
+
+
+def _with_defaults(entry: object, defaults: dict[str, dict[str, object]]) -> object:
+    """An entry completed by its provider's defaults; cache prices default to input."""
+    if not isinstance(entry, dict):
+        return entry
+    completed = {**defaults.get(str(entry.get("provider")), {}), **entry}
+    if "input" in completed:
+        completed.setdefault("cached_input", completed["input"])
+        completed.setdefault("cache_write", completed["input"])
+    return completed
 
 
 @cache

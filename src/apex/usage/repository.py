@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, String, distinct, func, select
+from sqlalchemy import ColumnElement, Float, Insert, Integer, String, cast, distinct, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
@@ -15,7 +15,16 @@ from sqlalchemy.sql.functions import FunctionElement
 from apex.kit.repository import Repository
 from apex.usage.models import PriceOverride, UsageRecord
 from apex.usage.pricing import Tokens
-from apex.usage.spend import DayRow, DuplicateRow, GroupRow, PrefixRow, SpendData, Window
+from apex.usage.spend import (
+    DayRow,
+    DuplicateRow,
+    FitRow,
+    GroupRow,
+    HourRow,
+    PrefixRow,
+    SpendData,
+    Window,
+)
 
 
 def _insert_ignoring_duplicates(session: AsyncSession) -> Insert:
@@ -41,6 +50,23 @@ class UsageRepository(Repository[UsageRecord]):
         statement = _insert_ignoring_duplicates(self.session).returning(UsageRecord.record_id)
         result = await self.session.execute(statement, list(rows))
         return set(result.scalars().all())
+
+    async def by_record_id(self, organization_id: uuid.UUID, record_id: str) -> UsageRecord | None:
+        statement = select(UsageRecord).where(
+            UsageRecord.organization_id == organization_id, UsageRecord.record_id == record_id
+        )
+        found: UsageRecord | None = await self.session.scalar(statement)
+        return found
+
+    async def stored_ids(self, organization_id: uuid.UUID, record_ids: Sequence[str]) -> set[str]:
+        """Which of these record ids the organisation has already stored."""
+        if not record_ids:
+            return set()
+        statement = select(UsageRecord.record_id).where(
+            UsageRecord.organization_id == organization_id,
+            UsageRecord.record_id.in_(list(record_ids)),
+        )
+        return set((await self.session.scalars(statement)).all())
 
 
 class PriceOverrideRepository(Repository[PriceOverride]):
@@ -85,6 +111,37 @@ def _utc_day_sqlite(element: utc_day, compiler: Any, **kw: Any) -> str:
     return f"substr({compiler.process(element.clauses, **kw)}, 1, 10)"
 
 
+class utc_hour(FunctionElement[int]):
+    """The UTC hour of the day (0-23) of a timestamp column, on either backend."""
+
+    type = Integer()
+    inherit_cache = True
+    name = "utc_hour"
+
+
+@compiles(utc_hour, "postgresql")
+def _utc_hour_postgresql(element: utc_hour, compiler: Any, **kw: Any) -> str:
+    return f"extract(hour FROM {compiler.process(element.clauses, **kw)} AT TIME ZONE 'UTC')::int"
+
+
+@compiles(utc_hour, "sqlite")
+def _utc_hour_sqlite(element: utc_hour, compiler: Any, **kw: Any) -> str:
+    return f"cast(substr({compiler.process(element.clauses, **kw)}, 12, 2) AS integer)"
+
+
+_PROMPT = (
+    UsageRecord.input_tokens + UsageRecord.cached_input_tokens + UsageRecord.cache_write_tokens
+)
+_COMPLETION = UsageRecord.output_tokens + UsageRecord.reasoning_tokens
+# The fit's variables (FitRow): i = input + cache write, r = cached input, o = output.
+_FIT_VARIABLES = {
+    "i": cast(UsageRecord.input_tokens + UsageRecord.cache_write_tokens, Float),
+    "r": cast(UsageRecord.cached_input_tokens, Float),
+    "o": cast(_COMPLETION, Float),
+    "c": cast(UsageRecord.cost_nanos, Float),
+}
+_FIT_SUMS = ("ii", "ir", "io", "rr", "ro", "oo", "ic", "rc", "oc", "cc")
+
 _TOKEN_SUMS = (
     func.sum(UsageRecord.input_tokens),
     func.sum(UsageRecord.cached_input_tokens),
@@ -114,10 +171,18 @@ class SpendRepository:
             days=await self.days(organization_id, window),
             prefixes=await self.repeated_prefixes(organization_id, window),
             duplicates=await self.duplicate_prompts(organization_id, window),
+            hours=await self.hours(organization_id, window),
+            fits=await self.cost_fits(organization_id, window),
         )
 
     async def groups(self, organization_id: uuid.UUID, window: Window) -> list[GroupRow]:
-        keys = (UsageRecord.workload, UsageRecord.provider, UsageRecord.model, UsageRecord.status)
+        keys = (
+            UsageRecord.workload,
+            UsageRecord.provider,
+            UsageRecord.model,
+            UsageRecord.status,
+            UsageRecord.cost_source,
+        )
         statement = (
             select(
                 *keys,
@@ -127,6 +192,10 @@ class SpendRepository:
                 func.count(UsageRecord.end_user),
                 func.min(UsageRecord.record_id),
                 func.max(UsageRecord.record_id),
+                func.max(_PROMPT),
+                func.max(_COMPLETION),
+                func.coalesce(func.sum(UsageRecord.latency_ms), 0),
+                func.count(UsageRecord.latency_ms),
             )
             .where(*self._in(organization_id, window))
             .group_by(*keys)
@@ -138,12 +207,59 @@ class SpendRepository:
                 provider=row[1],
                 model=row[2],
                 status=row[3],
-                calls=int(row[4]),
-                tokens=Tokens(*(int(value) for value in row[5:10])),
-                cost_nanos=int(row[10]),
-                calls_with_end_user=int(row[11]),
-                first_record_id=row[12],
-                last_record_id=row[13],
+                cost_source=row[4],
+                calls=int(row[5]),
+                tokens=Tokens(*(int(value) for value in row[6:11])),
+                cost_nanos=int(row[11]),
+                calls_with_end_user=int(row[12]),
+                first_record_id=row[13],
+                last_record_id=row[14],
+                max_prompt_tokens=int(row[15]),
+                max_output_tokens=int(row[16]),
+                latency_ms_sum=int(row[17]),
+                calls_with_latency=int(row[18]),
+            )
+            for row in (await self.session.execute(statement)).all()
+        ]
+
+    async def hours(self, organization_id: uuid.UUID, window: Window) -> list[HourRow]:
+        hour = utc_hour(UsageRecord.occurred_at)
+        keys = (UsageRecord.workload, UsageRecord.provider, UsageRecord.model)
+        statement = (
+            select(*keys, hour, func.count())
+            .where(*self._in(organization_id, window))
+            .group_by(*keys, hour)
+            .order_by(*keys, hour)
+        )
+        return [
+            HourRow(row[0], row[1], row[2], int(row[3]), int(row[4]))
+            for row in (await self.session.execute(statement)).all()
+        ]
+
+    async def cost_fits(self, organization_id: uuid.UUID, window: Window) -> list[FitRow]:
+        """Per model, the sums a least-squares fit of reported cost on tokens needs."""
+        v = _FIT_VARIABLES
+        keys = (UsageRecord.provider, UsageRecord.model)
+        statement = (
+            select(
+                *keys,
+                func.count(),
+                func.sum(v["c"]),
+                *(func.sum(v[name[0]] * v[name[1]]) for name in _FIT_SUMS),
+            )
+            .where(*self._in(organization_id, window), UsageRecord.cost_source == "reported")
+            .group_by(*keys)
+            .order_by(*keys)
+        )
+        return [
+            FitRow(
+                provider=row[0],
+                model=row[1],
+                calls=int(row[2]),
+                sums={
+                    "c": float(row[3]),
+                    **{n: float(x) for n, x in zip(_FIT_SUMS, row[4:], strict=True)},
+                },
             )
             for row in (await self.session.execute(statement)).all()
         ]
@@ -225,6 +341,7 @@ class SpendRepository:
                 *self._in(organization_id, window),
                 UsageRecord.prompt_hash.is_not(None),
                 UsageRecord.status == "ok",
+                UsageRecord.cost_source != "unpriced",
             )
             .group_by(*keys)
             .having(func.count() >= 2)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import date
+import json
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from apex.kit.clock import UtcInstant
 from apex.kit.text import Text
 from apex.usage.pricing import Capability
 
 MAX_BATCH = 1000
-Count = Field(default=0, ge=0, le=10**10)
+MAX_METADATA_CHARS = 4096
+MAX_ECHO_CHARS = 200
+Count = Field(default=0, ge=0, le=10**10)  # with StrictInt: true and "123" are not counts
 Hash = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9:_+/=.-]+$")
 
 
@@ -29,12 +32,12 @@ class UsageRecordIn(BaseModel):
     provider: str = Field(min_length=1, max_length=50, pattern=r"^[a-z0-9][a-z0-9._-]*$")
     model: Text = Field(min_length=1, max_length=100)
     workload: Text = Field(default="default", min_length=1, max_length=100)
-    input_tokens: int = Count
-    cached_input_tokens: int = Count
-    cache_write_tokens: int = Count
-    output_tokens: int = Count
-    reasoning_tokens: int = Count
-    latency_ms: int | None = Field(default=None, ge=0, le=86_400_000)
+    input_tokens: StrictInt = Count
+    cached_input_tokens: StrictInt = Count
+    cache_write_tokens: StrictInt = Count
+    output_tokens: StrictInt = Count
+    reasoning_tokens: StrictInt = Count
+    latency_ms: StrictInt | None = Field(default=None, ge=0, le=86_400_000)
     status: Literal["ok", "error", "timeout"] = "ok"
     cost_usd: Decimal | None = Field(
         default=None,
@@ -44,9 +47,35 @@ class UsageRecordIn(BaseModel):
     )
     prompt_hash: str | None = Hash
     prefix_hash: str | None = Hash
-    prefix_tokens: int = Count
+    prefix_tokens: StrictInt = Count
     end_user: Text | None = Field(default=None, max_length=200)
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = Field(
+        default=None,
+        description=f"Yours, stored and returned as sent (≤ {MAX_METADATA_CHARS} "
+        "characters of JSON).",
+    )
+
+    @field_validator("cost_usd", mode="before")
+    @classmethod
+    def _cost_is_a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a number of dollars, not a boolean")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_is_bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+                text.encode("utf-8")
+            except (ValueError, UnicodeEncodeError):
+                raise ValueError("must be JSON of valid Unicode text") from None
+            if "\x00" in text or "\\u0000" in text:
+                raise ValueError("must not contain NUL characters")
+            if len(text) > MAX_METADATA_CHARS:
+                raise ValueError(f"must be at most {MAX_METADATA_CHARS} characters of JSON")
+        return value
 
     @model_validator(mode="after")
     def _prefix_within_prompt(self) -> UsageRecordIn:
@@ -61,7 +90,11 @@ class UsageRecordIn(BaseModel):
 
 
 class UsageBatchIn(BaseModel):
-    records: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH)
+    records: list[Any] = Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        description="Usage records; each gets its own verdict (a non-object is rejected).",
+    )
 
 
 class FieldProblem(BaseModel):
@@ -69,11 +102,22 @@ class FieldProblem(BaseModel):
     reason: str
 
 
+def echo(value: str) -> str:
+    """A client's string as an answer may repeat it: at most MAX_ECHO_CHARS characters,
+    lone surrogates and NULs replaced, so it can always be encoded."""
+    clipped = value[:MAX_ECHO_CHARS]
+    cleaned = "".join("\ufffd" if "\ud800" <= c <= "\udfff" or c == "\x00" else c for c in clipped)
+    return cleaned + ("…" if len(value) > MAX_ECHO_CHARS else "")
+
+
 class RecordResult(BaseModel):
     index: int
     id: str | None
     status: Literal["accepted", "duplicate", "rejected"]
     errors: list[FieldProblem] = Field(default_factory=list)
+    warnings: list[FieldProblem] = Field(
+        default_factory=list, description="Stored, but something needs your attention."
+    )
 
 
 class IngestReport(BaseModel):
@@ -124,4 +168,33 @@ class PriceOut(BaseModel):
     batch_discount: Decimal
     price_date: date
     source: str
+    status: str
+    reasoning: bool
+    kind: str
+    aliases: list[str]
     overridden: bool
+
+
+class UsageRecordOut(BaseModel):
+    """A stored record as Apex keeps it (cost in dollars, exact; `cost_source` says how it
+    was costed: reported, catalogue, or unpriced)."""
+
+    id: str
+    timestamp: datetime
+    provider: str
+    model: str
+    workload: str
+    input_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    latency_ms: int | None
+    status: str
+    cost_usd: Decimal
+    cost_source: str
+    prompt_hash: str | None
+    prefix_hash: str | None
+    prefix_tokens: int
+    end_user: str | None
+    metadata: dict[str, Any] | None

@@ -11,12 +11,20 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from apex.kit.errors import ValidationFailed
+from apex.kit.errors import NotFound, ValidationFailed
 from apex.kit.ids import new_id
 from apex.usage.models import NANOS_PER_USD, CostSource, PriceOverride
 from apex.usage.pricing import Catalogue, ModelPrice, Tokens, cost_of, default_catalogue
 from apex.usage.repository import PriceOverrideRepository, UsageRepository
-from apex.usage.schemas import FieldProblem, IngestReport, PriceIn, RecordResult, UsageRecordIn
+from apex.usage.schemas import (
+    FieldProblem,
+    IngestReport,
+    PriceIn,
+    RecordResult,
+    UsageRecordIn,
+    UsageRecordOut,
+    echo,
+)
 
 
 def usd_to_nanos(amount: Decimal) -> int:
@@ -80,9 +88,37 @@ def _row(
         "prefix_hash": record.prefix_hash,
         "prefix_tokens": record.prefix_tokens,
         "end_user": record.end_user,
-        "metadata": record.metadata,
+        "attributes": record.metadata,
         "ingested_at": datetime.now(UTC),
     }
+
+
+def _rejected(index: int, raw: Any, problems: list[FieldProblem]) -> RecordResult:
+    record_id = raw.get("id") if isinstance(raw, dict) else None
+    return RecordResult(
+        index=index,
+        id=echo(record_id) if isinstance(record_id, str) else None,
+        status="rejected",
+        errors=problems,
+    )
+
+
+def _unpriced_warning(record: UsageRecordIn) -> FieldProblem:
+    return FieldProblem(
+        field="model",
+        reason=f"{echo(record.provider)}/{echo(record.model)} is not in the pricing catalogue: "
+        "stored unpriced and left out of the analyses until it has a price (send cost_usd, "
+        "or set one with PUT /api/v1/pricing/{provider}/{model})",
+    )
+
+
+def _costed(record: UsageRecordIn, catalogue: Catalogue) -> tuple[int, CostSource]:
+    if record.cost_usd is not None:
+        return usd_to_nanos(record.cost_usd), CostSource.REPORTED
+    price = catalogue.find(record.provider, record.model)
+    if price is None:
+        return 0, CostSource.UNPRICED
+    return usd_to_nanos(cost_of(price, tokens_of(record))), CostSource.CATALOGUE
 
 
 async def ingest(
@@ -92,58 +128,40 @@ async def ingest(
     *,
     catalogue: Catalogue | None = None,
 ) -> IngestReport:
-    """Validate and store a batch. Bad records are rejected with the field and the reason;
-    the good ones are kept. A record id the organisation sent before (in an earlier batch
-    or earlier in this one) is a duplicate and changes nothing."""
+    """Validate and store a batch; every element gets its own verdict. Bad records (and
+    elements that are not objects) are rejected with the field and the reason; the good
+    ones are kept. A record id the organisation sent before (in an earlier batch or earlier
+    in this one) is a duplicate and changes nothing. A record of a model without a price is
+    stored unpriced, with a warning: nothing the customer sent is dropped."""
     catalogue = catalogue or await catalogue_for(session, organization_id)
     results: list[RecordResult] = []
     rows: list[dict[str, Any]] = []
     pending: dict[str, int] = {}  # record id -> index in `results`
     for index, raw in enumerate(raw_records):
+        if not isinstance(raw, dict):
+            problem = FieldProblem(field="record", reason="must be a JSON object")
+            results.append(_rejected(index, raw, [problem]))
+            continue
         try:
             record = UsageRecordIn.model_validate(raw)
         except ValidationError as exc:
-            record_id = raw.get("id") if isinstance(raw, dict) else None
-            results.append(
-                RecordResult(
-                    index=index,
-                    id=record_id if isinstance(record_id, str) else None,
-                    status="rejected",
-                    errors=_problems(exc),
-                )
-            )
+            results.append(_rejected(index, raw, _problems(exc)))
             continue
         if record.id in pending:
             results.append(RecordResult(index=index, id=record.id, status="duplicate"))
             continue
-        if record.cost_usd is not None:
-            cost, source = record.cost_usd, CostSource.REPORTED
-        else:
-            price = catalogue.find(record.provider, record.model)
-            if price is None:
-                results.append(
-                    RecordResult(
-                        index=index,
-                        id=record.id,
-                        status="rejected",
-                        errors=[
-                            FieldProblem(
-                                field="model",
-                                reason=f"{record.provider}/{record.model} is not in the pricing "
-                                "catalogue: send cost_usd or add a price override",
-                            )
-                        ],
-                    )
-                )
-                continue
-            cost, source = cost_of(price, tokens_of(record)), CostSource.CATALOGUE
+        cost_nanos, source = _costed(record, catalogue)
+        warnings = [_unpriced_warning(record)] if source is CostSource.UNPRICED else []
         pending[record.id] = len(results)
-        results.append(RecordResult(index=index, id=record.id, status="accepted"))
-        rows.append(_row(organization_id, record, usd_to_nanos(cost), source.value))
+        results.append(
+            RecordResult(index=index, id=record.id, status="accepted", warnings=warnings)
+        )
+        rows.append(_row(organization_id, record, cost_nanos, source.value))
     inserted = await UsageRepository(session).insert_new(rows)
     for record_id, position in pending.items():
         if record_id not in inserted:
             results[position].status = "duplicate"
+            results[position].warnings = []
     report = IngestReport(results=results)
     for result in results:
         if result.status == "accepted":
@@ -153,6 +171,35 @@ async def ingest(
         else:
             report.rejected += 1
     return report
+
+
+async def stored_record(
+    session: AsyncSession, organization_id: uuid.UUID, record_id: str
+) -> UsageRecordOut:
+    row = await UsageRepository(session).by_record_id(organization_id, record_id)
+    if row is None:
+        raise NotFound("No usage record with this id.")
+    return UsageRecordOut(
+        id=row.record_id,
+        timestamp=row.occurred_at,
+        provider=row.provider,
+        model=row.model,
+        workload=row.workload,
+        input_tokens=row.input_tokens,
+        cached_input_tokens=row.cached_input_tokens,
+        cache_write_tokens=row.cache_write_tokens,
+        output_tokens=row.output_tokens,
+        reasoning_tokens=row.reasoning_tokens,
+        latency_ms=row.latency_ms,
+        status=row.status,
+        cost_usd=nanos_to_usd(row.cost_nanos),
+        cost_source=row.cost_source,
+        prompt_hash=row.prompt_hash,
+        prefix_hash=row.prefix_hash,
+        prefix_tokens=row.prefix_tokens,
+        end_user=row.end_user,
+        metadata=row.attributes,
+    )
 
 
 def price_from(provider: str, model: str, body: PriceIn, today: date) -> ModelPrice:

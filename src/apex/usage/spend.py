@@ -6,7 +6,7 @@ dollars and recommendations is the analyses' job (apex.agents.tools).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from apex.usage.pricing import Tokens
@@ -26,7 +26,8 @@ class Window:
 
 @dataclass(frozen=True, slots=True)
 class GroupRow:
-    """Calls of one workload on one model with one status."""
+    """Calls of one workload on one model with one status and one cost source (`reported`,
+    `catalogue`, or `unpriced`: a model nobody had a price for, stored at cost 0)."""
 
     workload: str
     provider: str
@@ -38,6 +39,34 @@ class GroupRow:
     calls_with_end_user: int
     first_record_id: str
     last_record_id: str
+    cost_source: str = "catalogue"
+    max_prompt_tokens: int = 0
+    max_output_tokens: int = 0
+    latency_ms_sum: int = 0
+    calls_with_latency: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HourRow:
+    """Calls of one workload on one model in one UTC hour of the day (0-23), all days."""
+
+    workload: str
+    provider: str
+    model: str
+    hour: int
+    calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class FitRow:
+    """Sufficient statistics of a least-squares fit of reported cost (nano-dollars) on
+    token counts for one model: i = input + cache write, r = cached input, o = output +
+    reasoning, c = cost. Sums of products, as floats (they overflow 64-bit integers)."""
+
+    provider: str
+    model: str
+    calls: int
+    sums: dict[str, float]  # "ii", "ir", "io", "rr", "ro", "oo", "ic", "rc", "oc", "cc", "c"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +114,5 @@ class SpendData:
     days: list[DayRow]
     prefixes: list[PrefixRow]
     duplicates: list[DuplicateRow]
+    hours: list[HourRow] = field(default_factory=list)
+    fits: list[FitRow] = field(default_factory=list)

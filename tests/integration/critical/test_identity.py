@@ -336,6 +336,14 @@ def test_rbac_enforcement_integration(
         assert made.status_code == 200, made.text
         return model
 
+    stored = ca.post(
+        "/api/v1/usage/events",
+        headers=as_owner,
+        json={"records": [{"id": "rbac-1", "timestamp": "2026-11-01T00:00:00Z",
+                           "provider": "openai", "model": "gpt-4o", "input_tokens": 10}]},
+    )  # fmt: skip
+    assert stored.json()["accepted"] == 1, stored.text
+
     headers = {"owner": as_owner}
     for role in ROLES[1:]:
         headers[role] = join(role)[1]
@@ -392,6 +400,10 @@ def test_rbac_enforcement_integration(
                 path,
             ),
             ("GET", "/api/v1/pricing"): lambda: (None, path),
+            ("GET", "/api/v1/usage/events/{record_id}"): lambda: (
+                None,
+                path.replace("{record_id}", "rbac-1"),
+            ),
             ("POST", RUNS): lambda: ({"question": "Where can we save?"}, path),
             ("GET", RUNS): lambda: (None, path),
             ("GET", RUNS + "/{run_id}"): lambda: (None, path.replace("{run_id}", finished)),

@@ -15,7 +15,11 @@ from apex import __version__
 from apex.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
+    import uuid
+
+    from apex.kit.db import Database
     from apex.usage.files import FileIngestResult
+    from apex.usage.pricing import Catalogue, ModelPrice
 
 app = typer.Typer(
     help="Apex: find the waste in LLM spend and prove the savings.",
@@ -26,6 +30,10 @@ migrate_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_
 app.add_typer(migrate_app, name="migrate")
 keys_app = typer.Typer(help="Token signing keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+pricing_app = typer.Typer(
+    help="The pricing catalogue and organisations' prices.", no_args_is_help=True
+)
+app.add_typer(pricing_app, name="pricing")
 console = Console(stderr=True, soft_wrap=True)
 
 
@@ -215,7 +223,6 @@ def ingest(
 
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-    from apex.identity.repository import OrganizationRepository
     from apex.kit.db import Database
     from apex.kit.failpoints import Failpoints
     from apex.usage.files import FileFormatError, ingest_file
@@ -225,14 +232,11 @@ def ingest(
     async def run(progress: Progress) -> FileIngestResult:
         database = Database(settings)
         try:
-            async with database.unit_of_work() as session:
-                organization = await OrganizationRepository(session).by_slug(org)
-            if organization is None:
-                _fail(f"No organisation with slug {org!r}.", 2)
+            organization_id = await _organization_id(database, org)
             task = progress.add_task(f"Ingesting {file.name}", total=None)
             return await ingest_file(
                 database,
-                organization.id,
+                organization_id,
                 file,
                 batch_size=batch_size,
                 progress=lambda done, total: progress.update(task, completed=done, total=total),
@@ -418,6 +422,150 @@ def demo(
             "to read it over the API.",
             markup=False,
         )
+
+
+OrgOption = Annotated[
+    str | None,
+    typer.Option("--org", help="An organisation's slug: its prices, overrides included."),
+]
+
+
+async def _organization_id(database: Database, slug: str) -> uuid.UUID:
+    from apex.identity.repository import OrganizationRepository
+
+    async with database.unit_of_work() as session:
+        organization = await OrganizationRepository(session).by_slug(slug)
+    if organization is None:
+        _fail(f"No organisation with slug {slug!r}.", 2)
+    return organization.id
+
+
+def _catalogue(org: str | None) -> Catalogue:
+    """The shipped catalogue, or an organisation's effective one."""
+    import asyncio
+
+    from apex.usage.pricing import default_catalogue
+    from apex.usage.service import catalogue_for
+
+    if org is None:
+        return default_catalogue()
+    settings = _settings()
+
+    from apex.kit.db import Database
+
+    async def load() -> Catalogue:
+        database = Database(settings)
+        try:
+            organization_id = await _organization_id(database, org)
+            async with database.unit_of_work() as session:
+                return await catalogue_for(session, organization_id)
+        finally:
+            await database.dispose()
+
+    return asyncio.run(load())
+
+
+@pricing_app.command("list")
+def pricing_list(
+    org: OrgOption = None,
+    provider: Annotated[str | None, typer.Option(help="Only this provider.")] = None,
+    legacy: Annotated[bool, typer.Option(help="Include legacy models.")] = True,
+) -> None:
+    """The models and their prices, USD per million tokens."""
+    from rich.table import Table
+
+    shown = [
+        p
+        for p in _catalogue(org)
+        if (provider is None or p.provider == provider) and (legacy or p.status == "current")
+    ]
+    table = Table(title=f"{len(shown)} models, USD per million tokens")
+    for column in ("provider", "model", "tier", "input", "cached", "output", "batch", "status"):
+        table.add_column(
+            column, justify="right" if column in {"input", "cached", "output"} else "left"
+        )
+    for p in sorted(shown, key=lambda p: (p.provider, p.model)):
+        table.add_row(
+            p.provider, p.model, p.capability, str(p.input), str(p.cached_input), str(p.output),
+            f"-{p.batch_discount:.0%}" if p.batch_discount else "", p.status,
+        )  # fmt: skip
+    Console(soft_wrap=True).print(table)
+
+
+@pricing_app.command("show")
+def pricing_show(
+    provider: Annotated[str, typer.Argument(help="As your logs spell it (azure, bedrock, ...).")],
+    model: Annotated[str, typer.Argument(help="As your logs spell it.")],
+    org: OrgOption = None,
+) -> None:
+    """How a logged model name resolves, and the price Apex uses for it."""
+    import json
+
+    price = _catalogue(org).find(provider, model)
+    if price is None:
+        _fail(
+            f"{provider}/{model} is not in the catalogue: its records are stored unpriced unless "
+            "they carry cost_usd. Set a price with `apex pricing import` or PUT /api/v1/pricing.",
+            1,
+        )
+    out = Console(soft_wrap=True)
+    out.print(f"{provider}/{model} → {price.name}", highlight=False, markup=False)
+    out.print_json(json.dumps(price.model_dump(mode="json")))
+
+
+@pricing_app.command("import")
+def pricing_import(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="A JSON catalogue.")
+    ],
+    org: Annotated[str, typer.Option("--org", help="The organisation whose prices to set.")],
+    dry_run: Annotated[bool, typer.Option(help="Say what would change; change nothing.")] = False,
+) -> None:
+    """Set an organisation's prices from a catalogue file: Apex's own format or LiteLLM's
+    model_prices_and_context_window.json. Entries equal to the current price are skipped."""
+    import asyncio
+
+    from apex.kit.clock import SystemClock
+    from apex.kit.db import Database
+    from apex.usage.pricing import CatalogueError, read_catalogue_file
+    from apex.usage.service import catalogue_for, set_override
+
+    settings = _settings()
+
+    async def run() -> tuple[int, int, dict[str, int]]:
+        database = Database(settings)
+        try:
+            organization_id = await _organization_id(database, org)
+            async with database.unit_of_work() as session:
+                current = await catalogue_for(session, organization_id)
+                try:
+                    text = file.read_text("utf-8")
+                    imported = read_catalogue_file(text, current, SystemClock().now().date())
+                except (CatalogueError, UnicodeDecodeError) as exc:
+                    _fail(f"{file}: {exc}", 1)
+                changed = [p for p in imported.prices if not _same_price(current, p)]
+                if not dry_run:
+                    for price in changed:
+                        await set_override(session, organization_id, price)
+                return len(changed), len(imported.prices) - len(changed), imported.skipped
+        finally:
+            await database.dispose()
+
+    changed, unchanged, skipped = asyncio.run(run())
+    verb = "would set" if dry_run else "set"
+    console.print(f"{org}: {verb} {changed:,} prices; {unchanged:,} already as in the file.")
+    for reason, count in sorted(skipped.items()):
+        console.print(f"  skipped {count:,}: {reason}", markup=False)
+
+
+def _same_price(catalogue: Catalogue, price: ModelPrice) -> bool:
+    known = catalogue.find(price.provider, price.model)
+    return known is not None and (
+        known.input,
+        known.cached_input,
+        known.cache_write,
+        known.output,
+    ) == (price.input, price.cached_input, price.cache_write, price.output)
 
 
 def main() -> None:

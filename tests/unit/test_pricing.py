@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 from decimal import Decimal
+from importlib import resources
 
 import pytest
 
-from apex.usage.pricing import CatalogueError, Tokens, cost_of, default_catalogue, parse_catalogue
+from apex.usage.pricing import (
+    CatalogueError,
+    Tokens,
+    cost_of,
+    default_catalogue,
+    parse_catalogue,
+    read_catalogue_file,
+)
 
 pytestmark = pytest.mark.unit
 ENTRY = {
@@ -115,3 +124,63 @@ def test_duplicates_and_empty_catalogues_are_refused() -> None:
         parse_catalogue(json.dumps({"models": []}))
     with pytest.raises(CatalogueError, match="not valid JSON"):
         parse_catalogue("{")
+
+
+LITELLM = {
+    "sample_spec": {"input_cost_per_token": 0, "litellm_provider": "openai", "mode": "chat"},
+    "gpt-4o": {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05,
+               "cache_read_input_token_cost": 1.25e-06, "litellm_provider": "openai",
+               "mode": "chat", "max_input_tokens": 128000},
+    "azure/gpt-4o": {"input_cost_per_token": 2.75e-06, "output_cost_per_token": 1.1e-05,
+                     "litellm_provider": "azure", "mode": "chat"},
+    "together_ai/acme/mystery-2": {"input_cost_per_token": 9e-07, "output_cost_per_token": 9e-07,
+                                   "litellm_provider": "together_ai", "mode": "chat"},
+    "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0": {
+        "input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05,
+        "litellm_provider": "bedrock", "mode": "chat"},
+    "dall-e-3": {"litellm_provider": "openai", "mode": "image_generation"},
+    "broken": {"input_cost_per_token": "abc", "litellm_provider": "acme", "mode": "chat"},
+    "big-spender": {"input_cost_per_token": 1e-05, "output_cost_per_token": 3e-05,
+                    "litellm_provider": "acme", "mode": "chat", "supports_reasoning": True},
+}  # fmt: skip
+
+
+def test_litellm_catalogues_import_with_what_apex_knows_filled_in() -> None:
+    imported = read_catalogue_file(json.dumps(LITELLM), default_catalogue(), date(2026, 11, 25))
+    prices = {p.name: p for p in imported.prices}
+    assert set(prices) == {
+        "openai/gpt-4o",
+        "together/acme/mystery-2",
+        "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0",
+        "acme/big-spender",
+    }
+    gpt4o = prices["openai/gpt-4o"]
+    assert (gpt4o.input, gpt4o.cached_input, gpt4o.output) == (
+        Decimal("2.5"), Decimal("1.25"), Decimal("10"),
+    )  # fmt: skip
+    # A hosted Claude keeps the cache prices and tier Apex knows for that model.
+    hosted = prices["bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0"]
+    assert (hosted.cached_input, hosted.cache_write, hosted.capability) == (
+        Decimal("0.30"), Decimal("3.75"), "frontier",
+    )  # fmt: skip
+    # A model Apex does not know: its tier from its output price ($30/M: frontier).
+    unknown = prices["acme/big-spender"]
+    assert (unknown.capability, unknown.reasoning, unknown.cached_input) == (
+        "frontier", True, Decimal("10"),
+    )  # fmt: skip
+    assert prices["together/acme/mystery-2"].capability == "small"
+    assert imported.skipped == {
+        "another entry names the same model": 1,  # azure/gpt-4o is openai/gpt-4o to Apex
+        "mode image_generation": 1,
+        "no per-token price": 1,
+    }
+
+
+def test_apex_catalogues_import_as_they_are_and_garbage_is_refused() -> None:
+    text = resources.files("apex.usage").joinpath("pricing.json").read_text("utf-8")
+    imported = read_catalogue_file(text, default_catalogue(), date(2026, 11, 25))
+    assert len(imported.prices) == len(default_catalogue())
+    with pytest.raises(CatalogueError, match="not valid JSON"):
+        read_catalogue_file("{", default_catalogue(), date(2026, 11, 25))
+    with pytest.raises(CatalogueError, match="expected Apex's catalogue"):
+        read_catalogue_file("[1, 2]", default_catalogue(), date(2026, 11, 25))

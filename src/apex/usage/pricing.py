@@ -325,3 +325,128 @@ def default_catalogue() -> Catalogue:
     """The catalogue shipped with Apex, loaded and validated once per process."""
     text = resources.files("apex.usage").joinpath("pricing.json").read_text("utf-8")
     return parse_catalogue(text)
+
+
+# --- importing other catalogues ---------------------------------------------------------------
+LITELLM_PROVIDERS = {
+    "text-completion-openai": "openai",
+    "vertex_ai-anthropic_models": "anthropic",
+    "vertex_ai-language-models": "google",
+    "vertex_ai-mistral_models": "mistral",
+    "vertex_ai-llama_models": "vertex_ai",
+    "bedrock_converse": "bedrock",
+    "codestral": "mistral",
+    "text-completion-codestral": "mistral",
+}
+_LITELLM_KINDS = {
+    "chat": "chat",
+    "completion": "chat",
+    "responses": "chat",
+    "embedding": "embedding",
+}
+_PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,49}$")
+
+
+@dataclass
+class ImportedCatalogue:
+    """Entries read from a file, and what was skipped and why (counted by reason)."""
+
+    prices: list[ModelPrice]
+    skipped: dict[str, int]
+
+
+def read_catalogue_file(text: str, base: Catalogue, today: date) -> ImportedCatalogue:
+    """Apex's own format (a `models` list) or LiteLLM's `model_prices_and_context_window.json`
+    (an object keyed by model name), as validated entries."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CatalogueError(f"not valid JSON: {exc}") from None
+    if isinstance(document, dict) and isinstance(document.get("models"), list):
+        return ImportedCatalogue(list(parse_catalogue(text)), {})
+    if isinstance(document, dict):
+        return _from_litellm(document, base, today)
+    raise CatalogueError("expected Apex's catalogue (a 'models' list) or LiteLLM's (an object)")
+
+
+def _per_million(value: object) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        per_token = Decimal(str(value))
+    except ArithmeticError:
+        return None
+    if not per_token.is_finite() or per_token < 0:
+        return None
+    return (per_token * MILLION).quantize(Decimal("0.000001")).normalize()
+
+
+def _guess_capability(output: Decimal) -> Capability:
+    """For a model Apex does not know: its tier from its output price (documented)."""
+    if output >= 8:
+        return "frontier"
+    return "mid" if output >= Decimal("1.5") else "small"
+
+
+def _litellm_entry(name: str, entry: dict[str, object], base: Catalogue, today: date) -> ModelPrice:
+    raw_provider = str(entry.get("litellm_provider", "")).lower()
+    provider = catalogue_provider(LITELLM_PROVIDERS.get(raw_provider, raw_provider))
+    model = name
+    for prefix in {raw_provider, provider}:
+        model = model.removeprefix(prefix + "/")
+    if not _PROVIDER_NAME.match(provider) or not 0 < len(model) <= 100:
+        raise ValueError("unusable provider or model name")
+    input_price = _per_million(entry.get("input_cost_per_token"))
+    output_price = _per_million(entry.get("output_cost_per_token", 0))
+    if input_price is None or output_price is None:
+        raise ValueError("no per-token price")
+    # What LiteLLM leaves out comes from the entry Apex resolves the name to, if any.
+    known = base.find(provider, model)
+    cached = _per_million(entry.get("cache_read_input_token_cost"))
+    written = _per_million(entry.get("cache_creation_input_token_cost"))
+    context = entry.get("max_input_tokens") or entry.get("max_tokens")
+    return ModelPrice(
+        provider=provider,
+        model=model,
+        capability=known.capability if known else _guess_capability(output_price),
+        context_window=context if isinstance(context, int) and context > 0 else 128_000,
+        input=input_price,
+        cached_input=min(
+            cached if cached is not None else known.cached_input if known else input_price,
+            input_price,
+        ),
+        cache_write=written if written is not None else known.cache_write if known else input_price,
+        output=output_price,
+        batch_discount=known.batch_discount if known else Decimal(0),
+        price_date=today,
+        source=f"imported from LiteLLM's catalogue ({name})",
+        status=known.status if known else "current",
+        reasoning=bool(entry.get("supports_reasoning")) or bool(known and known.reasoning),
+        kind="embedding" if entry.get("mode") == "embedding" else "chat",
+    )
+
+
+def _from_litellm(document: dict[str, object], base: Catalogue, today: date) -> ImportedCatalogue:
+    prices: dict[tuple[str, str], ModelPrice] = {}
+    skipped: dict[str, int] = {}
+    for name, entry in document.items():
+        if name == "sample_spec" or not isinstance(entry, dict):
+            continue
+        if _LITELLM_KINDS.get(str(entry.get("mode", "chat"))) is None:
+            skipped[f"mode {entry.get('mode')}"] = skipped.get(f"mode {entry.get('mode')}", 0) + 1
+            continue
+        try:
+            price = _litellm_entry(name, entry, base, today)
+        except ValidationError:
+            skipped["invalid entry"] = skipped.get("invalid entry", 0) + 1
+            continue
+        except ValueError as exc:
+            skipped[str(exc)] = skipped.get(str(exc), 0) + 1
+            continue
+        if (price.provider, price.model) in prices:
+            skipped["another entry names the same model"] = (
+                skipped.get("another entry names the same model", 0) + 1
+            )
+            continue
+        prices[(price.provider, price.model)] = price
+    return ImportedCatalogue(list(prices.values()), skipped)

@@ -1,0 +1,10 @@
+"""The end-to-end tours use the integration harness's real services."""
+
+from tests.integration.conftest import (  # noqa: F401 (fixtures, found by name)
+    database_url,
+    fresh_redis,
+    postgres,
+    start_apex,
+    start_worker,
+    template_database,
+)

@@ -3,16 +3,21 @@ offline deterministic provider that is the default.
 
 The SDKs' own retries are off (`max_retries=0`): retries, backoff and the circuit breaker
 live in one place (apex.agents.llm.resilience) so the policy is the same for every provider.
+Each SDK is imported when its provider is built (anthropic's import alone takes seconds),
+so the CLI and the offline default never pay for them.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import anthropic
-import openai
+if TYPE_CHECKING:
+    import anthropic
+    import openai
 
 from apex.agents.llm.base import (
     ChunkHandler,
@@ -32,15 +37,14 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
-def _translate(exc: Exception, provider: str) -> Exception:
-    """SDK exceptions → LLMUnavailable (worth retrying) or LLMRejected (not)."""
-    timeouts = (openai.APITimeoutError, anthropic.APITimeoutError)
-    connection = (openai.APIConnectionError, anthropic.APIConnectionError)
-    if isinstance(exc, timeouts):
+def _translate(exc: Exception, provider: str, sdk: ModuleType) -> Exception:
+    """SDK exceptions → LLMUnavailable (worth retrying) or LLMRejected (not). Both SDKs
+    name their exception classes alike."""
+    if isinstance(exc, sdk.APITimeoutError):
         return LLMUnavailable(f"{provider}: request timed out", provider=provider)
-    if isinstance(exc, connection):
+    if isinstance(exc, sdk.APIConnectionError):
         return LLMUnavailable(f"{provider}: connection failed ({exc})", provider=provider)
-    if isinstance(exc, (openai.APIStatusError, anthropic.APIStatusError)):
+    if isinstance(exc, sdk.APIStatusError):
         status = exc.status_code
         if status == 429 or status >= 500:
             return LLMUnavailable(
@@ -66,7 +70,8 @@ class OpenAICompatibleProvider:
     ) -> None:
         self.name = name
         self.model = model
-        self.client = openai.AsyncOpenAI(
+        self.sdk = importlib.import_module("openai")
+        self.client: openai.AsyncOpenAI = self.sdk.AsyncOpenAI(
             base_url=base_url,
             api_key=api_key or "not-needed",
             timeout=timeout,
@@ -102,8 +107,8 @@ class OpenAICompatibleProvider:
     async def complete(self, request: LLMRequest) -> LLMResponse:
         try:
             response = await self.client.chat.completions.create(**self._arguments(request))
-        except openai.OpenAIError as exc:
-            raise _translate(exc, self.name) from exc
+        except self.sdk.OpenAIError as exc:
+            raise _translate(exc, self.name, self.sdk) from exc
         text = response.choices[0].message.content or "" if response.choices else ""
         return LLMResponse(text, self.name, response.model, self._tokens(response.usage))
 
@@ -125,8 +130,8 @@ class OpenAICompatibleProvider:
                     if choice.delta.content:
                         parts.append(choice.delta.content)
                         await on_chunk(choice.delta.content)
-        except openai.OpenAIError as exc:
-            raise _translate(exc, self.name) from exc
+        except self.sdk.OpenAIError as exc:
+            raise _translate(exc, self.name, self.sdk) from exc
         return LLMResponse("".join(parts), self.name, model, self._tokens(usage))
 
 
@@ -136,7 +141,8 @@ class AnthropicProvider:
     ) -> None:
         self.name = "anthropic"
         self.model = model
-        self.client = anthropic.AsyncAnthropic(
+        self.sdk = importlib.import_module("anthropic")
+        self.client: anthropic.AsyncAnthropic = self.sdk.AsyncAnthropic(
             api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
         )
 
@@ -161,8 +167,8 @@ class AnthropicProvider:
     async def complete(self, request: LLMRequest) -> LLMResponse:
         try:
             message = await self.client.messages.create(**self._arguments(request))
-        except anthropic.AnthropicError as exc:
-            raise _translate(exc, self.name) from exc
+        except self.sdk.AnthropicError as exc:
+            raise _translate(exc, self.name, self.sdk) from exc
         text = "".join(getattr(block, "text", "") for block in message.content)
         return LLMResponse(text, self.name, message.model, self._tokens(message.usage))
 
@@ -172,8 +178,8 @@ class AnthropicProvider:
                 async for text in stream.text_stream:
                     await on_chunk(text)
                 message = await stream.get_final_message()
-        except anthropic.AnthropicError as exc:
-            raise _translate(exc, self.name) from exc
+        except self.sdk.AnthropicError as exc:
+            raise _translate(exc, self.name, self.sdk) from exc
         text = "".join(getattr(block, "text", "") for block in message.content)
         return LLMResponse(text, self.name, message.model, self._tokens(message.usage))
 

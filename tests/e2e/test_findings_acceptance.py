@@ -31,7 +31,7 @@ import pytest
 
 from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
 from tests.harness.procs import wait_until
-from tests.integration.critical.conftest import bearer, database_name, signup
+from tests.integration.critical.conftest import bearer, database_name, findings, signup
 
 START = datetime(2026, 9, 1, tzinfo=UTC)
 END = START + timedelta(days=30)
@@ -451,14 +451,7 @@ def test_findings_hold_on_a_month_nobody_tuned_them_to(
     customer.set_tier("mid")
     full = customer.run()
     report = full["report"]
-    found = {
-        (r["kind"], r["workload"]): (
-            r["current_monthly_usd"],
-            r["projected_monthly_usd"],
-            r["savings_monthly_usd"],
-        )
-        for r in report["recommendations"]
-    }
+    found = findings(report)
     assert found == expected
     assert report["total_monthly_savings_usd"] == total
     assert report["withheld"] is None

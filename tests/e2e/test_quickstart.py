@@ -40,6 +40,9 @@ def test_run_demo_reports_savings_then_serves_healthy(tmp_path: Path) -> None:
     ):
         assert finding in out, finding
     assert "Bill on the Mid plan" in out
+    # The figures the README shows: the demo month is fixed, so they are the same each run.
+    assert "Recommendations (projected savings $69.05/month)" in out
+    assert "Analysed $232.32 of $232.32 (100.0%); left out $0.00." in out
     assert f"at http://127.0.0.1:{port}: OK" in result.stdout
     assert "database │ ok" in result.stdout
     assert "redis    │ ok" in result.stdout

@@ -41,5 +41,17 @@ def row_counts(cluster: PostgresCluster, database: str) -> dict[str, int]:
     return {name: int(count) for name, count in (row.split("|") for row in rows)}
 
 
+def findings(report: dict[str, Any]) -> dict[tuple[str, str], tuple[str, str, str]]:
+    """A report's recommendations as (kind, workload) → (current, projected, savings)."""
+    return {
+        (r["kind"], r["workload"]): (
+            r["current_monthly_usd"],
+            r["projected_monthly_usd"],
+            r["savings_monthly_usd"],
+        )
+        for r in report["recommendations"]
+    }
+
+
 def database_name(url: str) -> str:
     return url.rsplit("/", 1)[1]

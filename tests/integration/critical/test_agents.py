@@ -26,7 +26,7 @@ from apex.settings import Settings
 from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
 from tests.harness.llm import LlmServer
 from tests.harness.procs import wait_until
-from tests.integration.critical.conftest import bearer, database_name, signup
+from tests.integration.critical.conftest import bearer, database_name, findings, signup
 
 pytestmark = pytest.mark.critical
 
@@ -390,14 +390,7 @@ def test_agent_orchestration_integration(stack: Stack) -> None:
 
     # The report finds every planted waste, with the hand-computed figures to the cent.
     report = stack.report(run_id)["report"]
-    found = {
-        (r["kind"], r["workload"]): (
-            r["current_monthly_usd"],
-            r["projected_monthly_usd"],
-            r["savings_monthly_usd"],
-        )
-        for r in report["recommendations"]
-    }
+    found = findings(report)
     assert found == EXPECTED
     assert [r["rank"] for r in report["recommendations"]] == list(range(1, 7))
     assert report["recommendations"][0]["kind"] == "prompt_caching"

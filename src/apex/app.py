@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -11,6 +11,7 @@ import structlog
 from alembic.migration import MigrationContext
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from redis.asyncio import Redis
 from sqlalchemy import text
 
@@ -28,6 +29,7 @@ from apex.kit.clock import Clock, SystemClock
 from apex.kit.db import Database
 from apex.kit.errors import install_error_handlers
 from apex.kit.failpoints import Failpoints
+from apex.kit.http import RequestLimits, document_limits
 from apex.kit.outbox import OutboxRelay
 from apex.kit.queue import JobQueue
 from apex.kit.redis import create_redis
@@ -37,6 +39,7 @@ from apex.observability import health
 from apex.observability.logging import RequestContextMiddleware, configure_logging
 from apex.settings import Settings, load_settings
 from apex.usage import endpoints as usage_endpoints
+from apex.web.docs import mount_docs
 
 log = structlog.get_logger("apex.app")
 
@@ -167,6 +170,24 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("apex_stopped")
 
 
+def _body_limits(settings: Settings) -> dict[str, int]:
+    """Paths whose body limit is not the default one."""
+    return {"/api/v1/usage/events": settings.max_ingest_body_bytes}
+
+
+def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[str, Any]]:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            document_limits(schema, settings.max_body_bytes, _body_limits(settings))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -175,6 +196,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         version=__version__,
         summary="Find the waste in LLM spend and prove the savings.",
         lifespan=_lifespan,
+        docs_url=None,  # served by apex.web.docs, without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.clock = clock or SystemClock()
@@ -189,7 +212,15 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "X-CSRF-Token", "X-Request-ID"],
         )
+    app.add_middleware(
+        RequestLimits,
+        default_limit=settings.max_body_bytes,
+        limits=_body_limits(settings),
+        read_timeout=settings.body_read_timeout_seconds,
+    )
     app.add_middleware(RequestContextMiddleware)
+    app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]
+    mount_docs(app)
     app.include_router(health.router)
     app.include_router(identity_endpoints.router)
     app.include_router(identity_endpoints.well_known)

@@ -228,6 +228,18 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="Seconds per readiness check."
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, le=1024**3, description="Request body limit (bytes)."
+    )
+    max_ingest_body_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="Request body limit of usage ingestion (bytes).",
+    )
+    body_read_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="Time a client has to send its request body."
+    )
     failpoints: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Named fault-injection points to trigger (tests only; refused in production).",
@@ -253,6 +265,21 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_list(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _explicit_origins(cls, value: list[str]) -> list[str]:
+        # Credentials travel with CORS requests (the session cookie): a wildcard would let
+        # every site act as the signed-in user.
+        for origin in value:
+            if "*" in origin:
+                raise ValueError(
+                    "list the browser origins allowed (https://app.example.com); '*' is "
+                    "refused because cookies are sent with cross-origin requests"
+                )
+            if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?", origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port])")
+        return value
 
     @field_validator("database_replica_urls")
     @classmethod

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from apex.identity.endpoints import API_KEYS
+from apex.identity.endpoints import MEMBERS as MEMBERS_PATH
 from tests.harness import ApexServer, PostgresCluster, RedisServer
-from tests.integration.critical.conftest import bearer, database_name, signup
+from tests.integration.critical.conftest import bearer, database_name, signup, signup_body
 
 KEYS = f"/api/v1{API_KEYS}"
+MEMBERS = f"/api/v1{MEMBERS_PATH}"
+PASSWORD = signup_body()["password"]
 
 
 def test_api_key_lifecycle(
@@ -44,7 +47,16 @@ def test_api_key_lifecycle(
         denied = client.patch("/api/v1/organizations/current", headers=as_key, json={"name": "x"})
         assert denied.status_code == 403
         assert denied.json()["permission"] == "org:manage"
-        assert client.post("/api/v1/auth/logout", headers=as_key).status_code == 400
+        # A key is not a person: it has no profile, sessions or logout.
+        for method, path in [
+            ("GET", "/api/v1/users/me"),
+            ("GET", "/api/v1/auth/sessions"),
+            ("POST", "/api/v1/auth/logout"),
+            ("POST", "/api/v1/auth/logout-everywhere"),
+        ]:
+            refused = client.request(method, path, headers=as_key)
+            assert refused.status_code == 403, (method, path, refused.text)
+            assert "API keys cannot use this endpoint" in refused.json()["detail"]
 
         # A wrong secret behind a real prefix, and an unknown permission, are refused.
         forged = {"Authorization": f"Bearer apx_{body['prefix']}_{'A' * 43}"}
@@ -77,3 +89,65 @@ def test_a_key_cannot_exceed_its_creators_role(
             KEYS, headers=key, json={"name": "e", "permissions": ["billing:manage"]}
         )
         assert escalated.status_code == 403
+        # Nor can it mint a key within its own rights: keys are made by people.
+        minted = client.post(KEYS, headers=key, json={"name": "e", "permissions": ["org:read"]})
+        assert minted.status_code == 403
+        assert len(client.get(KEYS, headers=owner).json()) == 1
+
+
+def test_a_key_holds_its_rights_only_while_its_creator_does(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    """An admin's key, used on another instance: demoting the admin takes the key's rights
+    on the next request; removing the admin makes the key act for no one."""
+    a = start_apex(database_url, redis_server.url)
+    b = start_apex(database_url, redis_server.url)
+    with a.client() as ca, b.client() as cb:
+        owner = bearer(signup(ca))
+        admin_signup = signup(ca)
+        admin_id = admin_signup.json()["user_id"]
+        email = ca.get("/api/v1/users/me", headers=bearer(admin_signup)).json()["email"]
+        added = ca.post(MEMBERS, headers=owner, json={"email": email, "role": "admin"})
+        assert added.status_code == 201, added.text
+        org = ca.get("/api/v1/users/me", headers=owner).json()["memberships"][0]
+        credentials = {
+            "email": email,
+            "password": PASSWORD,
+            "organization_id": org["organization_id"],
+        }
+        login = ca.post("/api/v1/auth/token", json=credentials)
+        admin = bearer(login)
+        scopes = {"name": "ops", "permissions": ["org:manage", "members:manage"]}
+        made = ca.post(KEYS, headers=admin, json=scopes)
+        assert made.status_code == 201, made.text
+        key = {"Authorization": f"Bearer {made.json()['key']}"}
+        rename = {"name": "Renamed by the key"}
+        assert (
+            cb.patch("/api/v1/organizations/current", headers=key, json=rename).status_code == 200
+        )
+
+        # Demoted to viewer: the key's org:manage and members:manage go with it.
+        demoted = ca.patch(f"{MEMBERS}/{admin_id}", headers=owner, json={"role": "viewer"})
+        assert demoted.status_code == 200, demoted.text
+        refused = cb.patch("/api/v1/organizations/current", headers=key, json=rename)
+        assert refused.status_code == 403
+        assert refused.json()["detail"] == "This API key lacks the permission 'org:manage'."
+        assert cb.get(MEMBERS, headers=key).status_code == 403  # org:read was never a scope
+
+        # Removed: the key acts for no one, and cannot add its creator back.
+        assert ca.delete(f"{MEMBERS}/{admin_id}", headers=owner).status_code == 204
+        back = cb.post(MEMBERS, headers=key, json={"email": email, "role": "admin"})
+        assert back.status_code == 401
+        assert "no longer a member" in back.json()["detail"]
+        members = ca.get(MEMBERS, headers=owner).json()
+        assert [m["role"] for m in members] == ["owner"]
+    assert (
+        postgres.sql(
+            "SELECT name FROM organizations WHERE name = 'Renamed by the key'",
+            database_name(database_url),
+        ).strip()
+        == "Renamed by the key"
+    )

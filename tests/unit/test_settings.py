@@ -73,6 +73,9 @@ def test_replica_urls_accept_a_json_list(monkeypatch: pytest.MonkeyPatch) -> Non
             "APEX_LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'",
         ),
         ("APEX_SECRET_KEY", "short", "APEX_SECRET_KEY: must be at least 32 characters"),
+        ("APEX_CORS_ORIGINS", "*", "APEX_CORS_ORIGINS: list the browser origins allowed"),
+        ("APEX_CORS_ORIGINS", "https://*.example.com", "'*' is refused because cookies"),
+        ("APEX_CORS_ORIGINS", "example.com", "'example.com' is not an origin"),
     ],
 )
 def test_bad_values_name_the_variable(

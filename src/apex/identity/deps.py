@@ -33,8 +33,10 @@ _bearer = HTTPBearer(auto_error=False)
 class Principal:
     """The authenticated caller. The organisation comes from here, never from a request body.
 
-    A person carries `claims` (their access token) and a `role`; an API key carries the
-    `key_permissions` it was created with and acts for its creator's user id.
+    A person carries `claims` (their access token, or `session` for a browser) and a `role`.
+    An API key carries the `key_permissions` it was created with and acts for its creator:
+    `role` is the creator's role *now*, so a key holds its scopes only while its creator
+    does (demote or remove the creator and the key loses those rights on the next request).
     """
 
     user_id: uuid.UUID
@@ -44,10 +46,14 @@ class Principal:
     key_permissions: frozenset[str] | None = None
     session: BrowserSession | None = None
 
+    @property
+    def is_api_key(self) -> bool:
+        return self.key_permissions is not None
+
     def may(self, permission: str) -> bool:
-        if self.key_permissions is not None:
-            return permission in self.key_permissions
-        return allows(self.role, permission)
+        """A key's rights are its scopes intersected with its creator's current role."""
+        in_scope = self.key_permissions is None or permission in self.key_permissions
+        return in_scope and allows(self.role, permission)
 
 
 def get_cache(request: Request) -> TwoLevelCache:
@@ -69,10 +75,16 @@ async def get_principal(
         return await _session_principal(request, session, cache)
     if apikeys.looks_like_api_key(credentials.credentials):
         key = await apikeys.authenticate(session, credentials.credentials, state.clock.now())
+        creator_role = await role_in(session, cache, key.created_by_id, key.organization_id)
+        if creator_role is None:
+            raise Unauthorized(
+                "This API key's creator is no longer a member of the organisation, so the key "
+                "has no rights: create a new one."
+            )
         return Principal(
             key.created_by_id,
             key.organization_id,
-            "api_key",
+            creator_role,
             key_permissions=frozenset(key.permissions),
         )
     claims = decode_access_token(
@@ -118,19 +130,37 @@ async def _session_principal(
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
-def RequirePermission(permission: str) -> Any:
+def _refuse_keys(principal: Principal) -> None:
+    if principal.is_api_key:
+        raise Forbidden(
+            "API keys cannot use this endpoint: it acts on a person's account. "
+            "Use a person's access token."
+        )
+
+
+async def get_person(principal: CurrentPrincipal) -> Principal:
+    _refuse_keys(principal)
+    return principal
+
+
+# A person (access token or browser session), never an API key: profile, sessions, logout.
+CurrentPerson = Annotated[Principal, Depends(get_person)]
+
+
+def RequirePermission(permission: str, *, person_only: bool = False) -> Any:
     """`principal: Annotated[Principal, RequirePermission("org:manage")]`: the caller, if
-    their role holds the permission; otherwise 403 naming it. The permission is kept on the
-    dependency (`.permission`) so tests can derive the allow/deny matrix from the routes."""
+    their role holds the permission; otherwise 403 naming it. `person_only` also refuses API
+    keys (e.g. a key may not mint keys). The permission is kept on the dependency
+    (`.permission`) so tests can list the protected routes."""
     if permission not in LEAST_ROLE:
         raise ValueError(f"unknown permission {permission!r}")
 
     async def check(principal: CurrentPrincipal) -> Principal:
+        if person_only:
+            _refuse_keys(principal)
         if not principal.may(permission):
-            raise Forbidden(
-                f"Your role ({principal.role}) lacks the permission {permission!r}.",
-                permission=permission,
-            )
+            holder = "This API key" if principal.is_api_key else f"Your role ({principal.role})"
+            raise Forbidden(f"{holder} lacks the permission {permission!r}.", permission=permission)
         return principal
 
     check.permission = permission  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.identity import apikeys, invitations, refresh, service
-from apex.identity.deps import CacheDep, CurrentPrincipal, Principal, RequirePermission
+from apex.identity.deps import CacheDep, CurrentPerson, Principal, RequirePermission
 from apex.identity.models import Role
 from apex.identity.oidc import BINDING_COOKIE
 from apex.identity.repository import (
@@ -125,12 +125,19 @@ async def refresh_tokens(
 
 
 @router.post("/auth/logout", status_code=204)
-async def logout(principal: CurrentPrincipal, request: Request, session: SessionDep) -> None:
-    """Revoke this access token on every instance, and its refresh token family."""
+async def logout(
+    principal: CurrentPerson, request: Request, response: Response, session: SessionDep
+) -> None:
+    """Revoke this access token on every instance, and its refresh token family; with a
+    session cookie, end that browser session."""
     state = request.app.state
+    if principal.session is not None:
+        await state.sessions.revoke(principal.user_id, principal.session.public_id)
+        response.delete_cookie(COOKIE)
+        return
     claims = principal.claims
-    if claims is None:
-        raise BadRequest("API keys do not log out: revoke the key instead.")
+    if claims is None:  # unreachable: a person has a token or a session
+        raise BadRequest("Nothing to log out.")
     await state.denylist.add(claims.token_id, claims.expires_at, state.clock.now())
     if claims.family_id is not None:
         await refresh.revoke_family(session, uuid.UUID(claims.family_id), state.clock.now())
@@ -231,21 +238,21 @@ async def oidc_callback(
 
 
 @router.get("/auth/sessions", response_model=list[SessionInfo])
-async def list_sessions(principal: CurrentPrincipal, request: Request) -> list[SessionInfo]:
+async def list_sessions(principal: CurrentPerson, request: Request) -> list[SessionInfo]:
     """Your browser sessions, on every device."""
     rows = await request.app.state.sessions.list(principal.user_id)
     return [SessionInfo.model_validate(row) for row in rows]
 
 
 @router.delete("/auth/sessions/{session_id}", status_code=204)
-async def revoke_session(session_id: str, principal: CurrentPrincipal, request: Request) -> None:
+async def revoke_session(session_id: str, principal: CurrentPerson, request: Request) -> None:
     if not await request.app.state.sessions.revoke(principal.user_id, session_id):
         raise NotFound("No such session.")
 
 
 @router.post("/auth/logout-everywhere", status_code=204)
 async def logout_everywhere(
-    principal: CurrentPrincipal, request: Request, response: Response, session: SessionDep
+    principal: CurrentPerson, request: Request, response: Response, session: SessionDep
 ) -> None:
     """End every browser session of yours and revoke all your refresh tokens."""
     state = request.app.state
@@ -259,7 +266,7 @@ async def logout_everywhere(
 
 
 @router.get("/users/me", response_model=UserOut)
-async def me(principal: CurrentPrincipal, session: SessionDep) -> UserOut:
+async def me(principal: CurrentPerson, session: SessionDep) -> UserOut:
     user = await UserRepository(session).get_or_raise(principal.user_id)
     memberships = await MembershipRepository(session).with_organization_names(user.id)
     return UserOut(
@@ -401,7 +408,7 @@ async def revoke_invitation(
 
 @router.post("/invitations/accept", response_model=MemberOut)
 async def accept_invitation(
-    body: AcceptInvitation, request: Request, principal: CurrentPrincipal, session: SessionDep
+    body: AcceptInvitation, request: Request, principal: CurrentPerson, session: SessionDep
 ) -> MemberOut:
     """Join the inviting organisation, as the account the invitation was addressed to."""
     if principal.key_permissions is not None:
@@ -427,7 +434,7 @@ async def list_api_keys(
 @router.post(API_KEYS, status_code=201, response_model=NewApiKeyOut)
 async def create_api_key(
     body: NewApiKey,
-    principal: Annotated[Principal, RequirePermission("org:manage")],
+    principal: Annotated[Principal, RequirePermission("org:manage", person_only=True)],
     session: SessionDep,
 ) -> NewApiKeyOut:
     """Create a key limited to `permissions`. The key is in this answer only: store it now."""

@@ -104,9 +104,9 @@ def decode_access_token(
     if claims.get("typ") != TOKEN_TYPE:
         raise Unauthorized("Not an access token.")
     stamp = now.timestamp()
-    if claims["exp"] + leeway < stamp:
+    if _instant(claims, "exp") + leeway < stamp:
         raise Unauthorized("The access token has expired.")
-    if claims["nbf"] - leeway > stamp:
+    if _instant(claims, "nbf") - leeway > stamp:
         raise Unauthorized("The access token is not valid yet.")
     try:
         return AccessClaims(
@@ -116,5 +116,19 @@ def decode_access_token(
             family_id=claims.get("fam"),
             expires_at=datetime.fromtimestamp(claims["exp"], UTC),
         )
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, OverflowError, OSError) as exc:
         raise Unauthorized("Invalid access token.") from exc
+
+
+_LATEST_INSTANT = 253402300799  # 9999-12-31T23:59:59Z: later cannot be a datetime
+
+
+def _instant(claims: dict[str, Any], name: str) -> int:
+    """A NumericDate claim as whole seconds; anything else (a string, a boolean, 1e20) makes
+    the token invalid, never a server error."""
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Unauthorized("Invalid access token.")
+    if not 0 <= value <= _LATEST_INSTANT:
+        raise Unauthorized("Invalid access token.")
+    return int(value)

@@ -10,7 +10,10 @@ as a 422 `ValidationFailed` body that names each offending field.
     ├── Unauthorized (401)
     ├── Forbidden (403)
     ├── NotFound (404)
+    ├── RequestTimeout (408: the body did not arrive in time)
     ├── Conflict (409)
+    ├── PayloadTooLarge (413: refused before it is read)
+    ├── UnsupportedMediaType (415)
     ├── ValidationFailed (422)
     ├── PaymentFailed (402)
     ├── RateLimited (429, Retry-After)
@@ -73,8 +76,20 @@ class NotFound(ApexError):
     status_code = 404
 
 
+class RequestTimeout(ApexError):
+    status_code = 408
+
+
 class Conflict(ApexError):
     status_code = 409
+
+
+class PayloadTooLarge(ApexError):
+    status_code = 413
+
+
+class UnsupportedMediaType(ApexError):
+    status_code = 415
 
 
 class PaymentFailed(ApexError):

@@ -82,7 +82,8 @@ def test_jwt_lifecycle_management_integration(
     settings = {
         "access_token_ttl_seconds": "60",
         "token_leeway_seconds": "0",
-        "signing_key_overlap_seconds": "2",
+        # Long enough that a loaded machine still checks the old key inside the overlap.
+        "signing_key_overlap_seconds": "10",
         "signing_keys_refresh_seconds": "0.3",
     }
     a = start_apex(database_url, fresh_redis.url, **settings)
@@ -167,7 +168,7 @@ def test_jwt_lifecycle_management_integration(
     assert _me(ca, before).status_code == 200
     assert _me(cb, before).status_code == 200
     assert wait_until(
-        lambda: _me(ca, before).status_code == 401 and _me(cb, before).status_code == 401, 5
+        lambda: _me(ca, before).status_code == 401 and _me(cb, before).status_code == 401, 30
     )
     assert _me(ca, before).json()["detail"] == "Access token signed by an unknown key."
     assert {k["kid"] for k in cb.get("/.well-known/jwks.json").json()["keys"]} == {new_kid}
@@ -232,6 +233,12 @@ def _forgeries(genuine: str, server_key: Any, refresh_token: str) -> dict[str, s
         "jku with the server's own key": signed({}, jku="http://127.0.0.1:9/jwks.json"),
         "expired": signed({"exp": int((now - timedelta(minutes=5)).timestamp())}),
         "nbf in the future": signed({"nbf": int((now + timedelta(minutes=5)).timestamp())}),
+        # Validly signed, malformed claims: a 401, never a server error.
+        "exp far beyond any date": signed({"exp": 10**20}),
+        "exp a string": signed({"exp": "tomorrow"}),
+        "exp a boolean": signed({"exp": True}),
+        "nbf negative": signed({"nbf": -(10**12)}),
+        "sub not a UUID": signed({"sub": "root"}),
         "wrong iss": signed({"iss": "https://evil.example"}),
         "wrong aud": signed({"aud": "another-api"}),
         "ID token": signed({"typ": "id", "aud": "apex-web"}),

@@ -1,0 +1,1 @@
+"""What `apex serve` shows a browser."""

@@ -1,0 +1,9 @@
+// Starts Swagger UI on Apex's own OpenAPI document (kept out of the page: no inline script).
+window.addEventListener("load", function () {
+  window.ui = SwaggerUIBundle({
+    url: "/openapi.json",
+    dom_id: "#swagger-ui",
+    deepLinking: true,
+    presets: [SwaggerUIBundle.presets.apis],
+  });
+});

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -86,16 +87,19 @@ def pytest_command(args: argparse.Namespace) -> list[str]:
     return command
 
 
-def leftovers() -> list[tuple[int, str]]:
+def leftovers(run_id: str) -> list[tuple[int, str]]:
+    """This run's harness processes still running; other runs' are left alone."""
     sys.path.insert(0, str(ROOT))
     from tests.harness.procs import leftover_processes
 
-    return leftover_processes()
+    return leftover_processes(run_id)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     env = dict(os.environ)
+    # Names this run's harness folders, so the sweep below ends only this run's processes.
+    run_id = env["APEX_TEST_RUN_ID"] = uuid.uuid4().hex[:12]
     if args.real_llm:
         env["APEX_TEST_REAL_LLM"] = "1"
     command = pytest_command(args)
@@ -107,7 +111,7 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         code = 1
-    left = leftovers()
+    left = leftovers(run_id)
     if left:
         print("test_runner: harness processes outlived the run (killed now):", file=sys.stderr)
         for pid, cmd in left:

@@ -1,9 +1,12 @@
 """Process plumbing shared by every harness service.
 
 Each service runs in its own process group, in a working directory under a folder named
-`apex-harness-*`, so that both the registry here and `leftover_processes()` (an outside
-check over /proc) can find and kill it. Processes are spawned from the main thread with
-PR_SET_PDEATHSIG=SIGKILL: if the test process dies, the kernel kills them too.
+`apex-harness-<run id>-*`, so that both the registry here and `leftover_processes()` (an
+outside check over /proc) can find and kill it — and only it: the run id
+(`APEX_TEST_RUN_ID`, set by test_runner.py, else made here and inherited by xdist workers)
+keeps two test runs on one machine from touching each other's processes. Processes are
+spawned from the main thread with PR_SET_PDEATHSIG=SIGKILL: if the test process dies, the
+kernel kills them too.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
 
 HARNESS_PREFIX = "apex-harness-"
+RUN_ID = os.environ.setdefault("APEX_TEST_RUN_ID", uuid.uuid4().hex[:12])
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -43,7 +48,7 @@ def free_port() -> int:
 
 
 def make_workdir(kind: str, owner: str | None = None) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=f"{HARNESS_PREFIX}{kind}-"))
+    path = Path(tempfile.mkdtemp(prefix=f"{HARNESS_PREFIX}{RUN_ID}-{kind}-"))
     if owner is not None:
         entry = pwd.getpwnam(owner)
         os.chown(path, entry.pw_uid, entry.pw_gid)
@@ -228,10 +233,11 @@ def install_signal_handlers() -> None:
         signal.signal(signal.SIGTERM, _on_signal)
 
 
-def leftover_processes() -> list[tuple[int, str]]:
-    """Processes (pid, command) whose working directory is a harness folder: should be none."""
+def leftover_processes(run_id: str = RUN_ID) -> list[tuple[int, str]]:
+    """Processes (pid, command) whose working directory is a harness folder of this run:
+    should be none. Another run's processes are not this run's business."""
     found = []
-    marker = os.path.join(tempfile.gettempdir(), HARNESS_PREFIX)
+    marker = os.path.join(tempfile.gettempdir(), f"{HARNESS_PREFIX}{run_id}-")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -294,3 +300,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
             return True
         time.sleep(interval)
     return predicate()
+
+
+def port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        return True
+    return False
+
+
+def wait_for_port(port: int, timeout: float) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port` within `timeout`."""
+    return wait_until(lambda: port_open(port), timeout)

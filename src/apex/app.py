@@ -24,12 +24,14 @@ from apex.identity.denylist import Denylist
 from apex.identity.keys import KeyRing
 from apex.identity.oidc import OidcLogin
 from apex.identity.sessions import SessionStore
+from apex.identity.throttle import LoginThrottle
 from apex.kit.cache import TwoLevelCache
 from apex.kit.clock import Clock, SystemClock
 from apex.kit.db import Database
 from apex.kit.errors import install_error_handlers
 from apex.kit.failpoints import Failpoints
 from apex.kit.http import RequestLimits, document_limits
+from apex.kit.limits import FixedWindow
 from apex.kit.outbox import OutboxRelay
 from apex.kit.queue import JobQueue
 from apex.kit.redis import create_redis
@@ -130,6 +132,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await keyring.ensure_signer()
     app.state.keyring = keyring
     app.state.denylist = Denylist(redis, leeway=settings.token_leeway_seconds)
+    app.state.api_limiter = FixedWindow(redis)
+    app.state.login_throttle = LoginThrottle(
+        redis,
+        per_address_per_minute=settings.login_attempts_per_minute,
+        failures_before_delay=settings.login_failures_before_delay,
+        delay_cap_seconds=settings.login_delay_cap_seconds,
+    )
     app.state.oidc = OidcLogin(settings.oidc_providers, redis)
     app.state.sessions = SessionStore(
         redis,

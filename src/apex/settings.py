@@ -237,6 +237,18 @@ class Settings(BaseSettings):
         le=1024**3,
         description="Request body limit of usage ingestion (bytes).",
     )
+    enforce_api_limits: bool = Field(
+        default=True, description="Count API requests against each plan's hourly limit."
+    )
+    login_attempts_per_minute: int = Field(
+        default=30, ge=1, le=10_000, description="Sign-in attempts a minute from one address."
+    )
+    login_failures_before_delay: int = Field(
+        default=5, ge=1, le=1000, description="Failed sign-ins before each one doubles a delay."
+    )
+    login_delay_cap_seconds: float = Field(
+        default=60, gt=0, le=3600, description="The longest delay between sign-in attempts."
+    )
     body_read_timeout_seconds: float = Field(
         default=30.0, gt=0, le=3600, description="Time a client has to send its request body."
     )

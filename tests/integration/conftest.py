@@ -79,13 +79,19 @@ def fresh_redis() -> Iterator[RedisServer]:
     server.destroy()
 
 
+# Tests sign in and call the API far more often than people do, all from 127.0.0.1, on Free
+# organisations: the per-address sign-in limit is raised and the plans' hourly API limits
+# are off for them; tests of the limits themselves (test_rate_limits.py) turn them on.
+TEST_DEFAULTS = {"login_attempts_per_minute": "10000", "enforce_api_limits": "false"}
+
+
 def apex_env(database_url: str, redis_url: str, **settings: str) -> dict[str, str]:
     return {
         "APEX_DATABASE_URL": database_url,
         "APEX_REDIS_URL": redis_url,
         "APEX_SECRET_KEY": SECRET,
         "APEX_ENVIRONMENT": "test",
-        **{f"APEX_{key.upper()}": value for key, value in settings.items()},
+        **{f"APEX_{key.upper()}": value for key, value in {**TEST_DEFAULTS, **settings}.items()},
     }
 
 

@@ -29,7 +29,9 @@ def clock() -> FrozenClock:
 
 @pytest.fixture
 async def app(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[FastAPI]:
-    application = create_app(Settings(data_dir=tmp_path, environment="test"), clock=clock)
+    # Polling a run's status is many requests: the hourly API limit is not under test here.
+    settings = Settings(data_dir=tmp_path, environment="test", enforce_api_limits=False)
+    application = create_app(settings, clock=clock)
     async with application.router.lifespan_context(application):
         yield application
 

@@ -10,9 +10,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apex.billing.plans import plan_for
 from apex.identity import apikeys
 from apex.identity.policy import LEAST_ROLE, allows
-from apex.identity.service import role_in
+from apex.identity.service import organization_view, role_in
 from apex.identity.sessions import (
     COOKIE,
     CSRF_HEADER,
@@ -24,7 +25,7 @@ from apex.identity.sessions import (
 from apex.identity.tokens import AccessClaims, decode_access_token
 from apex.kit.cache import TwoLevelCache
 from apex.kit.db import SessionDep
-from apex.kit.errors import Forbidden, Unauthorized
+from apex.kit.errors import Forbidden, RateLimited, Unauthorized
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -69,6 +70,52 @@ async def get_principal(
     session: SessionDep,
     cache: CacheDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    principal = await _authenticated(request, session, cache, credentials)
+    await _within_plan_api_limit(request, session, cache, principal.organization_id)
+    return principal
+
+
+API_WINDOW_SECONDS = 3600
+
+
+async def _within_plan_api_limit(
+    request: Request, session: AsyncSession, cache: TwoLevelCache, organization_id: uuid.UUID
+) -> None:
+    """Count the request against the organisation's plan (API requests an hour, across every
+    instance); the answer carries RateLimit headers, and past the limit it is a 429 naming
+    the next tier."""
+    state = request.app.state
+    if not state.settings.enforce_api_limits:
+        return
+    organization = await organization_view(session, cache, organization_id)
+    plan = plan_for(organization["tier"] if organization else "free")
+    if plan.api_requests_per_hour is None:
+        return
+    decision = await state.api_limiter.hit(
+        "api",
+        str(organization_id),
+        limit=plan.api_requests_per_hour,
+        window_seconds=API_WINDOW_SECONDS,
+        now=state.clock.now().timestamp(),
+    )
+    request.state.response_headers = decision.headers(API_WINDOW_SECONDS)
+    if not decision.allowed:
+        upgrade = plan.next_tier.value if plan.next_tier else None
+        raise RateLimited(
+            f"Your plan allows {plan.api_requests_per_hour:,} API requests an hour"
+            + (f"; the {upgrade.capitalize()} plan allows more." if upgrade else "."),
+            retry_after=decision.reset_seconds,
+            limit=plan.api_requests_per_hour,
+            upgrade=upgrade,
+        )
+
+
+async def _authenticated(
+    request: Request,
+    session: AsyncSession,
+    cache: TwoLevelCache,
+    credentials: HTTPAuthorizationCredentials | None,
 ) -> Principal:
     state = request.app.state
     if credentials is None:

@@ -91,11 +91,26 @@ async def signup(body: SignupRequest, request: Request, session: SessionDep) -> 
     return await _token_pair(request, session, user.id, organization.id)
 
 
+def client_address(request: Request) -> str:
+    """The client's address (uvicorn puts the X-Forwarded-For of a trusted proxy here)."""
+    return request.client.host if request.client else "unknown"
+
+
 @router.post("/auth/token", response_model=TokenResponse)
 async def login(body: LoginRequest, request: Request, session: SessionDep) -> TokenResponse:
-    user, organization_id = await service.authenticate(
-        session, body.email, body.password, body.organization_id
-    )
+    """Email and password → tokens. Repeated failures slow further attempts (429 with
+    Retry-After), the same whether or not the account exists."""
+    throttle = request.app.state.login_throttle
+    address, now = client_address(request), request.app.state.clock.now().timestamp()
+    await throttle.before_attempt(body.email, address, now)
+    try:
+        user, organization_id = await service.authenticate(
+            session, body.email, body.password, body.organization_id
+        )
+    except Unauthorized:
+        await throttle.failed(body.email, address, now)
+        raise
+    await throttle.succeeded(body.email, address)
     return await _token_pair(request, session, user.id, organization_id)
 
 

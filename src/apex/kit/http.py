@@ -87,7 +87,7 @@ class RequestLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        send = _with_security_headers(send)
+        send = _with_security_headers(send, scope)
         headers = Headers(scope=scope)
         try:
             body = await self._checked_body(scope, headers, receive)
@@ -162,11 +162,18 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def _with_security_headers(send: Send) -> Send:
+def _with_security_headers(send: Send, scope: Scope) -> Send:
+    """Adds the security headers, and any a route left in `request.state.response_headers`
+    (e.g. RateLimit, which must reach error answers too)."""
+
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
             present = {name.lower() for name, _ in message.get("headers", [])}
             extra = [(n, v) for n, v in SECURITY_HEADERS if n not in present]
+            state = scope.get("state") or {}
+            for name, value in (state.get("response_headers") or {}).items():
+                if name.lower().encode() not in present:
+                    extra.append((name.lower().encode(), value.encode()))
             message = {**message, "headers": [*message.get("headers", []), *extra]}
         await send(message)
 

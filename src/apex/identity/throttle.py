@@ -1,0 +1,83 @@
+"""Login throttling: guessing passwords gets slower, and never locks the owner out.
+
+- per address: at most `per_address_per_minute` attempts a minute (a flood from one place);
+- per account and address: from the `failures_before_delay`-th failure on, each failure
+  doubles the wait before the next attempt, up to `delay_cap_seconds`;
+- per account from anywhere: the same, from four times as many failures, capped at half the delay
+  (many addresses guessing one account), so the owner waits seconds, never hours.
+
+A success clears the account's delays. Answers are the same whether the account exists;
+accounts appear in Redis keys only as a hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from redis.asyncio import Redis
+
+from apex.kit.errors import RateLimited
+from apex.kit.limits import Backoff, FixedWindow
+
+
+def _account(email: str) -> str:
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()[:24]
+
+
+class LoginThrottle:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        per_address_per_minute: int,
+        failures_before_delay: int,
+        delay_cap_seconds: float,
+    ) -> None:
+        self.window = FixedWindow(redis)
+        self.per_address_per_minute = per_address_per_minute
+        self.pair = Backoff(
+            redis,
+            threshold=failures_before_delay,
+            base_seconds=1,
+            cap_seconds=delay_cap_seconds,
+            forget_seconds=900,
+            prefix="apex:login:pair",
+        )
+        self.account = Backoff(
+            redis,
+            threshold=failures_before_delay * 4,
+            base_seconds=1,
+            cap_seconds=delay_cap_seconds / 2,
+            forget_seconds=900,
+            prefix="apex:login:account",
+        )
+
+    async def before_attempt(self, email: str, address: str, now: float) -> None:
+        """Raise RateLimited (with Retry-After) if this attempt must wait."""
+        per_address = await self.window.hit(
+            "login", address, limit=self.per_address_per_minute, window_seconds=60, now=now
+        )
+        if not per_address.allowed:
+            raise RateLimited(
+                "Too many sign-in attempts from your address; try again later.",
+                retry_after=per_address.reset_seconds,
+            )
+        account = _account(email)
+        wait = max(
+            await self.pair.wait_seconds(f"{account}:{address}", now),
+            await self.account.wait_seconds(account, now),
+        )
+        if wait > 0:
+            raise RateLimited(
+                "Too many failed sign-ins for this account; try again shortly.", retry_after=wait
+            )
+
+    async def failed(self, email: str, address: str, now: float) -> None:
+        account = _account(email)
+        await self.pair.failed(f"{account}:{address}", now)
+        await self.account.failed(account, now)
+
+    async def succeeded(self, email: str, address: str) -> None:
+        account = _account(email)
+        await self.pair.succeeded(f"{account}:{address}")
+        await self.account.succeeded(account)

@@ -1,0 +1,140 @@
+"""The rate limiter (kit/limits.py) as clients meet it: a plan's hourly API limit, exact
+across instances, with RateLimit headers, reset on the hour; sign-in throttling that slows
+guessing without locking the owner out."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from apex.app import create_app
+from apex.kit.clock import FrozenClock
+from apex.settings import Settings
+from tests.harness import ApexServer, RedisServer
+from tests.integration.critical.conftest import SIGNUP, bearer, signup, signup_body
+
+ORG = "/api/v1/organizations/current"
+TOKEN = "/api/v1/auth/token"
+PASSWORD = signup_body()["password"]
+
+
+def test_a_free_plan_gets_exactly_its_hourly_requests_across_instances(
+    database_url: str, redis_server: RedisServer, start_apex: Callable[..., ApexServer]
+) -> None:
+    """4 clients x 250 requests over 2 instances, on Free's 100 an hour: exactly 100 pass."""
+    limits = {"enforce_api_limits": "true"}
+    servers = [start_apex(database_url, redis_server.url, **limits) for _ in range(2)]
+    with servers[0].client() as client:
+        headers = bearer(signup(client))
+    statuses: Counter[int] = Counter()
+    answers: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def hammer(index: int) -> None:
+        with servers[index % 2].client() as client:
+            for _ in range(250):
+                answer = client.get(ORG, headers=headers)
+                with lock:
+                    statuses[answer.status_code] += 1
+                    answers.append(answer)
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert statuses == {200: 100, 429: 900}
+    allowed = [a for a in answers if a.status_code == 200]
+    assert {a.headers["RateLimit-Policy"] for a in allowed} == {"100;w=3600"}
+    remaining = sorted(int(a.headers["RateLimit"].split("remaining=")[1].split(",")[0])
+                       for a in allowed)  # fmt: skip
+    assert remaining == list(range(100))  # each allowed request saw its own count
+    refused = next(a for a in answers if a.status_code == 429)
+    body = refused.json()
+    assert (body["error"], body["limit"], body["upgrade"]) == ("RateLimited", 100, "early")
+    assert "Early plan allows more" in body["detail"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 3600
+    assert "remaining=0" in refused.headers["RateLimit"]
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(datetime(2026, 11, 26, 9, 59, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+async def app(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[FastAPI]:
+    application = create_app(Settings(data_dir=tmp_path, environment="test"), clock=clock)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+async def test_the_hourly_limit_resets_on_the_hour(app: FastAPI, clock: FrozenClock) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://apex.test") as client:
+        client.headers.update(bearer(await client.post(SIGNUP, json=signup_body())))
+        for _ in range(100):
+            assert (await client.get(ORG)).status_code == 200
+        refused = await client.get(ORG)
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "60"  # 09:59 → 10:00 on the clock
+        clock.advance(60)
+        again = await client.get(ORG)
+        assert again.status_code == 200
+        assert again.headers["RateLimit"] == "limit=100, remaining=99, reset=3600"
+
+
+def test_guessing_a_password_slows_down_and_never_locks_the_owner_out(
+    fresh_redis: RedisServer, database_url: str, start_apex: Callable[..., ApexServer]
+) -> None:
+    server = start_apex(database_url, fresh_redis.url, login_failures_before_delay="5",
+                        login_delay_cap_seconds="2")  # fmt: skip
+    with server.client() as client:
+        owner = signup(client)
+        email = client.get("/api/v1/users/me", headers=bearer(owner)).json()["email"]
+        other = client.get("/api/v1/users/me", headers=bearer(signup(client))).json()["email"]
+        guesses = Counter(
+            client.post(TOKEN, json={"email": email, "password": f"guess-{n}"}).status_code
+            for n in range(10)
+        )
+        # Five wrong answers, then a wait: the other five guesses were never checked.
+        assert guesses == {401: 5, 429: 5}
+        delayed = client.post(TOKEN, json={"email": email, "password": PASSWORD})
+        assert delayed.status_code == 429
+        wait = float(delayed.headers["Retry-After"])
+        assert 1 <= wait <= 2  # capped: a delay, not a lockout
+        # Another account from the same address is not slowed by this one's guesses.
+        assert client.post(TOKEN, json={"email": other, "password": PASSWORD}).status_code == 200
+        time.sleep(wait)
+        assert client.post(TOKEN, json={"email": email, "password": PASSWORD}).status_code == 200
+        # A success clears the delay: the next wrong password is an ordinary 401.
+        wrong = client.post(TOKEN, json={"email": email, "password": "nope"})
+        assert wrong.status_code == 401
+        # An unknown account is answered the same way: no hint it does not exist.
+        unknown = [
+            client.post(TOKEN, json={"email": "nobody@example.test", "password": "x"})
+            for _ in range(6)
+        ]
+        assert [u.status_code for u in unknown] == [401] * 5 + [429]
+        assert unknown[0].json()["detail"] == wrong.json()["detail"]
+
+
+def test_one_address_gets_a_bounded_number_of_attempts_a_minute(
+    fresh_redis: RedisServer, database_url: str, start_apex: Callable[..., ApexServer]
+) -> None:
+    server = start_apex(database_url, fresh_redis.url, login_attempts_per_minute="10")
+    with server.client() as client:
+        answers = [
+            client.post(TOKEN, json={"email": f"u{n}@example.test", "password": "x"})
+            for n in range(12)
+        ]
+    assert [a.status_code for a in answers] == [401] * 10 + [429] * 2
+    assert "from your address" in answers[-1].json()["detail"]

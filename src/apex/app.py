@@ -31,7 +31,7 @@ from apex.kit.db import Database
 from apex.kit.errors import install_error_handlers
 from apex.kit.failpoints import Failpoints
 from apex.kit.http import RequestLimits, document_limits
-from apex.kit.limits import FixedWindow
+from apex.kit.limits import FixedWindow, Quota
 from apex.kit.outbox import OutboxRelay
 from apex.kit.queue import JobQueue
 from apex.kit.redis import create_redis
@@ -133,6 +133,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.keyring = keyring
     app.state.denylist = Denylist(redis, leeway=settings.token_leeway_seconds)
     app.state.api_limiter = FixedWindow(redis)
+    app.state.quota = Quota(redis)
     app.state.login_throttle = LoginThrottle(
         redis,
         per_address_per_minute=settings.login_attempts_per_minute,

@@ -7,7 +7,13 @@ from collections.abc import Callable
 from apex.identity.endpoints import API_KEYS
 from apex.identity.endpoints import MEMBERS as MEMBERS_PATH
 from tests.harness import ApexServer, PostgresCluster, RedisServer
-from tests.integration.critical.conftest import bearer, database_name, signup, signup_body
+from tests.integration.critical.conftest import (
+    bearer,
+    database_name,
+    set_tier,
+    signup,
+    signup_body,
+)
 
 KEYS = f"/api/v1{API_KEYS}"
 MEMBERS = f"/api/v1{MEMBERS_PATH}"
@@ -106,7 +112,9 @@ def test_a_key_holds_its_rights_only_while_its_creator_does(
     a = start_apex(database_url, redis_server.url)
     b = start_apex(database_url, redis_server.url)
     with a.client() as ca, b.client() as cb:
-        owner = bearer(signup(ca))
+        owner_signup = signup(ca)
+        owner = bearer(owner_signup)
+        set_tier(postgres, database_url, owner_signup.json()["organization_id"], "early")
         admin_signup = signup(ca)
         admin_id = admin_signup.json()["user_id"]
         email = ca.get("/api/v1/users/me", headers=bearer(admin_signup)).json()["email"]

@@ -5,17 +5,28 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from apex.identity.endpoints import INVITATIONS, MEMBERS
-from tests.harness import ApexServer, RedisServer
-from tests.integration.critical.conftest import bearer, signup
+from tests.harness import ApexServer, PostgresCluster, RedisServer
+from tests.integration.critical.conftest import bearer, set_tier, signup
 
 
 def test_invitation_lifecycle(
-    database_url: str, redis_server: RedisServer, start_apex: Callable[..., ApexServer]
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
 ) -> None:
     server = start_apex(database_url, redis_server.url)
     with server.client() as client:
         owner = signup(client).json()
         as_owner = bearer_of(owner)
+        # Free has one seat, the owner's: nobody can be invited or added.
+        refused = client.post(f"/api/v1{INVITATIONS}", headers=as_owner,
+                              json={"email": "someone@example.test"})  # fmt: skip
+        assert refused.status_code == 429
+        body = refused.json()
+        assert (body["error"], body["limit"], body["upgrade"]) == ("QuotaExceeded", 1, "early")
+        assert "Retry-After" not in refused.headers  # waiting does not free a seat
+        set_tier(postgres, database_url, owner["organization_id"], "early")  # 5 seats
         invited = client.post(
             f"/api/v1{INVITATIONS}",
             headers=as_owner,
@@ -78,3 +89,38 @@ def test_invitation_lifecycle(
 
 def bearer_of(tokens: dict[str, str]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+def test_seats_count_members_and_pending_invitations(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    """Early has 5 seats: the owner, 3 members and 1 pending invitation fill them."""
+    server = start_apex(database_url, redis_server.url)
+    with server.client() as client:
+        owner = signup(client).json()
+        as_owner = bearer_of(owner)
+        set_tier(postgres, database_url, owner["organization_id"], "early")
+        for _ in range(3):
+            account = signup(client).json()
+            email = client.get("/api/v1/users/me", headers=bearer_of(account)).json()["email"]
+            added = client.post(f"/api/v1{MEMBERS}", headers=as_owner,
+                                json={"email": email, "role": "member"})  # fmt: skip
+            assert added.status_code == 201, added.text
+        invited = client.post(f"/api/v1{INVITATIONS}", headers=as_owner,
+                              json={"email": "fifth@example.test"})  # fmt: skip
+        assert invited.status_code == 201
+        sixth = signup(client).json()
+        sixth_email = client.get("/api/v1/users/me", headers=bearer_of(sixth)).json()["email"]
+        full = client.post(f"/api/v1{MEMBERS}", headers=as_owner,
+                           json={"email": sixth_email, "role": "member"})  # fmt: skip
+        assert full.status_code == 429
+        assert "5 seats, all taken (4 members, 1 pending invitations)" in full.json()["detail"]
+        # The invited person still gets in: their seat was held for them.
+        fifth = bearer(signup(client, email="fifth@example.test"))
+        token = invited.json()["token"]
+        joined = client.post("/api/v1/invitations/accept", headers=fifth, json={"token": token})
+        assert joined.status_code == 200, joined.text
+        assert len(client.get(f"/api/v1{MEMBERS}", headers=as_owner).json()) == 5

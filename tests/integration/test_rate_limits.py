@@ -138,3 +138,53 @@ def test_one_address_gets_a_bounded_number_of_attempts_a_minute(
         ]
     assert [a.status_code for a in answers] == [401] * 10 + [429] * 2
     assert "from your address" in answers[-1].json()["detail"]
+
+
+def _records(prefix: str, count: int) -> list[dict[str, object]]:
+    return [
+        {"id": f"{prefix}-{n}", "timestamp": "2026-11-20T10:00:00Z", "provider": "openai",
+         "model": "gpt-4o", "input_tokens": 100, "output_tokens": 10}
+        for n in range(count)
+    ]  # fmt: skip
+
+
+async def test_records_past_the_monthly_quota_are_rejected_by_name(
+    app: FastAPI, clock: FrozenClock
+) -> None:
+    """Free includes 100,000 records a month. With 99,990 of November's already counted,
+    a batch of 20 new records stores 10 and rejects 10 naming the quota; duplicates and
+    a new month cost nothing."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://apex.test") as client:
+        account = signup_body()
+        signed_up = (await client.post(SIGNUP, json=account)).json()
+        client.headers.update({"Authorization": f"Bearer {signed_up['access_token']}"})
+        organization = signed_up["organization_id"]
+        quota = app.state.quota
+        await quota.take("records", organization, "2026-11", limit=100_000, wanted=99_990,
+                         ttl_seconds=3600)  # fmt: skip
+        answer = await client.post("/api/v1/usage/events", json={"records": _records("a", 20)})
+        report = answer.json()
+        assert (report["accepted"], report["rejected"]) == (10, 10)
+        refused = [r for r in report["results"] if r["status"] == "rejected"]
+        assert [r["id"] for r in refused] == [f"a-{n}" for n in range(10, 20)]
+        assert refused[0]["errors"][0]["field"] == "records"
+        assert (
+            "quota of 100,000 records a month is used up for November 2026"
+            in (refused[0]["errors"][0]["reason"])
+        )
+        assert "Early plan includes more" in refused[0]["errors"][0]["reason"]
+        # Re-sending the stored ten costs nothing: duplicates give their units back.
+        again = (await client.post("/api/v1/usage/events",
+                                   json={"records": _records("a", 10)})).json()  # fmt: skip
+        assert (again["duplicates"], again["rejected"]) == (10, 0)
+        # December starts a new count.
+        clock.advance(86_400 * 5)
+        login = {"email": account["email"], "password": account["password"]}
+        client.headers.update(bearer(await client.post(TOKEN, json=login)))
+        december = (await client.post("/api/v1/usage/events",
+                                      json={"records": _records("b", 5)})).json()  # fmt: skip
+        assert december["accepted"] == 5
+        stored = await client.get("/api/v1/usage/events/a-9")
+        assert stored.status_code == 200
+        assert (await client.get("/api/v1/usage/events/a-10")).status_code == 404

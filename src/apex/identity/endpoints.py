@@ -331,9 +331,13 @@ async def list_members(
 @router.post(MEMBERS, status_code=201, response_model=MemberOut)
 async def add_member(
     body: NewMember,
+    request: Request,
     principal: Annotated[Principal, RequirePermission("members:manage")],
     session: SessionDep,
 ) -> MemberOut:
+    await invitations.ensure_free_seat(
+        session, principal.organization_id, request.app.state.clock.now()
+    )
     membership = await service.add_member(
         session,
         principal.organization_id,

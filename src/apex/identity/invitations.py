@@ -14,11 +14,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apex.billing.plans import plan_for
 from apex.identity.models import Invitation, Membership, Role
-from apex.identity.repository import MemberRepository, UserRepository
+from apex.identity.repository import MemberRepository, OrganizationRepository, UserRepository
 from apex.identity.service import role_key
 from apex.kit.cache import invalidate_after_commit
-from apex.kit.errors import Conflict, Forbidden, NotFound
+from apex.kit.errors import Conflict, Forbidden, NotFound, QuotaExceeded
 from apex.kit.repository import Repository
 
 INVITATION_DAYS = 7
@@ -56,6 +57,34 @@ class InvitationRepository(Repository[Invitation]):
         return result
 
 
+# --- seats: how many people the plan lets in (BRIEF §4b) ------------------------------------
+# Checked with the organisation's row locked, so two additions at once cannot both take the
+# last seat. Pending invitations hold a seat: an invitation nobody could accept is not sent.
+async def ensure_free_seat(
+    session: AsyncSession, organization_id: uuid.UUID, now: datetime, *, accepting: bool = False
+) -> None:
+    """Raise QuotaExceeded unless one more person fits the plan. `accepting`: the person
+    holds a pending invitation already (their seat is counted among the invitations)."""
+    organization = await OrganizationRepository(session).locked(organization_id)
+    if organization is None:
+        return
+    plan = plan_for(organization.tier)
+    if plan.seats is None:
+        return
+    members = await MemberRepository(session, organization_id).member_count()
+    invited = len(await InvitationRepository(session, organization_id).pending(now))
+    taken = members + invited - (1 if accepting else 0)
+    if taken >= plan.seats:
+        upgrade = plan.next_tier.value if plan.next_tier else None
+        raise QuotaExceeded(
+            f"Your plan has {plan.seats} seat{'s' if plan.seats != 1 else ''}, all taken "
+            f"({members} members, {invited} pending invitations)"
+            + (f"; the {upgrade.capitalize()} plan has more." if upgrade else "."),
+            limit=plan.seats,
+            upgrade=upgrade,
+        )
+
+
 async def invite(
     session: AsyncSession,
     organization_id: uuid.UUID,
@@ -65,6 +94,7 @@ async def invite(
     role: Role,
     now: datetime,
 ) -> tuple[Invitation, str]:
+    await ensure_free_seat(session, organization_id, now)
     token = secrets.token_urlsafe(32)
     invitation = Invitation(
         organization_id=organization_id,
@@ -107,6 +137,7 @@ async def accept(
     members = MemberRepository(session, invitation.organization_id)
     if await members.of_user(user_id) is not None:
         raise Conflict("You are already a member of this organisation.")
+    await ensure_free_seat(session, invitation.organization_id, now, accepting=True)
     invitation.accepted_at = now
     membership = await members.add(
         Membership(

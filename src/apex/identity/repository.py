@@ -84,6 +84,9 @@ class MemberRepository(Repository[Membership]):
         result: Membership | None = await self.session.scalar(statement)
         return result
 
+    async def member_count(self) -> int:
+        return await self.count(Membership.organization_id == self.organization_id)
+
     async def owner_count(self) -> int:
         """Owners of the organisation, with their rows locked so two demotions cannot race."""
         statement = (

@@ -17,6 +17,7 @@ as a 422 `ValidationFailed` body that names each offending field.
     ├── ValidationFailed (422)
     ├── PaymentFailed (402)
     ├── RateLimited (429, Retry-After)
+    ├── QuotaExceeded (429: a plan's quota (seats, records a month), with `limit`, `upgrade`)
     └── ServiceUnavailable (503, Retry-After)
 
 Raise these from services; never raise `HTTPException` below the endpoints. A Redis
@@ -120,6 +121,12 @@ class RateLimited(_RetryAfter):
 
 class ServiceUnavailable(_RetryAfter):
     status_code = 503
+
+
+class QuotaExceeded(ApexError):
+    """A plan's quota is used up: waiting does not help (no Retry-After), upgrading does."""
+
+    status_code = 429
 
 
 _STATUS_NAMES = {

@@ -29,6 +29,18 @@ if used == cost then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return {1, used}
 """
 
+# KEYS[1] counter; ARGV: limit, wanted, ttl ms. Grants as many of `wanted` as still fit.
+# Returns {granted, used after}.
+_TAKE = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local grant = math.min(tonumber(ARGV[2]), math.max(0, tonumber(ARGV[1]) - used))
+if grant > 0 then
+  used = redis.call('INCRBY', KEYS[1], grant)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return {grant, used}
+"""
+
 # KEYS[1] hash {failures, next_at}; ARGV: now ms, threshold, base ms, cap ms, forget ms.
 # Records one failure; from the threshold on, each failure doubles the wait before the
 # next attempt (base, 2 x base, ... up to cap). Returns the ms until the next attempt.
@@ -99,6 +111,32 @@ class FixedWindow:
         """Give back units consumed by work that did not happen (e.g. a rolled-back batch)."""
         if cost > 0:
             await self.redis.decrby(self.key(name, subject, window_seconds, now), cost)
+
+
+class Quota:
+    """A budget of units per named period (a calendar month of records): `take` grants as
+    many as still fit, atomically; `give_back` returns units whose work did not happen."""
+
+    def __init__(self, redis: Redis, prefix: str = "apex:quota") -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self._take = redis.register_script(_TAKE)
+
+    def key(self, name: str, subject: str, period: str) -> str:
+        return f"{self.prefix}:{name}:{subject}:{period}"
+
+    async def take(
+        self, name: str, subject: str, period: str, *, limit: int, wanted: int, ttl_seconds: int
+    ) -> tuple[int, int]:
+        """(granted, used now)."""
+        granted, used = await self._take(
+            keys=[self.key(name, subject, period)], args=[limit, wanted, ttl_seconds * 1000]
+        )
+        return int(granted), int(used)
+
+    async def give_back(self, name: str, subject: str, period: str, units: int) -> None:
+        if units > 0:
+            await self.redis.decrby(self.key(name, subject, period), units)
 
 
 class Backoff:

@@ -6,11 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
-from apex.identity.deps import Principal, RequirePermission
+from apex.billing.plans import plan_for
+from apex.identity.deps import CacheDep, Principal, RequirePermission
+from apex.identity.service import organization_view
 from apex.kit.db import SessionDep
 from apex.kit.errors import NotFound
 from apex.usage import service
 from apex.usage.pricing import ModelPrice, default_catalogue
+from apex.usage.quota import RecordQuota
 from apex.usage.schemas import IngestReport, PriceIn, PriceOut, UsageBatchIn, UsageRecordOut
 
 router = APIRouter(prefix="/api/v1", tags=["usage"])
@@ -22,13 +25,24 @@ ModelName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z
 @router.post("/usage/events", response_model=IngestReport)
 async def ingest_usage(
     body: UsageBatchIn,
+    request: Request,
     principal: Annotated[Principal, RequirePermission("usage:write")],
     session: SessionDep,
+    cache: CacheDep,
 ) -> IngestReport:
     """Store up to 1,000 records. Each record's `id` is its idempotency key: a retried batch
     reports the records already stored as duplicates and stores nothing twice. Invalid
-    records are rejected (field and reason); the valid ones of the batch are kept."""
-    return await service.ingest(session, principal.organization_id, body.records)
+    records are rejected (field and reason); the valid ones of the batch are kept. Records
+    past the plan's monthly quota are rejected with field `records`, naming the quota."""
+    state = request.app.state
+    organization = await organization_view(session, cache, principal.organization_id)
+    quota = RecordQuota(
+        state.quota,
+        plan_for(organization["tier"] if organization else "free"),
+        principal.organization_id,
+        state.clock.now(),
+    )
+    return await service.ingest(session, principal.organization_id, body.records, quota=quota)
 
 
 @router.get("/usage/events/{record_id}", response_model=UsageRecordOut)

@@ -11,10 +11,12 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apex.kit.db import call_after_rollback
 from apex.kit.errors import NotFound, ValidationFailed
 from apex.kit.ids import new_id
 from apex.usage.models import NANOS_PER_USD, CostSource, PriceOverride
 from apex.usage.pricing import Catalogue, ModelPrice, Tokens, cost_of, default_catalogue
+from apex.usage.quota import RecordQuota
 from apex.usage.repository import PriceOverrideRepository, UsageRepository
 from apex.usage.schemas import (
     FieldProblem,
@@ -127,12 +129,15 @@ async def ingest(
     raw_records: Sequence[Any],
     *,
     catalogue: Catalogue | None = None,
+    quota: RecordQuota | None = None,
 ) -> IngestReport:
     """Validate and store a batch; every element gets its own verdict. Bad records (and
     elements that are not objects) are rejected with the field and the reason; the good
     ones are kept. A record id the organisation sent before (in an earlier batch or earlier
     in this one) is a duplicate and changes nothing. A record of a model without a price is
-    stored unpriced, with a warning: nothing the customer sent is dropped."""
+    stored unpriced, with a warning: nothing the customer sent is dropped. With a `quota`,
+    records past the plan's monthly quota are rejected (field `records`), and those that
+    turn out to be duplicates, or whose transaction rolls back, give their units back."""
     catalogue = catalogue or await catalogue_for(session, organization_id)
     results: list[RecordResult] = []
     rows: list[dict[str, Any]] = []
@@ -157,7 +162,11 @@ async def ingest(
             RecordResult(index=index, id=record.id, status="accepted", warnings=warnings)
         )
         rows.append(_row(organization_id, record, cost_nanos, source.value))
+    if quota is not None:
+        rows = await _within_quota(session, quota, rows, pending, results)
     inserted = await UsageRepository(session).insert_new(rows)
+    if quota is not None:  # stored meanwhile by a concurrent batch: no quota used after all
+        await quota.give_back(quota.granted - len(inserted))
     for record_id, position in pending.items():
         if record_id not in inserted:
             results[position].status = "duplicate"
@@ -171,6 +180,36 @@ async def ingest(
         else:
             report.rejected += 1
     return report
+
+
+async def _within_quota(
+    session: AsyncSession,
+    quota: RecordQuota,
+    rows: list[dict[str, Any]],
+    pending: dict[str, int],
+    results: list[RecordResult],
+) -> list[dict[str, Any]]:
+    """The rows to insert: those already stored (duplicates, which use no quota) and the new
+    ones that fit the month's quota; the new ones that do not become rejections."""
+    organization_id = rows[0]["organization_id"] if rows else None
+    stored = (
+        await UsageRepository(session).stored_ids(organization_id, [r["record_id"] for r in rows])
+        if organization_id is not None
+        else set()
+    )
+    new = [row for row in rows if row["record_id"] not in stored]
+    granted = await quota.take(len(new))
+    call_after_rollback(session, lambda: quota.give_back(granted))
+    for row in new[granted:]:
+        position = pending.pop(row["record_id"])
+        results[position] = RecordResult(
+            index=results[position].index,
+            id=row["record_id"],
+            status="rejected",
+            errors=[FieldProblem(field="records", reason=quota.refusal())],
+        )
+    refused = {row["record_id"] for row in new[granted:]}
+    return [row for row in rows if row["record_id"] not in refused]
 
 
 async def stored_record(

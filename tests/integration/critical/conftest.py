@@ -53,5 +53,13 @@ def findings(report: dict[str, Any]) -> dict[tuple[str, str], tuple[str, str, st
     }
 
 
+def set_tier(cluster: PostgresCluster, database_url: str, organization_id: str, tier: str) -> None:
+    """Put an organisation on a plan (no billing yet: straight in the database)."""
+    cluster.sql(
+        f"UPDATE organizations SET tier = '{tier}' WHERE id = '{organization_id}'",  # noqa: S608
+        database_name(database_url),
+    )
+
+
 def database_name(url: str) -> str:
     return url.rsplit("/", 1)[1]

@@ -32,7 +32,7 @@ from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
 from tests.harness.oidc import OidcProvider
 from tests.harness.procs import wait_until
 from tests.integration.conftest import SECRET
-from tests.integration.critical.conftest import database_name, signup
+from tests.integration.critical.conftest import database_name, set_tier, signup
 
 
 def _b64(data: bytes) -> str:
@@ -524,6 +524,7 @@ def _example(schema: dict[str, Any], spec: dict[str, Any]) -> Any:
 
 
 def test_tenant_isolation_integration(
+    postgres: PostgresCluster,
     database_url: str,
     fresh_redis: RedisServer,
     start_apex: Callable[..., ApexServer],
@@ -535,6 +536,7 @@ def test_tenant_isolation_integration(
         """An organisation with an owner and a second member; its owner's headers and every
         identifier and email that belongs to it."""
         owner = signup(client).json()
+        set_tier(postgres, database_url, owner["organization_id"], "early")  # 5 seats
         auth = {"Authorization": f"Bearer {owner['access_token']}"}
         extra = signup(client).json()
         extra_email = _me(client, extra["access_token"]).json()["email"]

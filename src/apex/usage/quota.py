@@ -1,0 +1,59 @@
+"""Records a month, by plan (BRIEF §4b): new records stored per organisation per UTC
+calendar month. Counted in Redis as records are accepted (duplicates and rolled-back
+batches give their units back), so a quota holds across instances without counting rows.
+A Redis that loses its data forgets the month's count: the quota is a guard rail; what is
+billed is read from the database."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from apex.billing.plans import Plan
+from apex.kit.limits import Quota
+
+MONTH_TTL_SECONDS = 32 * 86_400
+
+
+@dataclass
+class RecordQuota:
+    quota: Quota
+    plan: Plan
+    organization_id: uuid.UUID
+    now: datetime
+    granted: int = 0
+
+    @property
+    def period(self) -> str:
+        return f"{self.now:%Y-%m}"
+
+    @property
+    def limit(self) -> int | None:
+        return self.plan.records_per_month
+
+    async def take(self, wanted: int) -> int:
+        """How many of `wanted` new records fit this month (all, on an unlimited plan)."""
+        if self.limit is None:
+            return wanted
+        granted, _ = await self.quota.take(
+            "records", str(self.organization_id), self.period,
+            limit=self.limit, wanted=wanted, ttl_seconds=MONTH_TTL_SECONDS,
+        )  # fmt: skip
+        self.granted += granted
+        return granted
+
+    async def give_back(self, units: int) -> None:
+        if self.limit is None or units <= 0:
+            return
+        units = min(units, self.granted)
+        self.granted -= units
+        await self.quota.give_back("records", str(self.organization_id), self.period, units)
+
+    def refusal(self) -> str:
+        upgrade = self.plan.next_tier
+        hint = f"; the {upgrade.value.capitalize()} plan includes more" if upgrade else ""
+        return (
+            f"Your plan's quota of {self.limit:,} records a month is used up for "
+            f"{self.now:%B %Y}{hint}. This record was not stored."
+        )

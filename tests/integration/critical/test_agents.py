@@ -334,7 +334,15 @@ def _types(events: list[dict[str, Any]]) -> list[str]:
 
 
 def test_agent_orchestration_integration(stack: Stack) -> None:
-    stack.ingest(planted_month())
+    month = planted_month()
+    stack.ingest(month)
+    # A client that never saw the answer sends a batch again: every record is a duplicate,
+    # nothing is stored twice (the report's totals below are the month's, to the cent).
+    again = stack.client.post(
+        "/api/v1/usage/events", headers=stack.headers, json={"records": month[:1000]}
+    )
+    assert (again.json()["accepted"], again.json()["duplicates"]) == (0, 1000)
+    assert stack.sql("SELECT count(*) FROM usage_records") == str(len(month))
     stack.add_worker()
     stack.add_worker()
     stack.llm.script(ALL_INTENTS)

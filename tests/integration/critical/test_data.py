@@ -485,21 +485,35 @@ class _Traffic:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        with self.server.client() as client:
-            auth = bearer(signup(client))
-            while not self._stop.is_set():
-                for response in (
-                    client.get("/api/v1/organizations/current", headers=auth),
-                    client.get("/api/v1/users/me", headers=auth),
-                    client.patch(
+        """Every request that does not answer 200/201 is a failure — a refused connection,
+        a timeout or any other exception included, never dropped."""
+        try:
+            with self.server.client() as client:
+                auth = bearer(signup(client))
+                requests: list[Callable[[], httpx.Response]] = [
+                    lambda: client.get("/api/v1/organizations/current", headers=auth),
+                    lambda: client.get("/api/v1/users/me", headers=auth),
+                    lambda: client.patch(
                         "/api/v1/organizations/current", headers=auth, json={"name": f"n{self.ok}"}
                     ),
-                    signup(client),
-                ):
-                    if response.status_code in (200, 201):
-                        self.ok += 1
-                    else:
-                        self.failures.append(f"{response.request.url.path} {response.status_code}")
+                    lambda: signup(client),
+                ]
+                while not self._stop.is_set():
+                    for send in requests:
+                        self._record(send)
+        except Exception as exc:  # the traffic itself broke: that is a failure too
+            self.failures.append(f"traffic stopped: {type(exc).__name__}: {exc}")
+
+    def _record(self, send: Callable[[], httpx.Response]) -> None:
+        try:
+            response = send()
+        except Exception as exc:
+            self.failures.append(f"{type(exc).__name__}: {exc}")
+            return
+        if response.status_code in (200, 201):
+            self.ok += 1
+        else:
+            self.failures.append(f"{response.request.url.path} {response.status_code}")
 
     def __enter__(self) -> _Traffic:
         self._thread.start()
@@ -508,6 +522,8 @@ class _Traffic:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(30)
+        if self._thread.is_alive():
+            self.failures.append("traffic did not stop within 30 s")
 
 
 def test_database_migration_integration(

@@ -31,7 +31,7 @@ from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
 from tests.harness.oidc import OidcProvider
 from tests.harness.procs import wait_until
 from tests.integration.conftest import SECRET
-from tests.integration.critical.conftest import database_name, set_tier, signup
+from tests.integration.critical.conftest import database_name, set_tier, signup, signup_body
 
 
 def _b64(data: bytes) -> str:
@@ -281,6 +281,7 @@ def _protected_routes() -> list[tuple[str, str, str]]:
 
 
 ROLES = ("owner", "admin", "member", "viewer")
+PASSWORD = signup_body()["password"]
 RUNS = "/api/v1/agents/runs"
 
 # Who may call each protected route, written out by hand from the product's rules (BRIEF,
@@ -553,18 +554,57 @@ def _example(schema: dict[str, Any], spec: dict[str, Any]) -> Any:
     return "x" * max(1, int(schema.get("minLength", 1)))
 
 
+# Tables that hold an organisation's data, for the before/after checksum of tenant A.
+TENANT_TABLES = (
+    "organizations", "memberships", "api_keys", "invitations", "price_overrides",
+    "usage_records", "agent_runs", "threads",
+)  # fmt: skip
+
+
+def _properties(schema: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """The properties of a request body's schema, optional ones included."""
+    if "$ref" in schema:
+        return _properties(spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]], spec)
+    properties: dict[str, Any] = schema.get("properties", {})
+    return properties
+
+
+def _checksum(postgres: PostgresCluster, database: str, organization_id: str) -> dict[str, str]:
+    """Row count and a hash of every row of the organisation, per table (plus the messages of
+    its threads and the steps of its runs)."""
+
+    def rows(table: str, where: str) -> str:
+        digest = "coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '')"
+        query = f"SELECT count(*) || ':' || {digest} FROM {table} t WHERE {where}"  # noqa: S608
+        return postgres.sql(query, database).strip()
+
+    org = f"'{organization_id}'"
+    sums = {t: rows(t, f"{'id' if t == 'organizations' else 'organization_id'} = {org}")
+            for t in TENANT_TABLES}  # fmt: skip
+    threads = f"SELECT id FROM threads WHERE organization_id = {org}"  # noqa: S608
+    runs = f"SELECT id FROM agent_runs WHERE organization_id = {org}"  # noqa: S608
+    sums["messages"] = rows("messages", f"thread_id IN ({threads})")
+    sums["agent_steps"] = rows("agent_steps", f"run_id IN ({runs})")
+    return sums
+
+
 def test_tenant_isolation_integration(
     postgres: PostgresCluster,
     database_url: str,
     fresh_redis: RedisServer,
     start_apex: Callable[..., ApexServer],
+    start_worker: Callable[..., ApexWorker],
 ) -> None:
-    server = start_apex(database_url, fresh_redis.url)
+    server = start_apex(database_url, fresh_redis.url, session_cookie_secure="false")
+    start_worker(database_url, fresh_redis.url)
     client = server.client()
+    db = database_name(database_url)
 
-    def tenant() -> tuple[dict[str, str], set[str]]:
-        """An organisation with an owner and a second member; its owner's headers and every
-        identifier and email that belongs to it."""
+    def tenant() -> tuple[dict[str, str], set[str], dict[str, str]]:
+        """An organisation with every kind of resource Apex stores: members, an API key, an
+        invitation, a price override, usage records with metadata, a finished agent run with
+        its report, events, thread and messages, a browser session. Its owner's headers,
+        every identifier and email that belongs to it, and the ids by kind."""
         owner = signup(client).json()
         set_tier(postgres, database_url, owner["organization_id"], "early")  # 5 seats
         auth = {"Authorization": f"Bearer {owner['access_token']}"}
@@ -586,17 +626,43 @@ def test_tenant_isolation_integration(
             f"/api/v1/pricing/acme/{negotiated}", headers=auth, json={"input": "1", "output": "1"}
         )
         assert price.status_code == 200
-        secrets_of_tenant = {owner["user_id"], owner["organization_id"], extra["user_id"]}
-        secrets_of_tenant |= {owner_email, extra_email, key.json()["id"], key.json()["prefix"]}
-        secrets_of_tenant.add(negotiated)
-        return auth, secrets_of_tenant
+        invitee = {"email": f"invitee-{uuid.uuid4().hex[:6]}@example.test"}
+        invitation = client.post(f"/api/v1{INVITATIONS}", headers=auth, json=invitee)
+        assert invitation.status_code == 201
+        record_id, marker = str(uuid.uuid4()), f"secret-meta-{uuid.uuid4().hex[:8]}"
+        usage = client.post("/api/v1/usage/events", headers=auth, json={"records": [
+            {"id": record_id, "timestamp": "2026-11-20T10:00:00Z", "provider": "openai",
+             "model": "gpt-4o", "input_tokens": 100, "output_tokens": 10,
+             "metadata": {"note": marker}},
+        ]})  # fmt: skip
+        assert usage.json()["accepted"] == 1, usage.text
+        run = client.post(RUNS, headers=auth, json={"question": f"Where? {marker}"})
+        assert run.status_code == 202, run.text
+        run_id, thread_id = run.json()["id"], run.json()["thread_id"]
+        assert wait_until(
+            lambda: client.get(f"{RUNS}/{run_id}", headers=auth).json()["status"] == "succeeded",
+            60,
+        )
+        browser = client.post("/api/v1/auth/session",
+                              json={"email": owner_email, "password": PASSWORD})  # fmt: skip
+        assert browser.status_code == 200, browser.text
+        ids = {
+            "organization": owner["organization_id"], "user": owner["user_id"],
+            "member": extra["user_id"], "key": key.json()["id"],
+            "invitation": invitation.json()["id"], "record": record_id, "run": run_id,
+            "thread": thread_id, "session": browser.json()["id"],
+        }  # fmt: skip
+        secrets_of_tenant = {owner_email, extra_email, key.json()["prefix"], negotiated, marker}
+        secrets_of_tenant |= set(ids.values())
+        return auth, secrets_of_tenant, ids
 
-    _, a_secrets = tenant()
-    b_auth, b_secrets = tenant()
-    a_ids = sorted(s for s in a_secrets if len(s) == 36)  # the UUIDs among them
+    _, a_secrets, a_ids_by_kind = tenant()
+    b_auth, b_secrets, _ = tenant()
+    a_ids = sorted(a_ids_by_kind.values())
     spec = client.get("/openapi.json").json()
+    before = _checksum(postgres, db, a_ids_by_kind["organization"])
 
-    checked_ids, checked_lists = 0, 0
+    checked_ids, checked_lists, checked_bodies = 0, 0, 0
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
             if not path.startswith("/api/"):
@@ -613,30 +679,43 @@ def test_tenant_isolation_integration(
                 continue  # named by the caller within their own organisation (/pricing/{model})
             if "{" in path:
                 for foreign in a_ids:  # every identifier of A, in every id parameter
-                    url = path.format(
-                        **{
-                            p["name"]: foreign
-                            for p in operation.get("parameters", [])
-                            if p["in"] == "path"
-                        }
-                    )
+                    url = path.format(**{name: foreign for name in params})
                     response = client.request(method.upper(), url, headers=b_auth, json=body)
-                    assert response.status_code == 404, (
-                        method,
-                        url,
-                        response.status_code,
-                        response.text,
-                    )
+                    # A session's public id is not a UUID: UUID paths refuse it as malformed.
+                    refusals = {404} if len(foreign) == 36 else {404, 422}
+                    assert response.status_code in refusals, (method, url, response.text)
                     assert not any(secret in response.text for secret in a_secrets), (method, url)
                     checked_ids += 1
             elif method == "get":
-                response = client.get(path, headers=b_auth)
-                assert response.status_code == 200, (path, response.text)
-                assert not any(secret in response.text for secret in a_secrets), path
-                if response.json() != []:  # B sees its own rows (B has no browser session)
-                    assert any(secret in response.text for secret in b_secrets), path
-                checked_lists += 1
-    print(f"\ntenants: {checked_ids} foreign-id requests all 404; {checked_lists} reads only B's")
+                # Lists, with A's identifiers in the query too (they must change nothing).
+                for query in (
+                    {},
+                    {"after": a_ids_by_kind["run"], "thread_id": a_ids_by_kind["thread"]},
+                ):
+                    response = client.get(path, headers=b_auth, params=query)
+                    assert response.status_code == 200, (path, response.text)
+                    assert not any(secret in response.text for secret in a_secrets), path
+                    if response.json() != []:
+                        assert any(secret in response.text for secret in b_secrets), path
+                    checked_lists += 1
+            elif body is not None:
+                # A's identifiers in every id field of the body.
+                for field in [k for k in _properties(body_schema, spec) if k.endswith("_id")]:
+                    for foreign in a_ids:
+                        response = client.request(method.upper(), path, headers=b_auth,
+                                                  json={**body, field: foreign})  # fmt: skip
+                        assert response.status_code in (403, 404, 422), (path, field, response.text)
+                        assert not any(secret in response.text for secret in a_secrets), path
+                        checked_bodies += 1
+    # B's run naming A's thread in its body: refused, A's thread untouched.
+    hijack = client.post(RUNS, headers=b_auth,
+                         json={"question": "x", "thread_id": a_ids_by_kind["thread"]})  # fmt: skip
+    assert hijack.status_code == 404
+    checked_bodies += 1
+    assert _checksum(postgres, db, a_ids_by_kind["organization"]) == before
+    print(f"\ntenants: A seeded with {len(a_ids_by_kind)} kinds of resource; {checked_ids} "
+          f"foreign-id paths all 404, {checked_bodies} foreign ids in bodies refused, "
+          f"{checked_lists} list reads only B's; A's rows unchanged (checksums)")  # fmt: skip
     assert checked_ids >= 2 * len(a_ids)
     assert checked_lists >= 3
     client.close()

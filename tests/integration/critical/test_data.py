@@ -169,9 +169,26 @@ def test_cache_invalidation_integration(
         current = f"final-{i}"
         write(i, current)
         stale += sum(read(j) != current for j in range(3))
+
+    # Instances that miss an invalidation: their pub/sub connections are killed, so for a
+    # moment (until they resubscribe) nothing tells them of a write. A copy read into L1 in
+    # that moment must still not be served once another instance has written.
+    admin = redis.Redis.from_url(fresh_redis.url, decode_responses=True)
+    missed_rounds = 0
+    for round_ in range(20):
+        killed = admin.client_kill_filter(_type="pubsub")
+        missed_rounds += killed > 0
+        reader, writer = 1 + round_ % 2, 0
+        read(reader)  # into the reader's L1, with nobody listening for its invalidation
+        current = f"missed-{round_}"
+        write(writer, current)
+        stale += read(reader) != current
+    admin.close()
+    # Rounds that killed nothing found the instances still resubscribing: cut off as well.
+    assert missed_rounds > 0
     print(
-        f"cache: {writes} writes, {reads} reads across 3 instances with a Redis kill/restart: "
-        f"{stale} stale reads"
+        f"cache: {writes} writes, {reads} reads across 3 instances with a Redis kill/restart, "
+        f"then 20 writes each missed by a reader cut off from pub/sub: {stale} stale reads"
     )
     assert stale == 0
     for client in clients:

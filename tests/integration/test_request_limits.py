@@ -35,11 +35,15 @@ def server(
     return start_apex(database_url, redis_server.url, body_read_timeout_seconds="1")
 
 
-def raw(server: ApexServer, request: bytes, *, body: bytes = b"", read: bool = True) -> str:
-    """Send bytes as they are; the status line and headers of the answer."""
+def raw(server: ApexServer, request: bytes, *, body: bytes = b"") -> str:
+    """Send bytes as they are; the whole answer, read until the server closes (the refusals
+    under test all close the connection)."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
         sock.sendall(request + body)
-        return sock.recv(65536).decode("latin-1") if read else ""
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer.decode("latin-1")
 
 
 def status(answer: str) -> int:

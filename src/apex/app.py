@@ -32,6 +32,7 @@ from apex.kit.errors import install_error_handlers
 from apex.kit.failpoints import Failpoints
 from apex.kit.http import RequestLimits, document_limits
 from apex.kit.limits import FixedWindow, Quota
+from apex.kit.mail import Mailer, create_mailer
 from apex.kit.outbox import OutboxRelay
 from apex.kit.queue import JobQueue
 from apex.kit.redis import create_redis
@@ -132,6 +133,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await keyring.ensure_signer()
     app.state.keyring = keyring
     app.state.denylist = Denylist(redis, leeway=settings.token_leeway_seconds)
+    app.state.mailer = app.state.mailer or create_mailer(settings)
     app.state.api_limiter = FixedWindow(redis)
     app.state.quota = Quota(redis)
     app.state.login_throttle = LoginThrottle(
@@ -198,7 +200,9 @@ def _openapi_with_limits(app: FastAPI, settings: Settings) -> Callable[[], dict[
     return openapi
 
 
-def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, clock: Clock | None = None, mailer: Mailer | None = None
+) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
     app = FastAPI(
@@ -211,6 +215,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     )
     app.state.settings = settings
     app.state.clock = clock or SystemClock()
+    app.state.mailer = mailer
     app.state.failpoints = Failpoints(settings.failpoints)
     install_error_handlers(app)
     if settings.cors_origins:

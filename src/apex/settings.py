@@ -152,6 +152,14 @@ class Settings(BaseSettings):
     cache_l1_max_entries: int = Field(default=10_000, ge=1)
     cache_l2_ttl_seconds: int = Field(default=300, ge=1, description="Redis cache entry lifetime.")
 
+    # --- mail -----------------------------------------------------------------------------
+    smtp_url: SecretStr | None = Field(
+        default=None,
+        description="smtp://user:pass@host:587 (STARTTLS when offered) or smtps:// (TLS). "
+        "Unset: mail is written to APEX_DATA_DIR/mail/.",
+    )
+    mail_from: str = Field(default="Apex <no-reply@apex.invalid>", min_length=3, max_length=320)
+
     # --- security -------------------------------------------------------------------------
     secret_key: SecretStr | None = Field(
         default=None,
@@ -277,6 +285,13 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_list(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _check_smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("smtp://", "smtps://")):
+            raise ValueError("expected an smtp:// or smtps:// URL")
+        return value
 
     @field_validator("cors_origins")
     @classmethod

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from apex.identity.endpoints import INVITATIONS, MEMBERS
 from tests.harness import ApexServer, PostgresCluster, RedisServer
+from tests.harness.procs import wait_until
+from tests.harness.smtp import SmtpServer
 from tests.integration.critical.conftest import bearer, set_tier, signup
 
 
@@ -124,3 +126,42 @@ def test_seats_count_members_and_pending_invitations(
         joined = client.post("/api/v1/invitations/accept", headers=fifth, json={"token": token})
         assert joined.status_code == 200, joined.text
         assert len(client.get(f"/api/v1{MEMBERS}", headers=as_owner).json()) == 5
+
+
+def test_the_invitee_is_mailed_the_invitation(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    """Through a real SMTP server: the invitation mail reaches the invited address with a
+    token that works; an invitation refused (no seat) mails nobody."""
+    smtp = SmtpServer().start()
+    try:
+        server = start_apex(database_url, redis_server.url, smtp_url=smtp.url,
+                            mail_from="Apex <apex@example.test>")  # fmt: skip
+        with server.client() as client:
+            owner = signup(client).json()
+            as_owner = bearer_of(owner)
+            refused = client.post(f"/api/v1{INVITATIONS}", headers=as_owner,
+                                  json={"email": "nobody@example.test"})  # fmt: skip
+            assert refused.status_code == 429  # Free: no seat, and so no mail
+            set_tier(postgres, database_url, owner["organization_id"], "early")
+            colleague_invite = {"email": "colleague@example.test", "role": "member"}
+            invited = client.post(f"/api/v1{INVITATIONS}", headers=as_owner, json=colleague_invite)
+            assert invited.status_code == 201, invited.text
+            assert wait_until(lambda: len(smtp.messages()) == 1, timeout=10), smtp.messages()
+            [mail] = smtp.messages()
+            assert mail["To"] == "colleague@example.test"
+            assert mail["From"] == "Apex <apex@example.test>"
+            assert "invited to" in mail["Subject"]
+            body = str(mail.get_payload())
+            token = body.split('{"token": "')[1].split('"')[0]
+            colleague = bearer(signup(client, email="colleague@example.test"))
+            joined = client.post("/api/v1/invitations/accept", headers=colleague,
+                                 json={"token": token})  # fmt: skip
+            assert joined.status_code == 200, joined.text
+            assert "mail_sent" in server.logs()
+            assert token not in server.logs()  # logged: recipient and subject, never the body
+    finally:
+        smtp.stop()

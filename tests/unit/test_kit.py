@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
@@ -64,3 +65,20 @@ def test_client_times_out_of_range_are_refused_not_overflowed(sent: str) -> None
 def test_client_times_are_normalised_to_utc() -> None:
     instant = TypeAdapter(UtcInstant).validate_python("2026-11-01T01:30:00+02:00")
     assert instant.isoformat() == "2026-10-31T23:30:00+00:00"
+
+
+async def test_the_embedded_mailer_writes_each_mail_as_a_file(tmp_path: Path) -> None:
+    from email import message_from_bytes
+
+    from apex.kit.mail import FileMailer
+
+    mailer = FileMailer(tmp_path / "mail", "Apex <apex@example.test>")
+    await mailer.send("someone@example.test", "Hello", "Token: abc\n")
+    [written] = list((tmp_path / "mail").glob("*.eml"))
+    mail = message_from_bytes(written.read_bytes())
+    assert (mail["To"], mail["From"], mail["Subject"]) == (
+        "someone@example.test",
+        "Apex <apex@example.test>",
+        "Hello",
+    )
+    assert mail.get_payload() == "Token: abc\n"

@@ -43,6 +43,7 @@ from apex.identity.sessions import COOKIE
 from apex.identity.tokens import issue_access_token
 from apex.kit.db import SessionDep
 from apex.kit.errors import BadRequest, Forbidden, NotFound, Unauthorized, error_response
+from apex.kit.mail import send_after_commit
 
 router = APIRouter(prefix="/api/v1", tags=["identity"])
 
@@ -398,9 +399,10 @@ async def invite(
     request: Request,
     principal: Annotated[Principal, RequirePermission("members:manage")],
     session: SessionDep,
+    cache: CacheDep,
 ) -> NewInvitationOut:
-    """Invite an email address (with or without an account yet). The token is in this answer
-    only: send it to the invitee."""
+    """Invite an email address (with or without an account yet): the invitee is mailed the
+    token once the invitation is stored (it is also in this answer, once)."""
     service.check_may_grant(principal.role, body.role)
     invitation, token = await invitations.invite(
         session,
@@ -409,6 +411,15 @@ async def invite(
         email=body.email,
         role=body.role,
         now=request.app.state.clock.now(),
+    )
+    organization = await service.organization_view(session, cache, principal.organization_id)
+    name = organization["name"] if organization else "an organisation"
+    send_after_commit(
+        session,
+        request.app.state.mailer,
+        invitation.email,
+        f"You are invited to {name} on Apex",
+        invitations.invitation_text(name, invitation.role, token, invitation.expires_at),
     )
     return NewInvitationOut(**InvitationOut.model_validate(invitation).model_dump(), token=token)
 

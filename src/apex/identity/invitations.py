@@ -85,6 +85,16 @@ async def ensure_free_seat(
         )
 
 
+def invitation_text(organization: str, role: str, token: str, expires_at: datetime) -> str:
+    return (
+        f"You have been invited to join {organization} on Apex as {role}.\n\n"
+        "Sign in (or sign up with this email address), then accept the invitation:\n\n"
+        "    POST /api/v1/invitations/accept\n"
+        f'    {{"token": "{token}"}}\n\n'
+        f"The invitation is valid until {expires_at:%Y-%m-%d %H:%M} UTC and works once.\n"
+    )
+
+
 async def invite(
     session: AsyncSession,
     organization_id: uuid.UUID,

@@ -188,3 +188,25 @@ async def test_records_past_the_monthly_quota_are_rejected_by_name(
         stored = await client.get("/api/v1/usage/events/a-9")
         assert stored.status_code == 200
         assert (await client.get("/api/v1/usage/events/a-10")).status_code == 404
+
+
+def test_limits_are_guard_rails_not_dependencies(
+    fresh_redis: RedisServer, database_url: str, start_apex: Callable[..., ApexServer]
+) -> None:
+    """With Redis down, what works without Redis keeps working with the limits on: reads,
+    sign-in (unthrottled) and ingestion (uncounted)."""
+    server = start_apex(database_url, fresh_redis.url, enforce_api_limits="true")
+    with server.client() as client:
+        account = signup_body()
+        headers = bearer(client.post(SIGNUP, json=account))
+        assert client.get(ORG, headers=headers).headers["RateLimit-Policy"] == "100;w=3600"
+        fresh_redis.kill()
+        read = client.get(ORG, headers=headers)
+        assert read.status_code == 200, read.text
+        assert "RateLimit" not in read.headers
+        login = {"email": account["email"], "password": account["password"]}
+        assert client.post(TOKEN, json=login).status_code == 200
+        stored = client.post("/api/v1/usage/events", headers=headers,
+                             json={"records": _records("down", 3)})  # fmt: skip
+        assert stored.json()["accepted"] == 3, stored.text
+    assert "api_limit_unavailable" in server.logs()

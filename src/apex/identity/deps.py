@@ -6,8 +6,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import structlog
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.billing.plans import plan_for
@@ -28,6 +30,7 @@ from apex.kit.db import SessionDep
 from apex.kit.errors import Forbidden, RateLimited, Unauthorized
 
 _bearer = HTTPBearer(auto_error=False)
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +95,19 @@ async def _within_plan_api_limit(
     plan = plan_for(organization["tier"] if organization else "free")
     if plan.api_requests_per_hour is None:
         return
-    decision = await state.api_limiter.hit(
-        "api",
-        str(organization_id),
-        limit=plan.api_requests_per_hour,
-        window_seconds=API_WINDOW_SECONDS,
-        now=state.clock.now().timestamp(),
-    )
+    try:
+        decision = await state.api_limiter.hit(
+            "api",
+            str(organization_id),
+            limit=plan.api_requests_per_hour,
+            window_seconds=API_WINDOW_SECONDS,
+            now=state.clock.now().timestamp(),
+        )
+    except RedisError as exc:
+        # The limit is a guard rail, not a dependency: with Redis unreachable, requests
+        # are served (what works without Redis keeps working) and the lapse is logged.
+        log.warning("api_limit_unavailable", error=type(exc).__name__)
+        return
     request.state.response_headers = decision.headers(API_WINDOW_SECONDS)
     if not decision.allowed:
         upgrade = plan.next_tier.value if plan.next_tier else None

@@ -7,17 +7,22 @@
   (many addresses guessing one account), so the owner waits seconds, never hours.
 
 A success clears the account's delays. Answers are the same whether the account exists;
-accounts appear in Redis keys only as a hash.
+accounts appear in Redis keys only as a hash. With Redis unreachable, sign-in works
+unthrottled (logged) rather than not at all.
 """
 
 from __future__ import annotations
 
 import hashlib
 
+import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from apex.kit.errors import RateLimited
 from apex.kit.limits import Backoff, FixedWindow
+
+log = structlog.get_logger(__name__)
 
 
 def _account(email: str) -> str:
@@ -54,6 +59,12 @@ class LoginThrottle:
 
     async def before_attempt(self, email: str, address: str, now: float) -> None:
         """Raise RateLimited (with Retry-After) if this attempt must wait."""
+        try:
+            await self._check(email, address, now)
+        except RedisError as exc:
+            log.warning("login_throttle_unavailable", error=type(exc).__name__)
+
+    async def _check(self, email: str, address: str, now: float) -> None:
         per_address = await self.window.hit(
             "login", address, limit=self.per_address_per_minute, window_seconds=60, now=now
         )
@@ -74,10 +85,16 @@ class LoginThrottle:
 
     async def failed(self, email: str, address: str, now: float) -> None:
         account = _account(email)
-        await self.pair.failed(f"{account}:{address}", now)
-        await self.account.failed(account, now)
+        try:
+            await self.pair.failed(f"{account}:{address}", now)
+            await self.account.failed(account, now)
+        except RedisError as exc:
+            log.warning("login_throttle_unavailable", error=type(exc).__name__)
 
     async def succeeded(self, email: str, address: str) -> None:
         account = _account(email)
-        await self.pair.succeeded(f"{account}:{address}")
-        await self.account.succeeded(account)
+        try:
+            await self.pair.succeeded(f"{account}:{address}")
+            await self.account.succeeded(account)
+        except RedisError as exc:
+            log.warning("login_throttle_unavailable", error=type(exc).__name__)

@@ -1,8 +1,9 @@
 """Records a month, by plan (BRIEF §4b): new records stored per organisation per UTC
 calendar month. Counted in Redis as records are accepted (duplicates and rolled-back
 batches give their units back), so a quota holds across instances without counting rows.
-A Redis that loses its data forgets the month's count: the quota is a guard rail; what is
-billed is read from the database."""
+A Redis that loses its data forgets the month's count, and while Redis is unreachable
+records are accepted uncounted (logged): the quota is a guard rail; what is billed is read
+from the database."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+import structlog
+from redis.exceptions import RedisError
+
 from apex.billing.plans import Plan
 from apex.kit.limits import Quota
 
 MONTH_TTL_SECONDS = 32 * 86_400
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -36,10 +41,14 @@ class RecordQuota:
         """How many of `wanted` new records fit this month (all, on an unlimited plan)."""
         if self.limit is None:
             return wanted
-        granted, _ = await self.quota.take(
-            "records", str(self.organization_id), self.period,
-            limit=self.limit, wanted=wanted, ttl_seconds=MONTH_TTL_SECONDS,
-        )  # fmt: skip
+        try:
+            granted, _ = await self.quota.take(
+                "records", str(self.organization_id), self.period,
+                limit=self.limit, wanted=wanted, ttl_seconds=MONTH_TTL_SECONDS,
+            )  # fmt: skip
+        except RedisError as exc:
+            log.warning("record_quota_unavailable", error=type(exc).__name__)
+            return wanted
         self.granted += granted
         return granted
 
@@ -48,7 +57,10 @@ class RecordQuota:
             return
         units = min(units, self.granted)
         self.granted -= units
-        await self.quota.give_back("records", str(self.organization_id), self.period, units)
+        try:
+            await self.quota.give_back("records", str(self.organization_id), self.period, units)
+        except RedisError as exc:
+            log.warning("record_quota_unavailable", error=type(exc).__name__)
 
     def refusal(self) -> str:
         upgrade = self.plan.next_tier

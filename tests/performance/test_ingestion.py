@@ -24,9 +24,9 @@ from apex.agents.tools.analyses import RECOMMENDERS, run_analyses
 from apex.demo import generate_month
 from apex.kit.db import Database
 from apex.settings import Settings
+from apex.usage.models import usd_to_nanos
 from apex.usage.pricing import Tokens, cost_of, default_catalogue
 from apex.usage.repository import SpendRepository
-from apex.usage.service import usd_to_nanos
 from apex.usage.spend import Window
 from tests.harness import ApexServer, PostgresCluster, RedisServer
 from tests.integration.conftest import redis_server, start_apex

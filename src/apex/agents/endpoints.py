@@ -16,7 +16,7 @@ from apex.agents.schemas import EventOut, ReportOut, RunIn, RunOut, StepOut
 from apex.identity.deps import Principal, RequirePermission
 from apex.kit.db import SessionDep
 from apex.kit.errors import Conflict
-from apex.usage.service import nanos_to_usd
+from apex.usage.models import nanos_to_usd
 
 router = APIRouter(prefix="/api/v1/agents", tags=["agents"])
 RUNS = "/runs"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -21,6 +22,15 @@ from sqlalchemy.orm import Mapped, mapped_column
 from apex.kit.models import Base, IdMixin, RecordModel, enum_check, utc_now
 
 NANOS_PER_USD = 1_000_000_000
+
+
+def usd_to_nanos(amount: Decimal) -> int:
+    """Dollars as the integer nano-dollars stored (half-even to the nano-dollar)."""
+    return int((amount * NANOS_PER_USD).to_integral_value(ROUND_HALF_EVEN))
+
+
+def nanos_to_usd(nanos: int) -> Decimal:
+    return Decimal(nanos) / NANOS_PER_USD
 
 
 class CallStatus(enum.StrEnum):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
-from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from pydantic import ValidationError
@@ -14,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from apex.kit.db import call_after_rollback
 from apex.kit.errors import NotFound, ValidationFailed
 from apex.kit.ids import new_id
-from apex.usage.models import NANOS_PER_USD, CostSource, PriceOverride
+from apex.usage.models import CostSource, PriceOverride, nanos_to_usd, usd_to_nanos
 from apex.usage.pricing import Catalogue, ModelPrice, Tokens, cost_of, default_catalogue
 from apex.usage.quota import RecordQuota
 from apex.usage.repository import PriceOverrideRepository, UsageRepository
@@ -27,14 +26,6 @@ from apex.usage.schemas import (
     UsageRecordOut,
     echo,
 )
-
-
-def usd_to_nanos(amount: Decimal) -> int:
-    return int((amount * NANOS_PER_USD).to_integral_value(ROUND_HALF_EVEN))
-
-
-def nanos_to_usd(nanos: int) -> Decimal:
-    return Decimal(nanos) / NANOS_PER_USD
 
 
 def tokens_of(record: UsageRecordIn) -> Tokens:
@@ -162,8 +153,8 @@ async def ingest(
             RecordResult(index=index, id=record.id, status="accepted", warnings=warnings)
         )
         rows.append(_row(organization_id, record, cost_nanos, source.value))
-    if quota is not None:
-        rows = await _within_quota(session, quota, rows, pending, results)
+    if quota is not None and quota.limit is not None:
+        rows = await _within_quota(session, organization_id, quota, rows, pending, results)
     inserted = await UsageRepository(session).insert_new(rows)
     if quota is not None:  # stored meanwhile by a concurrent batch: no quota used after all
         await quota.give_back(quota.granted - len(inserted))
@@ -184,6 +175,7 @@ async def ingest(
 
 async def _within_quota(
     session: AsyncSession,
+    organization_id: uuid.UUID,
     quota: RecordQuota,
     rows: list[dict[str, Any]],
     pending: dict[str, int],
@@ -191,15 +183,12 @@ async def _within_quota(
 ) -> list[dict[str, Any]]:
     """The rows to insert: those already stored (duplicates, which use no quota) and the new
     ones that fit the month's quota; the new ones that do not become rejections."""
-    organization_id = rows[0]["organization_id"] if rows else None
-    stored = (
-        await UsageRepository(session).stored_ids(organization_id, [r["record_id"] for r in rows])
-        if organization_id is not None
-        else set()
-    )
+    ids = [row["record_id"] for row in rows]
+    stored = await UsageRepository(session).stored_ids(organization_id, ids)
     new = [row for row in rows if row["record_id"] not in stored]
     granted = await quota.take(len(new))
-    call_after_rollback(session, lambda: quota.give_back(granted))
+    # On rollback, whatever is still held goes back (not what duplicates already returned).
+    call_after_rollback(session, lambda: quota.give_back(quota.granted))
     for row in new[granted:]:
         position = pending.pop(row["record_id"])
         results[position] = RecordResult(

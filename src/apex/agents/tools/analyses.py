@@ -16,7 +16,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, Literal
 
-from apex.usage.models import NANOS_PER_USD
+from apex.usage.models import NANOS_PER_USD, usd_to_nanos
 from apex.usage.pricing import (
     Capability,
     Catalogue,
@@ -284,7 +284,7 @@ def priced_groups(data: SpendData, catalogue: Catalogue) -> list[GroupRow]:
             continue
         price = catalogue.find(group.provider, group.model)
         if price is not None:
-            nanos = int((cost_of(price, group.tokens) * NANOS_PER_USD).to_integral_value())
+            nanos = usd_to_nanos(cost_of(price, group.tokens))
             priced.append(replace(group, cost_nanos=nanos, cost_source="catalogue"))
     return priced
 

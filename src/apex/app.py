@@ -25,6 +25,8 @@ from apex.identity.keys import KeyRing
 from apex.identity.oidc import OidcLogin
 from apex.identity.sessions import SessionStore
 from apex.identity.throttle import LoginThrottle
+from apex.identity.verification import MailLimit
+from apex.kit import mail
 from apex.kit.cache import TwoLevelCache
 from apex.kit.clock import Clock, SystemClock
 from apex.kit.db import Database
@@ -134,6 +136,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.keyring = keyring
     app.state.denylist = Denylist(redis, leeway=settings.token_leeway_seconds)
     app.state.mailer = app.state.mailer or create_mailer(settings)
+    app.state.mail_limit = MailLimit(redis, settings.mails_per_address_per_hour)
     app.state.api_limiter = FixedWindow(redis)
     app.state.quota = Quota(redis)
     app.state.login_throttle = LoginThrottle(
@@ -173,6 +176,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await mail.drain()
         await keyring.stop()
         await queue.stop()
         await relay.stop()

@@ -159,6 +159,12 @@ class Settings(BaseSettings):
         "Unset: mail is written to APEX_DATA_DIR/mail/.",
     )
     mail_from: str = Field(default="Apex <no-reply@apex.invalid>", min_length=3, max_length=320)
+    mails_per_address_per_hour: int = Field(
+        default=5,
+        ge=1,
+        le=100_000,
+        description="Sign-up and password-reset mails one address receives an hour, at most.",
+    )
 
     # --- security -------------------------------------------------------------------------
     secret_key: SecretStr | None = Field(

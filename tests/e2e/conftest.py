@@ -3,6 +3,7 @@
 from tests.integration.conftest import (  # noqa: F401 (fixtures, found by name)
     database_url,
     fresh_redis,
+    mail_server,
     postgres,
     start_apex,
     start_worker,

@@ -4,7 +4,9 @@ in a Maildir, for tests of what Apex sends."""
 from __future__ import annotations
 
 import mailbox
+import re
 import sys
+import time
 from email.message import Message
 
 from tests.harness.procs import (
@@ -43,3 +45,40 @@ class SmtpServer(ServiceProcess):
         if not self.maildir.exists():
             return []
         return list(mailbox.Maildir(str(self.maildir), create=False))
+
+    def keys(self) -> set[str]:
+        """The Maildir keys of the mails received so far (to tell later ones apart)."""
+        if not self.maildir.exists():
+            return set()
+        return set(mailbox.Maildir(str(self.maildir), create=False).keys())
+
+    def mails_since(self, seen: set[str]) -> list[tuple[str, Message]]:
+        """The mails received that are not among `seen`, oldest key first."""
+        if not self.maildir.exists():
+            return []
+        box = mailbox.Maildir(str(self.maildir), create=False)
+        return [(key, box[key]) for key in sorted(set(box.keys()) - seen)]
+
+    def next_mail(
+        self, to: str, *, seen: set[str], subject: str = "", timeout: float = 30
+    ) -> Message:
+        """The first mail to `to` (whose subject contains `subject`) that is not among
+        `seen`, waiting for it to arrive."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for _, mail in self.mails_since(seen):
+                if mail["To"] == to and subject in str(mail["Subject"]):
+                    return mail
+            if time.monotonic() > deadline:
+                raise HarnessError(f"no mail to {to} arrived within {timeout} s")
+            time.sleep(0.02)
+
+
+def token_in(mail: Message) -> str:
+    """The token a verification, reset or invitation mail carries."""
+    body = mail.get_payload(decode=True)
+    text = body.decode() if isinstance(body, bytes) else str(mail.get_payload())
+    found = re.search(r'"token": "([A-Za-z0-9_-]{20,})"', text)
+    if found is None:
+        raise HarnessError(f"no token in the mail:\n{text}")
+    return found.group(1)

@@ -7,11 +7,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi import FastAPI
 
+from apex.app import create_app
+from apex.kit.clock import Clock
+from apex.settings import Settings
 from tests.harness import ApexServer, ApexWorker, HarnessError, PostgresCluster, RedisServer
+from tests.harness.smtp import SmtpServer
 
 SECRET = "test-secret-key-0123456789-abcdefghijklmnop"
 
@@ -79,20 +87,64 @@ def fresh_redis() -> Iterator[RedisServer]:
     server.destroy()
 
 
+class SharedMail:
+    """The SMTP server every Apex process of this test session mails to (one per worker):
+    sign-up verification tokens are read from it (`critical.conftest.signup`)."""
+
+    server: SmtpServer | None = None
+
+    @classmethod
+    def get(cls) -> SmtpServer:
+        if cls.server is None:
+            raise HarnessError("the session's SMTP server is not running (mail_server fixture)")
+        return cls.server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mail_server() -> Iterator[SmtpServer]:
+    if SharedMail.server is not None:  # the fixture is imported by several directories
+        yield SharedMail.server
+        return
+    SharedMail.server = SmtpServer().start()
+    yield SharedMail.server
+    SharedMail.server.stop()
+    SharedMail.server = None
+
+
 # Tests sign in and call the API far more often than people do, all from 127.0.0.1, on Free
-# organisations: the per-address sign-in limit is raised and the plans' hourly API limits
-# are off for them; tests of the limits themselves (test_rate_limits.py) turn them on.
-TEST_DEFAULTS = {"login_attempts_per_minute": "10000", "enforce_api_limits": "false"}
+# organisations, and reuse addresses across tests: the per-address sign-in and mail limits
+# are raised and the plans' hourly API limits are off for them; tests of the limits
+# themselves (test_rate_limits.py) turn them on.
+TEST_DEFAULTS = {
+    "login_attempts_per_minute": "10000",
+    "mails_per_address_per_hour": "100000",
+    "enforce_api_limits": "false",
+}
 
 
 def apex_env(database_url: str, redis_url: str, **settings: str) -> dict[str, str]:
+    defaults = dict(TEST_DEFAULTS)
+    if SharedMail.server is not None:
+        defaults["smtp_url"] = SharedMail.server.url
     return {
         "APEX_DATABASE_URL": database_url,
         "APEX_REDIS_URL": redis_url,
         "APEX_SECRET_KEY": SECRET,
         "APEX_ENVIRONMENT": "test",
-        **{f"APEX_{key.upper()}": value for key, value in {**TEST_DEFAULTS, **settings}.items()},
+        **{f"APEX_{key.upper()}": value for key, value in {**defaults, **settings}.items()},
     }
+
+
+@asynccontextmanager
+async def in_process_app(data_dir: Path, clock: Clock, **settings: Any) -> AsyncIterator[FastAPI]:
+    """The app in this process (for tests that drive its clock), mailing the session's SMTP
+    server, started and stopped through its lifespan."""
+    mail = {"smtp_url": SharedMail.server.url} if SharedMail.server is not None else {}
+    application = create_app(
+        Settings(data_dir=data_dir, environment="test", **{**mail, **settings}), clock=clock
+    )
+    async with application.router.lifespan_context(application):
+        yield application
 
 
 @pytest.fixture

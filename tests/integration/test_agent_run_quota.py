@@ -13,10 +13,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from apex.app import create_app
 from apex.kit.clock import FrozenClock
-from apex.settings import Settings
-from tests.integration.critical.conftest import SIGNUP, bearer, signup_body
+from tests.integration.conftest import in_process_app
+from tests.integration.critical.conftest import bearer, signup_async
 
 RUNS = "/api/v1/agents/runs"
 QUESTION = {"question": "Where are we wasting money?"}
@@ -30,9 +29,7 @@ def clock() -> FrozenClock:
 @pytest.fixture
 async def app(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[FastAPI]:
     # Polling a run's status is many requests: the hourly API limit is not under test here.
-    settings = Settings(data_dir=tmp_path, environment="test", enforce_api_limits=False)
-    application = create_app(settings, clock=clock)
-    async with application.router.lifespan_context(application):
+    async with in_process_app(tmp_path, clock, enforce_api_limits=False) as application:
         yield application
 
 
@@ -40,7 +37,7 @@ async def app(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[FastAPI]:
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://apex.test") as http:
-        http.headers.update(bearer(await http.post(SIGNUP, json=signup_body())))
+        http.headers.update(bearer(await signup_async(http)))
         yield http
 
 

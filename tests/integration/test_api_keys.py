@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from apex.identity.endpoints import API_KEYS
+from apex.identity.endpoints import INVITATIONS as INVITATIONS_PATH
 from apex.identity.endpoints import MEMBERS as MEMBERS_PATH
 from tests.harness import ApexServer, PostgresCluster, RedisServer
 from tests.integration.critical.conftest import (
     bearer,
     database_name,
+    join,
     set_tier,
     signup,
     signup_body,
@@ -17,6 +19,7 @@ from tests.integration.critical.conftest import (
 
 KEYS = f"/api/v1{API_KEYS}"
 MEMBERS = f"/api/v1{MEMBERS_PATH}"
+INVITATIONS = f"/api/v1{INVITATIONS_PATH}"
 PASSWORD = signup_body()["password"]
 
 
@@ -115,11 +118,8 @@ def test_a_key_holds_its_rights_only_while_its_creator_does(
         owner_signup = signup(ca)
         owner = bearer(owner_signup)
         set_tier(postgres, database_url, owner_signup.json()["organization_id"], "early")
-        admin_signup = signup(ca)
-        admin_id = admin_signup.json()["user_id"]
-        email = ca.get("/api/v1/users/me", headers=bearer(admin_signup)).json()["email"]
-        added = ca.post(MEMBERS, headers=owner, json={"email": email, "role": "admin"})
-        assert added.status_code == 201, added.text
+        admin_account = join(ca, owner, "admin")
+        admin_id, email = admin_account["user_id"], admin_account["email"]
         org = ca.get("/api/v1/users/me", headers=owner).json()["memberships"][0]
         credentials = {
             "email": email,
@@ -145,9 +145,9 @@ def test_a_key_holds_its_rights_only_while_its_creator_does(
         assert refused.json()["detail"] == "This API key lacks the permission 'org:manage'."
         assert cb.get(MEMBERS, headers=key).status_code == 403  # org:read was never a scope
 
-        # Removed: the key acts for no one, and cannot add its creator back.
+        # Removed: the key acts for no one, and cannot invite its creator back.
         assert ca.delete(f"{MEMBERS}/{admin_id}", headers=owner).status_code == 204
-        back = cb.post(MEMBERS, headers=key, json={"email": email, "role": "admin"})
+        back = cb.post(INVITATIONS, headers=key, json={"email": email, "role": "admin"})
         assert back.status_code == 401
         assert "no longer a member" in back.json()["detail"]
         members = ca.get(MEMBERS, headers=owner).json()

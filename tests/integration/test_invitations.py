@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 from apex.identity.endpoints import INVITATIONS, MEMBERS
 from tests.harness import ApexServer, PostgresCluster, RedisServer
-from tests.harness.procs import wait_until
-from tests.harness.smtp import SmtpServer
-from tests.integration.critical.conftest import bearer, set_tier, signup
+from tests.harness.smtp import SmtpServer, token_in
+from tests.integration.critical.conftest import bearer, join, set_tier, signup
 
 
 def test_invitation_lifecycle(
@@ -106,18 +106,12 @@ def test_seats_count_members_and_pending_invitations(
         as_owner = bearer_of(owner)
         set_tier(postgres, database_url, owner["organization_id"], "early")
         for _ in range(3):
-            account = signup(client).json()
-            email = client.get("/api/v1/users/me", headers=bearer_of(account)).json()["email"]
-            added = client.post(f"/api/v1{MEMBERS}", headers=as_owner,
-                                json={"email": email, "role": "member"})  # fmt: skip
-            assert added.status_code == 201, added.text
+            join(client, as_owner, "member")
         invited = client.post(f"/api/v1{INVITATIONS}", headers=as_owner,
                               json={"email": "fifth@example.test"})  # fmt: skip
         assert invited.status_code == 201
-        sixth = signup(client).json()
-        sixth_email = client.get("/api/v1/users/me", headers=bearer_of(sixth)).json()["email"]
-        full = client.post(f"/api/v1{MEMBERS}", headers=as_owner,
-                           json={"email": sixth_email, "role": "member"})  # fmt: skip
+        full = client.post(f"/api/v1{INVITATIONS}", headers=as_owner,
+                           json={"email": "sixth@example.test"})  # fmt: skip
         assert full.status_code == 429
         assert "5 seats, all taken (4 members, 1 pending invitations)" in full.json()["detail"]
         # The invited person still gets in: their seat was held for them.
@@ -132,36 +126,35 @@ def test_the_invitee_is_mailed_the_invitation(
     postgres: PostgresCluster,
     database_url: str,
     redis_server: RedisServer,
+    mail_server: SmtpServer,
     start_apex: Callable[..., ApexServer],
 ) -> None:
     """Through a real SMTP server: the invitation mail reaches the invited address with a
     token that works; an invitation refused (no seat) mails nobody."""
-    smtp = SmtpServer().start()
-    try:
-        server = start_apex(database_url, redis_server.url, smtp_url=smtp.url,
-                            mail_from="Apex <apex@example.test>")  # fmt: skip
-        with server.client() as client:
-            owner = signup(client).json()
-            as_owner = bearer_of(owner)
-            refused = client.post(f"/api/v1{INVITATIONS}", headers=as_owner,
-                                  json={"email": "nobody@example.test"})  # fmt: skip
-            assert refused.status_code == 429  # Free: no seat, and so no mail
-            set_tier(postgres, database_url, owner["organization_id"], "early")
-            colleague_invite = {"email": "colleague@example.test", "role": "member"}
-            invited = client.post(f"/api/v1{INVITATIONS}", headers=as_owner, json=colleague_invite)
-            assert invited.status_code == 201, invited.text
-            assert wait_until(lambda: len(smtp.messages()) == 1, timeout=10), smtp.messages()
-            [mail] = smtp.messages()
-            assert mail["To"] == "colleague@example.test"
-            assert mail["From"] == "Apex <apex@example.test>"
-            assert "invited to" in mail["Subject"]
-            body = str(mail.get_payload())
-            token = body.split('{"token": "')[1].split('"')[0]
-            colleague = bearer(signup(client, email="colleague@example.test"))
-            joined = client.post("/api/v1/invitations/accept", headers=colleague,
-                                 json={"token": token})  # fmt: skip
-            assert joined.status_code == 200, joined.text
-            assert "mail_sent" in server.logs()
-            assert token not in server.logs()  # logged: recipient and subject, never the body
-    finally:
-        smtp.stop()
+    server = start_apex(database_url, redis_server.url, mail_from="Apex <apex@example.test>")
+    with server.client() as client:
+        owner = signup(client).json()
+        as_owner = bearer_of(owner)
+        before_refusal = mail_server.keys()
+        refused = client.post(f"/api/v1{INVITATIONS}", headers=as_owner,
+                              json={"email": "nobody@example.test"})  # fmt: skip
+        assert refused.status_code == 429  # Free: no seat, and so no mail
+        set_tier(postgres, database_url, owner["organization_id"], "early")
+        colleague = f"colleague-{uuid.uuid4().hex[:8]}@example.test"
+        seen = mail_server.keys()
+        invited = client.post(f"/api/v1{INVITATIONS}", headers=as_owner,
+                              json={"email": colleague, "role": "member"})  # fmt: skip
+        assert invited.status_code == 201, invited.text
+        mail = mail_server.next_mail(colleague, seen=seen)
+        assert mail["From"] == "Apex <apex@example.test>"
+        assert "invited to" in mail["Subject"]
+        token = token_in(mail)
+        as_colleague = bearer(signup(client, email=colleague))
+        joined = client.post("/api/v1/invitations/accept", headers=as_colleague,
+                             json={"token": token})  # fmt: skip
+        assert joined.status_code == 200, joined.text
+        to_nobody = [m for k, m in mail_server.mails_since(before_refusal)
+                     if m["To"] == "nobody@example.test"]  # fmt: skip
+        assert to_nobody == []
+        assert "mail_sent" in server.logs()
+        assert token not in server.logs()  # logged: recipient and subject, never the body

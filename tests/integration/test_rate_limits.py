@@ -15,11 +15,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from apex.app import create_app
 from apex.kit.clock import FrozenClock
-from apex.settings import Settings
 from tests.harness import ApexServer, RedisServer
-from tests.integration.critical.conftest import SIGNUP, bearer, signup, signup_body
+from tests.integration.conftest import in_process_app
+from tests.integration.critical.conftest import bearer, signup, signup_async, signup_body
 
 ORG = "/api/v1/organizations/current"
 TOKEN = "/api/v1/auth/token"
@@ -72,15 +71,14 @@ def clock() -> FrozenClock:
 
 @pytest.fixture
 async def app(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[FastAPI]:
-    application = create_app(Settings(data_dir=tmp_path, environment="test"), clock=clock)
-    async with application.router.lifespan_context(application):
+    async with in_process_app(tmp_path, clock) as application:
         yield application
 
 
 async def test_the_hourly_limit_resets_on_the_hour(app: FastAPI, clock: FrozenClock) -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://apex.test") as client:
-        client.headers.update(bearer(await client.post(SIGNUP, json=signup_body())))
+        client.headers.update(bearer(await signup_async(client)))
         for _ in range(100):
             assert (await client.get(ORG)).status_code == 200
         refused = await client.get(ORG)
@@ -157,7 +155,7 @@ async def test_records_past_the_monthly_quota_are_rejected_by_name(
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://apex.test") as client:
         account = signup_body()
-        signed_up = (await client.post(SIGNUP, json=account)).json()
+        signed_up = (await signup_async(client, **account)).json()
         client.headers.update({"Authorization": f"Bearer {signed_up['access_token']}"})
         organization = signed_up["organization_id"]
         quota = app.state.quota
@@ -198,7 +196,7 @@ def test_limits_are_guard_rails_not_dependencies(
     server = start_apex(database_url, fresh_redis.url, enforce_api_limits="true")
     with server.client() as client:
         account = signup_body()
-        headers = bearer(client.post(SIGNUP, json=account))
+        headers = bearer(signup(client, **account))
         assert client.get(ORG, headers=headers).headers["RateLimit-Policy"] == "100;w=3600"
         fresh_redis.kill()
         read = client.get(ORG, headers=headers)

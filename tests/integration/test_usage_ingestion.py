@@ -175,7 +175,7 @@ def test_cli_ingest_resumes_after_kill_and_counts_each_record_once(
     server = start_apex(database_url, redis_server.url)
     database = database_name(database_url)
     with server.client() as client:
-        signup(client, organization_name="Ingest Co")
+        assert signup(client, organization_name="Ingest Co").status_code == 201
     slug = postgres.sql("SELECT slug FROM organizations", database).strip()
     lines = 20_000
     path = tmp_path / "usage.jsonl"
@@ -260,7 +260,7 @@ def test_cli_ingest_killed_inside_a_batch_loses_and_doubles_nothing(
     server = start_apex(database_url, redis_server.url)
     database = database_name(database_url)
     with server.client() as client:
-        signup(client, organization_name="Crash Co")
+        assert signup(client, organization_name="Crash Co").status_code == 201
     slug = postgres.sql("SELECT slug FROM organizations", database).strip()
     lines, batch = 1_000, 100
     path = tmp_path / "usage.csv"

@@ -1,3 +1,3 @@
-from tests.integration.conftest import database_url, postgres, template_database
+from tests.integration.conftest import database_url, mail_server, postgres, template_database
 
-__all__ = ["database_url", "postgres", "template_database"]
+__all__ = ["database_url", "mail_server", "postgres", "template_database"]

@@ -7,9 +7,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from apex.identity import apikeys, invitations, refresh, service
+from apex.identity import apikeys, invitations, refresh, service, verification
 from apex.identity.deps import CacheDep, CurrentPerson, Principal, RequirePermission
-from apex.identity.models import Role
+from apex.identity.models import Role, TokenPurpose
 from apex.identity.oidc import BINDING_COOKIE
 from apex.identity.repository import (
     ApiKeyRepository,
@@ -18,24 +18,26 @@ from apex.identity.repository import (
     UserRepository,
 )
 from apex.identity.schemas import (
-    AcceptInvitation,
     ApiKeyOut,
     InvitationOut,
     LoginRequest,
+    MailSent,
     MemberOut,
     MembershipOut,
     NewApiKey,
     NewApiKeyOut,
     NewInvitation,
     NewInvitationOut,
-    NewMember,
     OrganizationOut,
     OrganizationUpdate,
+    PasswordResetConfirm,
+    PasswordResetRequest,
     RefreshRequest,
     RoleChange,
     SessionInfo,
     SessionOut,
     SignupRequest,
+    TokenIn,
     TokenResponse,
     UserOut,
 )
@@ -85,11 +87,66 @@ async def _token_pair(
     )
 
 
-@router.post("/auth/signup", status_code=201, response_model=TokenResponse)
-async def signup(body: SignupRequest, request: Request, session: SessionDep) -> TokenResponse:
-    """Create an account with its own organisation on the Free tier."""
-    user, organization = await service.signup(session, body, request.app.state.failpoints)
+SENT = "Check your mail: it says how to go on."
+
+
+@router.post("/auth/signup", status_code=202, response_model=MailSent)
+async def signup(body: SignupRequest, request: Request, session: SessionDep) -> MailSent:
+    """Ask for an account with its own organisation on the Free tier. The same answer
+    whether or not the address has an account: a new address is mailed a verification
+    token (the account is created by `POST /auth/verify`), a known one a note to sign in."""
+    state = request.app.state
+    now = state.clock.now()
+    token = await verification.request_signup(session, body, now)
+    purpose = TokenPurpose.VERIFY_SIGNUP
+    if await state.mail_limit.allows(purpose, body.email, now.timestamp()):
+        if token is None:
+            subject, text = "You already have an Apex account", verification.ALREADY_REGISTERED_TEXT
+        else:
+            subject, text = "Confirm your address for Apex", verification.verification_text(token)
+        send_after_commit(session, state.mailer, body.email, subject, text)
+    return MailSent(email=body.email, detail=SENT)
+
+
+@router.post("/auth/verify", status_code=201, response_model=TokenResponse)
+async def verify(body: TokenIn, request: Request, session: SessionDep) -> TokenResponse:
+    """Spend a sign-up's verification token: the account, its organisation (Free), its
+    owner membership and welcome thread are created in one transaction; returns tokens."""
+    state = request.app.state
+    user, organization = await verification.verify_signup(
+        session, body.token, state.clock.now(), state.failpoints
+    )
     return await _token_pair(request, session, user.id, organization.id)
+
+
+@router.post("/auth/password-reset", status_code=202, response_model=MailSent)
+async def request_password_reset(
+    body: PasswordResetRequest, request: Request, session: SessionDep
+) -> MailSent:
+    """Mail a single-use reset token to the address if an active account uses it. The same
+    answer either way."""
+    state = request.app.state
+    now = state.clock.now()
+    token = await verification.request_reset(session, body.email, now)
+    purpose = TokenPurpose.RESET_PASSWORD
+    if token is not None and await state.mail_limit.allows(purpose, body.email, now.timestamp()):
+        text = verification.reset_text(token)
+        send_after_commit(session, state.mailer, body.email, "Reset your Apex password", text)
+    return MailSent(email=body.email, detail=SENT)
+
+
+@router.post("/auth/password-reset/confirm", status_code=204)
+async def confirm_password_reset(
+    body: PasswordResetConfirm, request: Request, session: SessionDep
+) -> None:
+    """Set a new password with a reset token. Every session and refresh token of the
+    account ends, and its sign-in delays are cleared."""
+    state = request.app.state
+    now = state.clock.now()
+    user = await verification.reset_password(session, body.token, body.password, now)
+    await refresh.revoke_user(session, user.id, now)
+    await state.sessions.revoke_all(user.id)
+    await state.login_throttle.cleared(user.email)
 
 
 def client_address(request: Request) -> str:
@@ -329,26 +386,6 @@ async def list_members(
     return [MemberOut(user_id=m.user_id, email=email, role=Role(m.role)) for m, email in rows]
 
 
-@router.post(MEMBERS, status_code=201, response_model=MemberOut)
-async def add_member(
-    body: NewMember,
-    request: Request,
-    principal: Annotated[Principal, RequirePermission("members:manage")],
-    session: SessionDep,
-) -> MemberOut:
-    await invitations.ensure_free_seat(
-        session, principal.organization_id, request.app.state.clock.now()
-    )
-    membership = await service.add_member(
-        session,
-        principal.organization_id,
-        actor_role=principal.role,
-        email=body.email,
-        role=body.role,
-    )
-    return MemberOut(user_id=membership.user_id, email=body.email, role=Role(membership.role))
-
-
 @router.patch(MEMBERS + "/{user_id}", response_model=MemberOut)
 async def change_member_role(
     user_id: uuid.UUID,
@@ -438,7 +475,7 @@ async def revoke_invitation(
 
 @router.post("/invitations/accept", response_model=MemberOut)
 async def accept_invitation(
-    body: AcceptInvitation, request: Request, principal: CurrentPerson, session: SessionDep
+    body: TokenIn, request: Request, principal: CurrentPerson, session: SessionDep
 ) -> MemberOut:
     """Join the inviting organisation, as the account the invitation was addressed to."""
     if principal.key_permissions is not None:

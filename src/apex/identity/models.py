@@ -137,3 +137,24 @@ class Invitation(RecordModel):
     expires_at: Mapped[datetime]
     accepted_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+
+class TokenPurpose(enum.StrEnum):
+    VERIFY_SIGNUP = "verify_signup"
+    RESET_PASSWORD = "reset_password"  # noqa: S105 (a purpose, not a password)
+
+
+class EmailToken(RecordModel):
+    """A single-use token mailed to an address to prove the reader holds it: a sign-up's
+    verification (the account is created when it is used; `payload` keeps what the sign-up
+    asked for, the password as its hash) or a password reset. Only its SHA-256 is stored."""
+
+    __tablename__ = "email_tokens"
+    __table_args__ = (CheckConstraint(enum_check("purpose", TokenPurpose), name="purpose"),)
+
+    purpose: Mapped[str] = mapped_column(String(20))
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]

@@ -31,6 +31,26 @@ class SignupRequest(BaseModel):
     )
 
 
+class MailSent(BaseModel):
+    """The same answer whether or not an account uses the address."""
+
+    email: str
+    detail: str
+
+
+class TokenIn(BaseModel):
+    token: Text = Field(min_length=20, max_length=200)
+
+
+class PasswordResetRequest(BaseModel):
+    email: Email
+
+
+class PasswordResetConfirm(BaseModel):
+    token: Text = Field(min_length=20, max_length=200)
+    password: Text = Field(min_length=12, max_length=256)
+
+
 class LoginRequest(BaseModel):
     email: Email
     password: Text = Field(min_length=1, max_length=256)
@@ -56,11 +76,6 @@ class MemberOut(BaseModel):
     user_id: uuid.UUID
     email: str
     role: Role
-
-
-class NewMember(BaseModel):
-    email: Email
-    role: Role = Role.MEMBER
 
 
 class RoleChange(BaseModel):
@@ -118,10 +133,6 @@ class InvitationOut(BaseModel):
 
 class NewInvitationOut(InvitationOut):
     token: str = Field(description="Send it to the invitee; shown once.")
-
-
-class AcceptInvitation(BaseModel):
-    token: Text = Field(min_length=20, max_length=200)
 
 
 class OrganizationOut(BaseModel):

@@ -9,14 +9,13 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.identity.models import Membership, Organization, Role, User
-from apex.identity.passwords import hash_password, verify_password
+from apex.identity.passwords import verify_password
 from apex.identity.repository import (
     MemberRepository,
     MembershipRepository,
     OrganizationRepository,
     UserRepository,
 )
-from apex.identity.schemas import SignupRequest
 from apex.kit.cache import TwoLevelCache, invalidate_after_commit
 from apex.kit.errors import Conflict, Forbidden, NotFound, Unauthorized
 from apex.kit.failpoints import NO_FAILPOINTS, Failpoints
@@ -32,23 +31,6 @@ WELCOME = (
 def slugify(name: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:90]
     return slug or "org"
-
-
-async def signup(
-    session: AsyncSession, data: SignupRequest, failpoints: Failpoints
-) -> tuple[User, Organization]:
-    """An email-and-password account; see `create_account`."""
-    if await UserRepository(session).get_by_email(data.email) is not None:
-        raise Conflict("An account with this email already exists.", field="email")
-    return await create_account(
-        session,
-        email=data.email,
-        display_name=data.display_name,
-        password_hash=await hash_password(data.password),
-        organization_name=data.organization_name,
-        organization_slug=data.organization_slug,
-        failpoints=failpoints,
-    )
 
 
 async def create_account(
@@ -174,24 +156,6 @@ async def rename_organization(
     await session.flush()
     invalidate_after_commit(session, organization_key(organization_id))
     return org
-
-
-async def add_member(
-    session: AsyncSession, organization_id: uuid.UUID, *, actor_role: str, email: str, role: Role
-) -> Membership:
-    """Add an existing account to the organisation with `role`."""
-    check_may_grant(actor_role, role)
-    user = await UserRepository(session).get_by_email(email)
-    if user is None:
-        raise NotFound("No account uses this email address.", field="email")
-    members = MemberRepository(session, organization_id)
-    if await members.of_user(user.id) is not None:
-        raise Conflict("This account is already a member.", field="email")
-    membership = await members.add(
-        Membership(organization_id=organization_id, user_id=user.id, role=role.value)
-    )
-    invalidate_after_commit(session, role_key(user.id, organization_id))
-    return membership
 
 
 async def change_role(

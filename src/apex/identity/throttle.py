@@ -91,6 +91,14 @@ class LoginThrottle:
         except RedisError as exc:
             log.warning("login_throttle_unavailable", error=type(exc).__name__)
 
+    async def cleared(self, email: str) -> None:
+        """Forget the account's own delays (its owner proved the address by mail); delays
+        of the addresses that guessed stay."""
+        try:
+            await self.account.succeeded(_account(email))
+        except RedisError as exc:
+            log.warning("login_throttle_unavailable", error=type(exc).__name__)
+
     async def succeeded(self, email: str, address: str) -> None:
         account = _account(email)
         try:

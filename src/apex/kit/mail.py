@@ -6,7 +6,10 @@
   `.eml` file and logged (recipient and subject, never the body: it may carry a token).
 
 Mail is sent after the transaction that decided it commits (`send_after_commit`), so a
-rolled-back change mails nobody. A mail that cannot be sent is logged as an error.
+rolled-back change mails nobody, and outside the request: how long a mail server takes
+must not tell a caller which mail was sent (sign-up answers the same for known and new
+addresses). Shutdown waits for mails in flight (`drain`). A mail that cannot be sent is
+logged as an error.
 """
 
 from __future__ import annotations
@@ -89,10 +92,14 @@ def create_mailer(settings: Settings) -> Mailer:
     return SmtpMailer(settings.smtp_url.get_secret_value(), settings.mail_from)
 
 
+_in_flight: set[asyncio.Task[None]] = set()
+
+
 def send_after_commit(
     session: AsyncSession, mailer: Mailer, to: str, subject: str, text: str
 ) -> None:
-    """Send once the session's transaction has committed; never on rollback."""
+    """Send once the session's transaction has committed (never on rollback), in the
+    background."""
 
     async def send() -> None:
         try:
@@ -100,4 +107,19 @@ def send_after_commit(
         except Exception as exc:
             log.error("mail_failed", to=to, subject=subject, error=type(exc).__name__)
 
-    call_after_commit(session, send)
+    async def start() -> None:
+        task = asyncio.create_task(send())
+        _in_flight.add(task)
+        task.add_done_callback(_in_flight.discard)
+
+    call_after_commit(session, start)
+
+
+async def drain(wait_seconds: float = 10) -> None:
+    """Wait (up to `wait_seconds`) for the mails still being sent."""
+    if _in_flight:
+        _, late = await asyncio.wait(set(_in_flight), timeout=wait_seconds)
+        for task in late:
+            task.cancel()
+        if late:
+            log.error("mail_abandoned", count=len(late))

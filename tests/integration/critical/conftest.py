@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import httpx
 
 from tests.harness import PostgresCluster
+from tests.harness.smtp import token_in
+from tests.integration.conftest import SharedMail
 
 CORE_TABLES = ("users", "organizations", "memberships", "threads", "messages", "outbox_messages")
 
 
 SIGNUP = "/api/v1/auth/signup"
+VERIFY = "/api/v1/auth/verify"
+VERIFICATION_SUBJECT = "Confirm your address"
+INVITATIONS = "/api/v1/organizations/current/invitations"
 
 
 def signup_body(**overrides: Any) -> dict[str, Any]:
@@ -27,7 +33,50 @@ def signup_body(**overrides: Any) -> dict[str, Any]:
 
 
 def signup(client: httpx.Client, **overrides: Any) -> httpx.Response:
-    return client.post(SIGNUP, json=signup_body(**overrides))
+    """Sign up as a person does: ask (202), read the verification mail the session's SMTP
+    server received, spend its token. The verification's answer (201 with tokens), or the
+    sign-up's own if it was refused."""
+    body = signup_body(**overrides)
+    mail = SharedMail.get()
+    seen = mail.keys()
+    asked = client.post(SIGNUP, json=body)
+    if asked.status_code != 202:
+        return asked
+    token = token_in(mail.next_mail(body["email"], seen=seen, subject=VERIFICATION_SUBJECT))
+    return client.post(VERIFY, json={"token": token})
+
+
+async def signup_async(client: httpx.AsyncClient, **overrides: Any) -> httpx.Response:
+    """`signup` for an async client."""
+    body = signup_body(**overrides)
+    mail = SharedMail.get()
+    seen = mail.keys()
+    asked = await client.post(SIGNUP, json=body)
+    if asked.status_code != 202:
+        return asked
+    received = await asyncio.to_thread(
+        mail.next_mail, body["email"], seen=seen, subject=VERIFICATION_SUBJECT
+    )
+    return await client.post(VERIFY, json={"token": token_in(received)})
+
+
+def join(
+    client: httpx.Client, owner: dict[str, str], role: str, **overrides: Any
+) -> dict[str, Any]:
+    """A new account that accepts the owner's invitation with `role`: its sign-up tokens
+    (acting for its own organisation) and `email`. Log in with `organization_id` to act
+    for the owner's."""
+    account = signup(client, **overrides)
+    assert account.status_code == 201, account.text
+    auth = bearer(account)
+    email = client.get("/api/v1/users/me", headers=auth).json()["email"]
+    invited = client.post(INVITATIONS, headers=owner, json={"email": email, "role": role})
+    assert invited.status_code == 201, invited.text
+    accepted = client.post(
+        "/api/v1/invitations/accept", headers=auth, json={"token": invited.json()["token"]}
+    )
+    assert accepted.status_code == 200, accepted.text
+    return {**account.json(), "email": email}
 
 
 def bearer(response: httpx.Response) -> dict[str, str]:

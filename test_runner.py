@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -58,6 +59,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="pytest-xdist workers; 1 runs in-process (default: 2)",
     )
     parser.add_argument("--list", action="store_true", help="list the selected tests and exit")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the selection N times in a row, stopping at the first failing round",
+    )
+    parser.add_argument(
+        "--busy-loops",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep N CPU-bound processes spinning beside the run (to show it does not flake)",
+    )
     return parser.parse_args(argv)
 
 
@@ -97,6 +112,31 @@ def leftovers(run_id: str) -> list[tuple[int, str]]:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy_loops)
+    ]
+    try:
+        for round_number in range(1, args.repeat + 1):
+            started = time.monotonic()
+            code = run_once(args)
+            took = time.monotonic() - started
+            if args.repeat > 1 or spinners:
+                verdict = "passed" if code == 0 else f"FAILED (exit {code})"
+                print(
+                    f"test_runner: round {round_number}/{args.repeat} {verdict} in {took:.0f} s"
+                    f" with {len(spinners)} busy loops beside it",
+                    flush=True,
+                )
+            if code != 0:
+                return code
+        return 0
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def run_once(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     # Names this run's harness folders, so the sweep below ends only this run's processes.
     run_id = env["APEX_TEST_RUN_ID"] = uuid.uuid4().hex[:12]

@@ -58,11 +58,11 @@ async def test_a_cancelled_analysis_does_not_outlive_its_step() -> None:
         ]
         return bool(children)
 
-    assert await eventually(started, within=10)
+    assert await eventually(started, within=30)
     pid = children[0].pid
     assert pid is not None
     assert _alive(pid)
     running.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
-    assert await eventually(lambda: not _alive(pid), within=5)
+    assert await eventually(lambda: not _alive(pid), within=30)

@@ -145,7 +145,7 @@ def test_no_process_outlives_the_test_run(ending: str, tmp_path: Path) -> None:
         )
     child.wait(timeout=30)
 
-    assert wait_until(lambda: not any(_pid_alive(pid) for pid in started["pids"]), 10), [
+    assert wait_until(lambda: not any(_pid_alive(pid) for pid in started["pids"]), 30), [
         pid for pid in started["pids"] if _pid_alive(pid)
     ]
     if ending != "sigkill":  # a killed process cannot clean its folders; its servers still die

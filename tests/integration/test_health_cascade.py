@@ -106,15 +106,15 @@ def test_readiness_reports_a_hung_dependency_within_its_timeout(
         redis_socket_timeout="5",
     )
     blocker = redis.Redis.from_url(fresh_redis.url, socket_timeout=10)
-    sleeper = threading.Thread(target=blocker.execute_command, args=("DEBUG", "SLEEP", "3"))
+    sleeper = threading.Thread(target=blocker.execute_command, args=("DEBUG", "SLEEP", "5"))
     with server.client() as client:
         assert client.get("/health/ready").status_code == 200
         sleeper.start()
-        assert wait_until(lambda: _blocked(fresh_redis.url), 2)
+        assert wait_until(lambda: _blocked(fresh_redis.url), 10)
         status, checks = _ready(client)
         sleeper.join()
         assert status == 503
         assert checks["redis"]["error"] == "timed out after 0.5s"
         assert checks["database"]["status"] == "ok"
-        assert wait_until(lambda: _ready(client)[0] == 200, 5)
+        assert wait_until(lambda: _ready(client)[0] == 200, 30)
     blocker.close()

@@ -39,6 +39,7 @@ CORE_TABLES = {
     "price_overrides",
     "agent_runs",
     "agent_steps",
+    "email_tokens",
 }
 
 

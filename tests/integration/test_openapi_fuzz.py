@@ -14,7 +14,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import ignored_auth
 
 from tests.harness import ApexServer, PostgresCluster, RedisServer
-from tests.integration.conftest import SECRET
+from tests.integration.conftest import apex_env
 from tests.integration.critical.conftest import bearer, signup
 
 _server: dict[str, Any] = {}
@@ -25,14 +25,7 @@ def api_schema(
     postgres: PostgresCluster, template_database: str, redis_server: RedisServer
 ) -> Iterator[Any]:
     name = postgres.create_database(template=template_database)
-    server = ApexServer(
-        {
-            "APEX_DATABASE_URL": postgres.url(name),
-            "APEX_REDIS_URL": redis_server.url,
-            "APEX_SECRET_KEY": SECRET,
-            "APEX_ENVIRONMENT": "test",
-        }
-    ).start()
+    server = ApexServer(apex_env(postgres.url(name), redis_server.url)).start()
     with httpx.Client(base_url=server.base_url, timeout=10) as client:
         _server["auth"] = bearer(signup(client))
     schema = schemathesis.openapi.from_url(f"{server.base_url}/openapi.json")

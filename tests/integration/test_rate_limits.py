@@ -8,8 +8,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -31,6 +33,10 @@ def test_a_free_plan_gets_exactly_its_hourly_requests_across_instances(
     """4 clients x 250 requests over 2 instances, on Free's 100 an hour: exactly 100 pass."""
     limits = {"enforce_api_limits": "true"}
     servers = [start_apex(database_url, redis_server.url, **limits) for _ in range(2)]
+    # Real processes keep real time: windows are whole hours, so start well inside one.
+    into_hour = time.time() % 3600
+    if into_hour > 3600 - 120:
+        time.sleep(3600 - into_hour + 1)
     with servers[0].client() as client:
         headers = bearer(signup(client))
     statuses: Counter[int] = Counter()
@@ -90,52 +96,66 @@ async def test_the_hourly_limit_resets_on_the_hour(app: FastAPI, clock: FrozenCl
         assert again.headers["RateLimit"] == "limit=100, remaining=99, reset=3600"
 
 
-def test_guessing_a_password_slows_down_and_never_locks_the_owner_out(
-    fresh_redis: RedisServer, database_url: str, start_apex: Callable[..., ApexServer]
+@asynccontextmanager
+async def _client_of(
+    tmp_path: Path, clock: FrozenClock, **settings: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an in-process app whose time is `clock`: the throttle's windows and
+    delays move only when the test moves the clock, however slow the machine."""
+    async with in_process_app(tmp_path, clock, **settings) as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://apex.test") as client:
+            yield client
+
+
+async def test_guessing_a_password_slows_down_and_never_locks_the_owner_out(
+    tmp_path: Path, clock: FrozenClock
 ) -> None:
-    server = start_apex(database_url, fresh_redis.url, login_failures_before_delay="5",
-                        login_delay_cap_seconds="2")  # fmt: skip
-    with server.client() as client:
-        owner = signup(client)
-        email = client.get("/api/v1/users/me", headers=bearer(owner)).json()["email"]
-        other = client.get("/api/v1/users/me", headers=bearer(signup(client))).json()["email"]
-        guesses = Counter(
-            client.post(TOKEN, json={"email": email, "password": f"guess-{n}"}).status_code
-            for n in range(10)
-        )
+    settings = {"login_failures_before_delay": 5, "login_delay_cap_seconds": 2}
+    async with _client_of(tmp_path, clock, **settings) as client:
+        owner = await signup_async(client)
+        email = (await client.get("/api/v1/users/me", headers=bearer(owner))).json()["email"]
+        other_account = bearer(await signup_async(client))
+        other = (await client.get("/api/v1/users/me", headers=other_account)).json()["email"]
+        guesses: Counter[int] = Counter()
+        for n in range(10):
+            guess = {"email": email, "password": f"guess-{n}"}
+            guesses[(await client.post(TOKEN, json=guess)).status_code] += 1
         # Five wrong answers, then a wait: the other five guesses were never checked.
         assert guesses == {401: 5, 429: 5}
-        delayed = client.post(TOKEN, json={"email": email, "password": PASSWORD})
+        right = {"email": email, "password": PASSWORD}
+        delayed = await client.post(TOKEN, json=right)
         assert delayed.status_code == 429
         wait = float(delayed.headers["Retry-After"])
         assert 1 <= wait <= 2  # capped: a delay, not a lockout
         # Another account from the same address is not slowed by this one's guesses.
-        assert client.post(TOKEN, json={"email": other, "password": PASSWORD}).status_code == 200
-        time.sleep(wait)
-        assert client.post(TOKEN, json={"email": email, "password": PASSWORD}).status_code == 200
+        other_login = await client.post(TOKEN, json={"email": other, "password": PASSWORD})
+        assert other_login.status_code == 200
+        clock.advance(wait)
+        assert (await client.post(TOKEN, json=right)).status_code == 200
         # A success clears the delay: the next wrong password is an ordinary 401.
-        wrong = client.post(TOKEN, json={"email": email, "password": "nope"})
+        wrong = await client.post(TOKEN, json={"email": email, "password": "nope"})
         assert wrong.status_code == 401
         # An unknown account is answered the same way: no hint it does not exist.
-        unknown = [
-            client.post(TOKEN, json={"email": "nobody@example.test", "password": "x"})
-            for _ in range(6)
-        ]
+        nobody = {"email": "nobody@example.test", "password": "x"}
+        unknown = [await client.post(TOKEN, json=nobody) for _ in range(6)]
         assert [u.status_code for u in unknown] == [401] * 5 + [429]
         assert unknown[0].json()["detail"] == wrong.json()["detail"]
 
 
-def test_one_address_gets_a_bounded_number_of_attempts_a_minute(
-    fresh_redis: RedisServer, database_url: str, start_apex: Callable[..., ApexServer]
+async def test_one_address_gets_a_bounded_number_of_attempts_a_minute(
+    tmp_path: Path, clock: FrozenClock
 ) -> None:
-    server = start_apex(database_url, fresh_redis.url, login_attempts_per_minute="10")
-    with server.client() as client:
+    async with _client_of(tmp_path, clock, login_attempts_per_minute=10) as client:
         answers = [
-            client.post(TOKEN, json={"email": f"u{n}@example.test", "password": "x"})
+            await client.post(TOKEN, json={"email": f"u{n}@example.test", "password": "x"})
             for n in range(12)
         ]
-    assert [a.status_code for a in answers] == [401] * 10 + [429] * 2
-    assert "from your address" in answers[-1].json()["detail"]
+        assert [a.status_code for a in answers] == [401] * 10 + [429] * 2
+        assert "from your address" in answers[-1].json()["detail"]
+        clock.advance(60)  # the next minute's window
+        after = await client.post(TOKEN, json={"email": "u0@example.test", "password": "x"})
+        assert after.status_code == 401
 
 
 def _records(prefix: str, count: int) -> list[dict[str, object]]:

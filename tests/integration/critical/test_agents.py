@@ -456,8 +456,10 @@ def test_agent_failure_recovery_integration(stack: Stack) -> None:
     log = stack.llm.requests()
     assert [entry["status"] for entry in log] == [429, 500, 200, 200, 200, 200]
     gaps = [log[1]["t"] - log[0]["t"], log[2]["t"] - log[1]["t"]]
-    assert 1.0 <= gaps[0] < 1.6, gaps
-    assert gaps[1] < 0.4 + 0.3, gaps
+    # Lower bounds hold by causality; upper bounds are loose (a loaded machine adds delay)
+    # but still catch a retry that waits a policy too many.
+    assert 1.0 <= gaps[0] < 3.0, gaps
+    assert gaps[1] < 1.5, gaps
     assert "agent_fallback" not in _types(stack.events(run_id))
     reference = _numbers(stack.report(run_id)["report"])
     assert {(r["kind"], r["workload"]) for r in reference["recommendations"]} == set(EXPECTED)
@@ -477,8 +479,9 @@ def test_agent_failure_recovery_integration(stack: Stack) -> None:
     assert "llm_circuit_opened" in first.logs()
     assert _numbers(stack.report(run_id)["report"]) == reference
 
-    # After the reset time one probe goes through; it succeeds and the circuit closes.
-    time.sleep(4.2)
+    # After the reset time one probe goes through; it succeeds and the circuit closes. (The
+    # circuit opened before the run ended: waiting the reset time from here always suffices.)
+    time.sleep(4 + 0.2)
     stack.llm.reset()
     stack.llm.script(ALL_INTENTS)
     run_id = stack.start_run().json()["id"]
@@ -501,7 +504,7 @@ def test_agent_failure_recovery_integration(stack: Stack) -> None:
         ),
         timeout=60,
     )
-    assert wait_until(lambda: len(stack.llm.requests()) == 2, timeout=10)
+    assert wait_until(lambda: len(stack.llm.requests()) == 2, timeout=30)
     step_worker = stack.sql(
         f"SELECT worker FROM agent_steps WHERE run_id = '{run_id}' AND name = 'optimisation'"  # noqa: S608
     )
@@ -621,7 +624,7 @@ def test_agent_resource_management_integration(stack: Stack) -> None:
     cancelled = stack.client.post(f"{RUNS}/{run_id}/cancel", headers=stack.headers)
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["status"] == "cancelled"
-    assert wait_until(lambda: "agent_step_cancelled" in runaway.logs(), timeout=10)
+    assert wait_until(lambda: "agent_step_cancelled" in runaway.logs(), timeout=30)
     assert wait_until(
         lambda: (
             [(s["name"], s["status"], s["error"]) for s in stack.run(run_id)["steps"]]
@@ -629,7 +632,7 @@ def test_agent_resource_management_integration(stack: Stack) -> None:
         ),
         timeout=10,
     ), stack.run(run_id)
-    assert wait_until(lambda: _pending_jobs(stack) == 0, timeout=10)
+    assert wait_until(lambda: _pending_jobs(stack) == 0, timeout=30)
     busy = stack.postgres.sql(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
         "AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction')",
@@ -653,7 +656,7 @@ def test_agent_resource_management_integration(stack: Stack) -> None:
     run = stack.wait(run_id)
     assert (run["status"], run["error"]) == ("failed", "triage: step timed out after 2 s")
     assert time.monotonic() - started < 10  # long before the LLM call would have answered
-    assert wait_until(lambda: slots not in _redis_keys(stack), timeout=10)
+    assert wait_until(lambda: slots not in _redis_keys(stack), timeout=30)
 
     # So does a run that outlives its own limit, counted across steps: triage answers at
     # once, and a later step's slow LLM call takes the run past its 10 s.
@@ -675,7 +678,7 @@ def test_agent_resource_management_integration(stack: Stack) -> None:
     assert steps[run["error"].split(":")[0]] == "failed"
     assert time.monotonic() - started < 25  # long before the slow call would have answered
     assert len(stack.llm.requests()) == 2
-    assert wait_until(lambda: slots not in _redis_keys(stack), timeout=10)
+    assert wait_until(lambda: slots not in _redis_keys(stack), timeout=30)
     print(
         "\nresources: 5 at once on a 2-run plan -> 2 queued, 3 x 429; budget stop after 1 "
         "LLM call; memory and CPU runaways killed, worker alive; cancel left 0 jobs, "

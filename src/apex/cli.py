@@ -13,6 +13,7 @@ from rich.console import Console
 
 from apex import __version__
 from apex.settings import Settings, SettingsError, load_settings
+from apex.usage.schemas import MAX_BATCH
 
 if TYPE_CHECKING:
     import uuid
@@ -213,7 +214,7 @@ def ingest(
         Path, typer.Argument(exists=True, dir_okay=False, readable=True, help=".jsonl or .csv")
     ],
     org: Annotated[str, typer.Option(help="The organisation's slug.")],
-    batch_size: Annotated[int, typer.Option(min=1, max=1000)] = 1000,
+    batch_size: Annotated[int, typer.Option(min=1, max=MAX_BATCH)] = 5000,
     restart: Annotated[
         bool, typer.Option(help="Send the whole file again (ignore the checkpoint).")
     ] = False,

@@ -40,7 +40,8 @@ class ApexServer(ServiceProcess):
         return f"http://127.0.0.1:{self.port}"
 
     def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=10, **kwargs)  # type: ignore[arg-type]
+        kwargs.setdefault("timeout", 10)
+        return httpx.Client(base_url=self.base_url, **kwargs)  # type: ignore[arg-type]
 
     def start(self, timeout: float = 30) -> ApexServer:
         self.process = ManagedProcess(

@@ -6,12 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from apex.usage.files import checkpoint_path
+from apex.usage.schemas import MAX_BATCH
 from tests.harness import ApexServer, PostgresCluster, RedisServer
 from tests.harness.procs import ManagedProcess, wait_until
 from tests.integration.critical.conftest import bearer, database_name, signup
@@ -146,7 +148,7 @@ def test_rest_batches_are_idempotent_and_keep_good_records(
         too_many = client.post(
             "/api/v1/usage/events",
             headers=headers,
-            json={"records": [_record(n) for n in range(1001)]},
+            json={"records": [_record(n) for n in range(MAX_BATCH + 1)]},
         )
         assert too_many.status_code == 422
         assert "records" in json.dumps(too_many.json())
@@ -292,3 +294,46 @@ def test_cli_ingest_killed_inside_a_batch_loses_and_doubles_nothing(
     # It started from the top again: the committed batch comes back as duplicates.
     assert f"{lines - batch:,} accepted, {batch} duplicates" in " ".join(finished.stderr.split())
     assert _sum_and_count(postgres, database) == (lines, lines * GPT4O_CALL_NANOS)
+
+
+def test_concurrent_overlapping_batches_store_each_record_once(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    """Two instances take two batches of the largest size at once, sharing half their ids:
+    every record is stored once, the shared half is accepted by exactly one of them, and
+    what the bulk path wrote is what was sent (costs, metadata in any script)."""
+    servers = [start_apex(database_url, redis_server.url) for _ in range(2)]
+    database = database_name(database_url)
+    with servers[0].client() as client:
+        headers = bearer(signup(client))
+    half = MAX_BATCH // 2
+    note = {"team": "søk", "tags": ["检索", "émoji 🙂"], "n": 1.5}
+    batches = [
+        [_record(n, metadata=note if n % 1000 == 0 else None) for n in range(0, MAX_BATCH)],
+        [_record(n) for n in range(half, half + MAX_BATCH)],
+    ]
+    reports: list[dict[str, Any]] = [{}, {}]
+
+    def send(i: int) -> None:
+        with servers[i].client(timeout=120) as http:
+            answer = http.post("/api/v1/usage/events", headers=headers,
+                               json={"records": batches[i]})  # fmt: skip
+            assert answer.status_code == 200, answer.text
+            reports[i] = answer.json()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    union = MAX_BATCH + half
+    assert sum(r["accepted"] for r in reports) == union
+    assert sum(r["duplicates"] for r in reports) == MAX_BATCH - half
+    assert _sum_and_count(postgres, database) == (union, union * GPT4O_CALL_NANOS)
+    with servers[1].client() as http:
+        stored = http.get("/api/v1/usage/events/call-3000", headers=headers).json()
+    assert stored["metadata"] == note
+    assert stored["cost_usd"] == "0.0065"

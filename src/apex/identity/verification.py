@@ -55,7 +55,7 @@ class EmailTokenRepository(Repository[EmailToken]):
             .with_for_update()
         )
         if row is None or row.used_at is not None or row.expires_at <= now:
-            raise NotFound("This link is unknown, used or expired: ask for a new one.")
+            raise NotFound("This token is unknown, used or expired: ask for a new one.")
         return row
 
     async def retire_others(self, email: str, purpose: TokenPurpose, now: datetime) -> None:
@@ -160,7 +160,7 @@ def verification_text(token: str) -> str:
         "To create the account, confirm the address:\n\n"
         "    POST /api/v1/auth/verify\n"
         f'    {{"token": "{token}"}}\n\n'
-        f"The link works once, within {SIGNUP_HOURS} hours. If it was not you, ignore this mail.\n"
+        f"The token works once, within {SIGNUP_HOURS} hours. If it was not you, ignore this mail.\n"
     )
 
 
@@ -192,7 +192,7 @@ async def reset_password(session: AsyncSession, token: str, password: str, now: 
     row = await tokens.spendable(token, TokenPurpose.RESET_PASSWORD, now)
     user = await UserRepository(session).get_by_email(row.email)
     if user is None or not user.is_active:
-        raise NotFound("This link is unknown, used or expired: ask for a new one.")
+        raise NotFound("This token is unknown, used or expired: ask for a new one.")
     await tokens.retire_others(row.email, TokenPurpose.RESET_PASSWORD, now)
     user.password_hash = await hash_password(password)
     await session.flush()
@@ -204,6 +204,6 @@ def reset_text(token: str) -> str:
         "Someone (we hope you) asked to reset the password of your Apex account.\n\n"
         "    POST /api/v1/auth/password-reset/confirm\n"
         f'    {{"token": "{token}", "password": "<a new password, 12 characters or more>"}}\n\n'
-        f"The link works once, within {RESET_MINUTES} minutes, and signs you out everywhere. "
+        f"The token works once, within {RESET_MINUTES} minutes, and signs you out everywhere. "
         "If it was not you, ignore this mail: your password is unchanged.\n"
     )

@@ -12,6 +12,8 @@ from pydantic import AfterValidator
 def storable(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
+    if value.isascii():  # the common case, and ASCII holds no surrogate
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

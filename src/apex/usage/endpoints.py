@@ -30,7 +30,7 @@ async def ingest_usage(
     session: SessionDep,
     cache: CacheDep,
 ) -> IngestReport:
-    """Store up to 1,000 records. Each record's `id` is its idempotency key: a retried batch
+    """Store up to 10,000 records. Each record's `id` is its idempotency key: a retried batch
     reports the records already stored as duplicates and stores nothing twice. Invalid
     records are rejected (field and reason); the valid ones of the batch are kept. Records
     past the plan's monthly quota are rejected with field `records`, naming the quota."""

@@ -13,7 +13,7 @@ from apex.kit.clock import UtcInstant
 from apex.kit.text import Text
 from apex.usage.pricing import Capability
 
-MAX_BATCH = 1000
+MAX_BATCH = 10_000
 MAX_METADATA_CHARS = 4096
 MAX_ECHO_CHARS = 200
 Count = Field(default=0, ge=0, le=10**10)  # with StrictInt: true and "123" are not counts

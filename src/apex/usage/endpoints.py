@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Request, Response
 
 from apex.billing.plans import plan_for
 from apex.identity.deps import CacheDep, Principal, RequirePermission
@@ -29,7 +29,7 @@ async def ingest_usage(
     principal: Annotated[Principal, RequirePermission("usage:write")],
     session: SessionDep,
     cache: CacheDep,
-) -> IngestReport:
+) -> Response:
     """Store up to 10,000 records. Each record's `id` is its idempotency key: a retried batch
     reports the records already stored as duplicates and stores nothing twice. Invalid
     records are rejected (field and reason); the valid ones of the batch are kept. Records
@@ -42,7 +42,9 @@ async def ingest_usage(
         principal.organization_id,
         state.clock.now(),
     )
-    return await service.ingest(session, principal.organization_id, body.records, quota=quota)
+    report = await service.ingest(session, principal.organization_id, body.records, quota=quota)
+    # Serialised by pydantic-core in one call: a verdict per record, up to 10,000 of them.
+    return Response(report.model_dump_json(), media_type="application/json")
 
 
 @router.get("/usage/events/{record_id}", response_model=UsageRecordOut)

@@ -9,8 +9,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from apex.usage.files import checkpoint_path
 from apex.usage.schemas import MAX_BATCH
@@ -337,3 +340,33 @@ def test_concurrent_overlapping_batches_store_each_record_once(
         stored = http.get("/api/v1/usage/events/call-3000", headers=headers).json()
     assert stored["metadata"] == note
     assert stored["cost_usd"] == "0.0065"
+
+
+def test_duplicates_use_no_monthly_quota_on_postgresql(
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    """With 5 records of the month's quota left, a batch of 10 stored records and 10 new
+    ones stores 5 new, rejects 5 naming the quota, and reports the 10 as duplicates: the
+    stored ones are found (PostgreSQL's array lookup) before any quota is taken."""
+    server = start_apex(database_url, redis_server.url)
+    with server.client() as client:
+        signed_up = signup(client)
+        headers = bearer(signed_up)
+        first = client.post("/api/v1/usage/events", headers=headers,
+                            json={"records": [_record(n) for n in range(10)]})  # fmt: skip
+        assert first.json()["accepted"] == 10
+        period = datetime.now(UTC).strftime("%Y-%m")  # the server's month (same clock)
+        key = f"apex:quota:records:{signed_up.json()['organization_id']}:{period}"
+        store = redis.Redis.from_url(redis_server.url)
+        try:
+            store.set(key, 100_000 - 5, ex=3600)  # Free: 100,000 a month
+        finally:
+            store.close()
+        mixed = [_record(n) for n in range(20)]
+        report = client.post("/api/v1/usage/events", headers=headers,
+                             json={"records": mixed}).json()  # fmt: skip
+    assert (report["accepted"], report["duplicates"], report["rejected"]) == (5, 10, 5)
+    verdicts = [r["status"] for r in report["results"]]
+    assert verdicts == ["duplicate"] * 10 + ["accepted"] * 5 + ["rejected"] * 5

@@ -7,7 +7,20 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, Insert, Integer, String, cast, distinct, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Insert,
+    Integer,
+    String,
+    Uuid,
+    bindparam,
+    cast,
+    distinct,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
@@ -101,14 +114,32 @@ class UsageRepository(Repository[UsageRecord]):
         return found
 
     async def stored_ids(self, organization_id: uuid.UUID, record_ids: Sequence[str]) -> set[str]:
-        """Which of these record ids the organisation has already stored."""
+        """Which of these record ids the organisation has already stored. On PostgreSQL the
+        ids are one array parameter joined to the unique (organization_id, record_id) index:
+        a planner without statistics for a fresh table otherwise scans the organisation's
+        rows for a long IN list (measured: 1.5-2.5 s per 1,000 ids at 20,000 rows)."""
         if not record_ids:
             return set()
+        if self.session.get_bind().dialect.name == "postgresql":
+            rows = await self.session.execute(
+                _STORED_AMONG, {"organization_id": organization_id, "ids": list(record_ids)}
+            )
+            return {record_id for (record_id,) in rows}
         statement = select(UsageRecord.record_id).where(
             UsageRecord.organization_id == organization_id,
             UsageRecord.record_id.in_(list(record_ids)),
         )
         return set((await self.session.scalars(statement)).all())
+
+
+_STORED_AMONG = text(
+    "SELECT u.record_id FROM unnest(:ids) AS wanted(record_id) "
+    "JOIN usage_records u ON u.organization_id = :organization_id "
+    "AND u.record_id = wanted.record_id"
+).bindparams(
+    bindparam("ids", type_=postgresql.ARRAY(String)),
+    bindparam("organization_id", type_=Uuid()),
+)
 
 
 class PriceOverrideRepository(Repository[PriceOverride]):

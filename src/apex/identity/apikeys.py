@@ -7,7 +7,6 @@ password stretching); it is compared in constant time.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import uuid
@@ -19,13 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from apex.identity.models import ApiKey
 from apex.identity.policy import LEAST_ROLE
 from apex.identity.repository import ApiKeyRepository
+from apex.kit.digest import sha256_hex
 from apex.kit.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
 
 PREFIX = "apx_"
-
-
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def looks_like_api_key(token: str) -> bool:
@@ -56,7 +52,7 @@ async def create(
         created_by_id=created_by,
         name=name,
         prefix=prefix,
-        key_hash=_hash(secret),
+        key_hash=sha256_hex(secret),
         permissions=sorted(set(permissions)),
     )
     await ApiKeyRepository(session, organization_id).add(key)
@@ -66,7 +62,7 @@ async def create(
 async def authenticate(session: AsyncSession, token: str, now: datetime) -> ApiKey:
     prefix, _, secret = token.removeprefix(PREFIX).partition("_")
     key = await ApiKeyRepository(session, None).by_prefix(prefix) if prefix and secret else None
-    if key is None or not hmac.compare_digest(key.key_hash, _hash(secret)):
+    if key is None or not hmac.compare_digest(key.key_hash, sha256_hex(secret)):
         raise Unauthorized("Invalid API key.")
     if key.revoked_at is not None:
         raise Unauthorized("This API key was revoked.")

@@ -6,7 +6,6 @@ is stored. Accepting needs a logged-in account with the invited email, before ex
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from datetime import datetime, timedelta
@@ -19,14 +18,11 @@ from apex.identity.models import Invitation, Membership, Role
 from apex.identity.repository import MemberRepository, OrganizationRepository, UserRepository
 from apex.identity.service import role_key
 from apex.kit.cache import invalidate_after_commit
+from apex.kit.digest import sha256_hex
 from apex.kit.errors import Conflict, Forbidden, NotFound, QuotaExceeded
 from apex.kit.repository import Repository
 
 INVITATION_DAYS = 7
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class InvitationRepository(Repository[Invitation]):
@@ -111,7 +107,7 @@ async def invite(
         invited_by_id=invited_by,
         email=email,
         role=role.value,
-        token_hash=_hash(token),
+        token_hash=sha256_hex(token),
         expires_at=now + timedelta(days=INVITATION_DAYS),
     )
     await InvitationRepository(session, organization_id).add(invitation)
@@ -132,7 +128,7 @@ async def accept(
     session: AsyncSession, token: str, *, user_id: uuid.UUID, now: datetime
 ) -> Membership:
     invitation = await session.scalar(
-        select(Invitation).where(Invitation.token_hash == _hash(token)).with_for_update()
+        select(Invitation).where(Invitation.token_hash == sha256_hex(token)).with_for_update()
     )
     if (
         invitation is None

@@ -8,7 +8,6 @@ provider's JWKS (RS256 only), `iss`, `aud` = our client id, `exp`, and our `nonc
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import secrets
@@ -19,6 +18,7 @@ import httpx
 import jwt
 from redis.asyncio import Redis
 
+from apex.kit.digest import sha256_hex
 from apex.kit.errors import NotFound, Unauthorized
 from apex.settings import OidcProviderConfig
 
@@ -31,10 +31,6 @@ class Identity:
     email: str
     name: str | None
     subject: str
-
-
-def _digest(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 class OidcLogin:
@@ -91,20 +87,20 @@ class OidcLogin:
             "provider": name,
             "nonce": nonce,
             "verifier": verifier,
-            "binding": _digest(binding),
+            "binding": sha256_hex(binding),
         }
-        await self.redis.set(f"apex:oidc:{_digest(state)}", json.dumps(record), ex=_STATE_TTL)
+        await self.redis.set(f"apex:oidc:{sha256_hex(state)}", json.dumps(record), ex=_STATE_TTL)
         return str(url), binding
 
     async def finish(self, name: str, *, code: str, state: str, binding: str | None) -> Identity:
         provider = self.provider(name)
-        raw = await self.redis.getdel(f"apex:oidc:{_digest(state)}")  # single use
+        raw = await self.redis.getdel(f"apex:oidc:{sha256_hex(state)}")  # single use
         record = json.loads(raw) if raw else None
         if (
             record is None
             or record["provider"] != name
             or binding is None
-            or not hmac.compare_digest(record["binding"], _digest(binding))
+            or not hmac.compare_digest(record["binding"], sha256_hex(binding))
         ):
             raise Unauthorized("This login was not started by this browser (state mismatch).")
         metadata = await self._discover(provider)

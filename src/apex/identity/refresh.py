@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -12,11 +11,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.identity.models import RefreshToken
+from apex.kit.digest import sha256_hex
 from apex.kit.ids import new_id
-
-
-def _hash(raw: str) -> str:
-    return hashlib.sha256(raw.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +39,7 @@ async def issue(
         family_id=family_id or new_id(),
         user_id=user_id,
         organization_id=organization_id,
-        token_hash=_hash(raw),
+        token_hash=sha256_hex(raw),
         expires_at=now + timedelta(seconds=ttl_seconds),
     )
     session.add(row)
@@ -61,7 +57,7 @@ async def revoke_family(session: AsyncSession, family_id: uuid.UUID, now: dateti
 
 async def rotate(session: AsyncSession, raw: str, *, now: datetime, ttl_seconds: int) -> Rotation:
     row = await session.scalar(
-        select(RefreshToken).where(RefreshToken.token_hash == _hash(raw)).with_for_update()
+        select(RefreshToken).where(RefreshToken.token_hash == sha256_hex(raw)).with_for_update()
     )
     if row is None or row.revoked_at is not None or row.expires_at <= now:
         return Rotation(None, None)

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import uuid
@@ -23,18 +22,16 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from apex.kit.digest import sha256_hex
+
 COOKIE = "apex_session"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def _digest(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
 def public_id(session_id: str) -> str:
     """How a session is named in lists and URLs: never the cookie value itself."""
-    return _digest(session_id)[:24]
+    return sha256_hex(session_id)[:24]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +65,7 @@ class SessionStore:
 
     @staticmethod
     def _key(session_id: str) -> str:
-        return f"apex:session:{_digest(session_id)}"  # a Redis dump does not leak cookies
+        return f"apex:session:{sha256_hex(session_id)}"  # a Redis dump does not leak cookies
 
     @staticmethod
     def _index(user_id: uuid.UUID) -> str:
@@ -102,7 +99,7 @@ class SessionStore:
             "user_id": str(user_id),
             "organization_id": str(organization_id),
             "csrf": session.csrf_token,
-            "ua": _digest(user_agent),
+            "ua": sha256_hex(user_agent),
             "agent": user_agent[:200],
             "created_at": str(stamp),
             "last_seen": str(stamp),
@@ -122,7 +119,7 @@ class SessionStore:
         stamp = now.timestamp()
         created, last_seen = float(data["created_at"]), float(data["last_seen"])
         user_id = uuid.UUID(data["user_id"])
-        if not hmac.compare_digest(data["ua"], _digest(user_agent)):
+        if not hmac.compare_digest(data["ua"], sha256_hex(user_agent)):
             await self.delete(session_id, user_id)
             raise SessionRejected(
                 "This session was used from another browser and has been revoked."

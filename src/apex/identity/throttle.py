@@ -13,20 +13,20 @@ unthrottled (logged) rather than not at all.
 
 from __future__ import annotations
 
-import hashlib
-
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from apex.kit.digest import sha256_hex
 from apex.kit.errors import RateLimited
 from apex.kit.limits import Backoff, FixedWindow
 
 log = structlog.get_logger(__name__)
 
 
-def _account(email: str) -> str:
-    return hashlib.sha256(email.strip().lower().encode()).hexdigest()[:24]
+def account_key(email: str) -> str:
+    """How an address appears in Redis keys: hashed, never in clear."""
+    return sha256_hex(email.strip().lower())[:24]
 
 
 class LoginThrottle:
@@ -73,7 +73,7 @@ class LoginThrottle:
                 "Too many sign-in attempts from your address; try again later.",
                 retry_after=per_address.reset_seconds,
             )
-        account = _account(email)
+        account = account_key(email)
         wait = max(
             await self.pair.wait_seconds(f"{account}:{address}", now),
             await self.account.wait_seconds(account, now),
@@ -84,7 +84,7 @@ class LoginThrottle:
             )
 
     async def failed(self, email: str, address: str, now: float) -> None:
-        account = _account(email)
+        account = account_key(email)
         try:
             await self.pair.failed(f"{account}:{address}", now)
             await self.account.failed(account, now)
@@ -95,12 +95,12 @@ class LoginThrottle:
         """Forget the account's own delays (its owner proved the address by mail); delays
         of the addresses that guessed stay."""
         try:
-            await self.account.succeeded(_account(email))
+            await self.account.succeeded(account_key(email))
         except RedisError as exc:
             log.warning("login_throttle_unavailable", error=type(exc).__name__)
 
     async def succeeded(self, email: str, address: str) -> None:
-        account = _account(email)
+        account = account_key(email)
         try:
             await self.pair.succeeded(f"{account}:{address}")
             await self.account.succeeded(account)

@@ -13,7 +13,6 @@ anyone using Apex to flood an inbox; over it, the answer is still the same 202.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,6 +28,8 @@ from apex.identity.passwords import hash_password
 from apex.identity.repository import UserRepository
 from apex.identity.schemas import SignupRequest
 from apex.identity.service import create_account
+from apex.identity.throttle import account_key
+from apex.kit.digest import sha256_hex
 from apex.kit.errors import Conflict, NotFound
 from apex.kit.failpoints import Failpoints
 from apex.kit.limits import FixedWindow
@@ -40,10 +41,6 @@ SIGNUP_HOURS = 24
 RESET_MINUTES = 60
 
 
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 class EmailTokenRepository(Repository[EmailToken]):
     model = EmailToken
 
@@ -51,7 +48,7 @@ class EmailTokenRepository(Repository[EmailToken]):
         """The unused, unexpired token of `purpose`, locked until the transaction ends."""
         row: EmailToken | None = await self.session.scalar(
             select(EmailToken)
-            .where(EmailToken.token_hash == _hash(token), EmailToken.purpose == purpose.value)
+            .where(EmailToken.token_hash == sha256_hex(token), EmailToken.purpose == purpose.value)
             .with_for_update()
         )
         if row is None or row.used_at is not None or row.expires_at <= now:
@@ -85,7 +82,7 @@ async def _new_token(
         EmailToken(
             purpose=purpose.value,
             email=email,
-            token_hash=_hash(token),
+            token_hash=sha256_hex(token),
             payload=payload or {},
             expires_at=now + lifetime,
         )
@@ -102,10 +99,9 @@ class MailLimit:
         self.per_hour = per_hour
 
     async def allows(self, purpose: TokenPurpose, email: str, now: float) -> bool:
-        subject = hashlib.sha256(email.encode()).hexdigest()[:24]
         try:
             decision = await self.window.hit(
-                purpose.value, subject, limit=self.per_hour, window_seconds=3600, now=now
+                purpose.value, account_key(email), limit=self.per_hour, window_seconds=3600, now=now
             )
         except RedisError as exc:
             log.warning("mail_limit_unavailable", error=type(exc).__name__)

@@ -28,12 +28,19 @@ def migrate(
     database_url: str, *args: str, extra_locations: str = ""
 ) -> subprocess.CompletedProcess[str]:
     """Run `apex migrate ARGS` as a real subprocess against `database_url`."""
+    return run_apex(database_url, "migrate", *args, extra_locations=extra_locations)
+
+
+def run_apex(
+    database_url: str, *args: str, extra_locations: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """Run `apex ARGS` as a real subprocess against `database_url`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("APEX_")}
     env["APEX_DATABASE_URL"] = database_url
     if extra_locations:
         env["APEX_MIGRATION_EXTRA_LOCATIONS"] = extra_locations
     return subprocess.run(
-        [sys.executable, "-m", "apex", "migrate", *args],
+        [sys.executable, "-m", "apex", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -21,7 +21,7 @@ from apex.migrations.runner import head_revision
 from apex.models import metadata
 from apex.settings import normalise_database_url
 from tests.harness import PostgresCluster
-from tests.integration.conftest import migrate
+from tests.integration.conftest import migrate, run_apex
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 CORE_TABLES = {
@@ -40,6 +40,9 @@ CORE_TABLES = {
     "agent_runs",
     "agent_steps",
     "email_tokens",
+    "usage_rollups",
+    "usage_hash_rollups",
+    "usage_hash_totals",
 }
 
 
@@ -188,6 +191,62 @@ def test_upgrade_downgrade_upgrade_keeps_schema_and_data(empty_database: str) ->
     assert _run(empty_database, _snapshot) == [[], []]
     _run(empty_database, _seed)
     assert _run(empty_database, _snapshot) == before
+
+
+ROLLUP_TABLES = ("usage_rollups", "usage_hash_rollups", "usage_hash_totals")
+
+
+def _usage(connection: Connection) -> int:
+    """An organisation with 240 records over 10 hours: repeated prompts and prefixes,
+    failures, reported costs and an unpriced model, as the analyses meet them."""
+    org = uuid.uuid4()
+    stamp = {"created_at": NOW, "updated_at": NOW}
+    connection.execute(
+        metadata.tables["organizations"].insert().values(id=org, name="Old", slug="old", **stamp)
+    )
+    rows = [
+        {
+            "id": uuid.uuid4(), "organization_id": org, "record_id": f"r{n:03d}",
+            "occurred_at": NOW.replace(hour=n % 10, minute=n % 60), "provider": "openai",
+            "model": ("gpt-4o", "gpt-4o-mini", "house-1")[n % 3], "workload": f"w{n % 2}",
+            "input_tokens": 100 + n, "cached_input_tokens": 0 if n % 4 else 50,
+            "cache_write_tokens": 0, "output_tokens": n, "reasoning_tokens": n % 7,
+            "latency_ms": None if n % 5 == 0 else 10 * n, "status": ("ok", "error")[n % 9 == 0],
+            "cost_nanos": 1000 * n, "cost_source": ("catalogue", "reported", "unpriced")[n % 3],
+            "prompt_hash": f"p{n % 17}", "prefix_hash": "sys" if n % 2 else None,
+            "prefix_tokens": 40 if n % 2 else 0, "end_user": None if n % 6 == 0 else "u",
+            "metadata": None, "ingested_at": NOW,
+        }
+        for n in range(240)
+    ]  # fmt: skip
+    connection.execute(metadata.tables["usage_records"].insert(), rows)
+    return len(rows)
+
+
+def _rollups(connection: Connection) -> dict[str, list[Any]]:
+    def rows(table: str) -> list[Any]:
+        found = connection.execute(text(f"SELECT * FROM {table}")).all()  # noqa: S608
+        return sorted(
+            (tuple(round(v, 3) if isinstance(v, float) else v for v in row) for row in found),
+            key=repr,
+        )
+
+    return {table: rows(table) for table in ROLLUP_TABLES}
+
+
+def test_rollups_are_backfilled_from_the_records_stored_before(empty_database: str) -> None:
+    """The migration fills the rollups from existing records with its own frozen SQL; the
+    application's definition (`apex usage rebuild-rollups`) must give the same rows."""
+    _ok(migrate(empty_database, "upgrade", "2026_11_26_0009"))
+    stored = _run(empty_database, _usage)
+    _ok(migrate(empty_database, "upgrade", "head"))
+    backfilled = _run(empty_database, _rollups)
+    assert sum(row[7] for row in backfilled["usage_rollups"]) == stored  # calls
+    assert len(backfilled["usage_hash_totals"]) > 17  # prompts (and the prefix) per model
+    rebuilt = run_apex(empty_database, "usage", "rebuild-rollups")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert f"from {stored:,} records" in rebuilt.stderr
+    assert _run(empty_database, _rollups) == backfilled
 
 
 def _schema_tables(url: str) -> list[str]:

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,13 @@ def _record(n: int, **overrides: Any) -> dict[str, Any]:
 
 
 def _sum_and_count(postgres: PostgresCluster, database: str) -> tuple[int, int]:
-    out = postgres.sql("SELECT count(*), coalesce(sum(cost_nanos), 0) FROM usage_records", database)
-    count, total = out.strip().split("|")
+    """Records stored and their cost; the rollups must say the same (same transaction)."""
+    raw = postgres.sql("SELECT count(*), coalesce(sum(cost_nanos), 0) FROM usage_records", database)
+    rolled = postgres.sql(
+        "SELECT coalesce(sum(calls), 0), coalesce(sum(cost_nanos), 0) FROM usage_rollups", database
+    )
+    assert rolled.strip() == raw.strip(), "the rollups differ from the records they sum"
+    count, total = raw.strip().split("|")
     return int(count), int(total)
 
 
@@ -370,3 +376,40 @@ def test_duplicates_use_no_monthly_quota_on_postgresql(
     assert (report["accepted"], report["duplicates"], report["rejected"]) == (5, 10, 5)
     verdicts = [r["status"] for r in report["results"]]
     assert verdicts == ["duplicate"] * 10 + ["accepted"] * 5 + ["rejected"] * 5
+
+
+def test_meter_reads_a_month_from_the_rollups(
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    """The meter counts the records, tokens and cost of one UTC month, to the nano-dollar,
+    whatever batches they came in; the month before and after are not in it."""
+    server = start_apex(database_url, redis_server.url)
+    months = {"2026-09-30T23:59:59Z": 3, "2026-10-01T00:00:00Z": 40, "2026-10-31T23:30:00Z": 7,
+              "2026-11-01T00:00:00Z": 5}  # fmt: skip
+    sent = [
+        _record(n, id=f"m-{at}-{n}", timestamp=at, cost_usd=f"0.00{n:04d}")
+        for at, count in months.items()
+        for n in range(count)
+    ]
+    october = [r for r in sent if r["timestamp"].startswith("2026-10")]
+    with server.client() as client:
+        headers = bearer(signup(client))
+        for start in range(0, len(sent), 13):  # uneven batches, one retried
+            batch = {"records": sent[start : start + 13]}
+            assert client.post("/api/v1/usage/events", headers=headers, json=batch).is_success
+        client.post("/api/v1/usage/events", headers=headers, json={"records": sent[:13]})
+        meter = client.get("/api/v1/usage/meter", headers=headers, params={"period": "2026-10"})
+        bad = client.get("/api/v1/usage/meter", headers=headers, params={"period": "2026-13"})
+    assert meter.status_code == 200, meter.text
+    body = meter.json()
+    assert body["records"] == 47 == len(october)
+    assert body["tokens"] == {"input": 47 * 1000, "cached_input": 47 * 2000, "cache_write": 0,
+                              "output": 47 * 100, "reasoning": 47 * 50}  # fmt: skip
+    expected = sum(Decimal(r["cost_usd"]) for r in october)
+    assert Decimal(body["cost_usd"]) == expected
+    assert (body["start"], body["end"]) == ("2026-10-01T00:00:00Z", "2026-11-01T00:00:00Z")
+    assert body["records_included"] == 100_000  # Free
+    assert bad.status_code == 422
+    assert "period" in bad.text

@@ -32,7 +32,7 @@ from apex.billing.plans import Plan, upgrade_for_findings
 from apex.kit.db import Database
 from apex.kit.failpoints import Failpoints
 from apex.usage.pricing import Catalogue
-from apex.usage.repository import SpendRepository
+from apex.usage.rollups import SpendRepository
 from apex.usage.service import catalogue_for
 from apex.usage.spend import Window
 

@@ -19,7 +19,9 @@ class RunIn(BaseModel):
         default=None, description="Your thread; a new one is started when absent."
     )
     period_start: UtcInstant | None = Field(
-        default=None, description="Start of the usage analysed; default: 30 days before now."
+        default=None,
+        description="Start of the usage analysed; default: 30 days before now. The period "
+        "is analysed in whole UTC hours: the start rounds down, the end up.",
     )
     period_end: UtcInstant | None = Field(default=None, description="End; default: now.")
     token_budget: int | None = Field(default=None, ge=1, le=10_000_000)

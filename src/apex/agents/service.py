@@ -23,6 +23,7 @@ from apex.realtime.repository import ThreadRepository
 from apex.realtime.service import start_thread
 from apex.settings import Settings
 from apex.usage.models import NANOS_PER_USD
+from apex.usage.spend import Window
 
 
 async def start_run(
@@ -62,6 +63,9 @@ async def start_run(
         thread_id = thread.id
     end = body.period_end or now
     start = body.period_start or end - timedelta(days=30)
+    if start < end:  # analysed in whole UTC hours, the usage rollups' grain
+        hours = Window(start, end).whole_hours()
+        start, end = hours.start, hours.end
     if start >= end:
         raise ValidationFailed(
             "period_start must be before period_end (default: now).",

@@ -27,6 +27,11 @@ class OrganizationRepository(Repository[Organization]):
         )
         return result
 
+    async def all_ids(self) -> list[uuid.UUID]:
+        return list(
+            (await self.session.scalars(select(Organization.id).order_by(Organization.id))).all()
+        )
+
 
 class MembershipRepository(Repository[Membership]):
     model = Membership

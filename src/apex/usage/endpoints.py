@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from apex.billing.plans import plan_for
 from apex.identity.deps import CacheDep, Principal, RequirePermission
@@ -12,9 +13,18 @@ from apex.identity.service import organization_view
 from apex.kit.db import SessionDep
 from apex.kit.errors import NotFound
 from apex.usage import service
+from apex.usage.models import nanos_to_usd
 from apex.usage.pricing import ModelPrice, default_catalogue
 from apex.usage.quota import RecordQuota
-from apex.usage.schemas import IngestReport, PriceIn, PriceOut, UsageBatchIn, UsageRecordOut
+from apex.usage.schemas import (
+    IngestReport,
+    PriceIn,
+    PriceOut,
+    TokensOut,
+    UsageBatchIn,
+    UsageMeterOut,
+    UsageRecordOut,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["usage"])
 
@@ -55,6 +65,35 @@ async def get_usage_record(
 ) -> UsageRecordOut:
     """One stored record, as Apex costed it, with the metadata you sent."""
     return await service.stored_record(session, principal.organization_id, record_id)
+
+
+@router.get("/usage/meter", response_model=UsageMeterOut)
+async def usage_meter(
+    request: Request,
+    principal: Annotated[Principal, RequirePermission("usage:read")],
+    session: SessionDep,
+    cache: CacheDep,
+    period: Annotated[
+        str | None,
+        Query(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", description="YYYY-MM (UTC); default: now."),
+    ] = None,
+) -> UsageMeterOut:
+    """Records, tokens and cost of one calendar month, as billing meters them (from the
+    hourly rollups ingestion keeps, so it answers in milliseconds at any volume)."""
+    month, window = service.month_of(period, request.app.state.clock.now())
+    reading = await service.meter(session, principal.organization_id, window)
+    organization = await organization_view(session, cache, principal.organization_id)
+    plan = plan_for(organization["tier"] if organization else "free")
+    return UsageMeterOut(
+        organization_id=principal.organization_id,
+        period=month,
+        start=window.start,
+        end=window.end,
+        records=reading.records,
+        records_included=plan.records_per_month,
+        tokens=TokensOut(**dataclasses.asdict(reading.tokens)),
+        cost_usd=nanos_to_usd(reading.cost_nanos),
+    )
 
 
 def _price_out(price: ModelPrice, overridden: bool) -> PriceOut:

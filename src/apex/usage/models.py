@@ -12,10 +12,12 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
+    Double,
     ForeignKey,
     Index,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -105,3 +107,106 @@ class PriceOverride(RecordModel):
     price: Mapped[dict[str, Any]] = mapped_column(
         JSON, comment="A ModelPrice as JSON, Decimal values as strings."
     )
+
+
+class HashKind(enum.StrEnum):
+    """What a hash rollup counts: calls sharing a full prompt, or a prompt prefix."""
+
+    PROMPT = "prompt"  # successful, priced calls with a prompt_hash (the duplicates analysis)
+    PREFIX = "prefix"  # calls with a prefix_hash that neither read nor wrote a cache
+
+
+class UsageRollup(Base):
+    """An organisation's calls of one UTC hour, per workload, model, status and cost source:
+    what the analyses and the billing meter read instead of the raw records. Kept in the
+    same transaction as the records it sums (records are never updated, only added), so it
+    always equals the aggregate of the raw records; `apex usage rebuild-rollups` recomputes
+    it from them."""
+
+    __tablename__ = "usage_rollups"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    workload: Mapped[str] = mapped_column(String(100), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(50), primary_key=True)
+    model: Mapped[str] = mapped_column(String(100), primary_key=True)
+    status: Mapped[str] = mapped_column(String(10), primary_key=True)
+    cost_source: Mapped[str] = mapped_column(String(10), primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_input_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_nanos: Mapped[int] = mapped_column(BigInteger)
+    calls_with_end_user: Mapped[int] = mapped_column(BigInteger)
+    calls_with_latency: Mapped[int] = mapped_column(BigInteger)
+    latency_ms_sum: Mapped[int] = mapped_column(BigInteger)
+    latency_ms_max: Mapped[int] = mapped_column(BigInteger)
+    max_prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    max_output_tokens: Mapped[int] = mapped_column(BigInteger)
+    first_record_id: Mapped[str] = mapped_column(String(200))
+    last_record_id: Mapped[str] = mapped_column(String(200))
+    # Sufficient statistics of the cost fit (apex.usage.spend.FitRow), as floats.
+    fit_c: Mapped[float] = mapped_column(Double)
+    fit_ii: Mapped[float] = mapped_column(Double)
+    fit_ir: Mapped[float] = mapped_column(Double)
+    fit_io: Mapped[float] = mapped_column(Double)
+    fit_rr: Mapped[float] = mapped_column(Double)
+    fit_ro: Mapped[float] = mapped_column(Double)
+    fit_oo: Mapped[float] = mapped_column(Double)
+    fit_ic: Mapped[float] = mapped_column(Double)
+    fit_rc: Mapped[float] = mapped_column(Double)
+    fit_oc: Mapped[float] = mapped_column(Double)
+    fit_cc: Mapped[float] = mapped_column(Double)
+
+
+class UsageHashRollup(Base):
+    """Calls sharing one prompt (or prefix) hash in one UTC hour."""
+
+    __tablename__ = "usage_hash_rollups"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(10), primary_key=True)
+    workload: Mapped[str] = mapped_column(String(100), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(50), primary_key=True)
+    model: Mapped[str] = mapped_column(String(100), primary_key=True)
+    hash: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    cost_nanos: Mapped[int] = mapped_column(BigInteger)
+    prefix_tokens: Mapped[int] = mapped_column(BigInteger)
+    first_record_id: Mapped[str] = mapped_column(String(200))
+    last_record_id: Mapped[str] = mapped_column(String(200))
+
+
+class UsageHashTotal(Base):
+    """All-time calls per hash. Most prompts are sent once: the partial index over hashes
+    seen at least twice lets the repeated-prompt analysis visit only those, so its cost grows
+    with the prompts that repeat, not with the records."""
+
+    __tablename__ = "usage_hash_totals"
+    __table_args__ = (
+        Index(
+            "ix_usage_hash_totals_repeated",
+            "organization_id",
+            "kind",
+            postgresql_where=text("calls >= 2"),
+            sqlite_where=text("calls >= 2"),
+        ),
+        CheckConstraint(enum_check("kind", HashKind), name="kind"),
+    )
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(10), primary_key=True)
+    workload: Mapped[str] = mapped_column(String(100), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(50), primary_key=True)
+    model: Mapped[str] = mapped_column(String(100), primary_key=True)
+    hash: Mapped[str] = mapped_column(String(128), primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger)

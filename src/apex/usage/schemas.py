@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -198,3 +199,25 @@ class UsageRecordOut(BaseModel):
     prefix_tokens: int
     end_user: str | None
     metadata: dict[str, Any] | None
+
+
+class TokensOut(BaseModel):
+    input: int
+    cached_input: int
+    cache_write: int
+    output: int
+    reasoning: int
+
+
+class UsageMeterOut(BaseModel):
+    """What the organisation used in one UTC calendar month, read from the usage rollups
+    (the same figures billing meters), and the plan's monthly record quota."""
+
+    organization_id: uuid.UUID
+    period: str = Field(description="YYYY-MM, UTC.")
+    start: datetime
+    end: datetime
+    records: int
+    records_included: int | None = Field(description="The plan's records a month; null: no limit.")
+    tokens: TokensOut
+    cost_usd: Decimal

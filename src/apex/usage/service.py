@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,6 +17,7 @@ from apex.usage.models import CostSource, PriceOverride, nanos_to_usd, usd_to_na
 from apex.usage.pricing import Catalogue, ModelPrice, Tokens, cost_of, default_catalogue
 from apex.usage.quota import RecordQuota
 from apex.usage.repository import PriceOverrideRepository, UsageRepository
+from apex.usage.rollups import Meter, MeterRepository, RollupRepository
 from apex.usage.schemas import (
     FieldProblem,
     IngestReport,
@@ -26,6 +27,7 @@ from apex.usage.schemas import (
     UsageRecordOut,
     echo,
 )
+from apex.usage.spend import Window
 
 
 def tokens_of(record: UsageRecordIn) -> Tokens:
@@ -156,6 +158,7 @@ async def ingest(
     if quota is not None and quota.limit is not None:
         rows = await _within_quota(session, organization_id, quota, rows, pending, results)
     inserted = await UsageRepository(session).insert_new(rows)
+    await RollupRepository(session).add(organization_id, inserted)
     if quota is not None:  # stored meanwhile by a concurrent batch: no quota used after all
         await quota.give_back(quota.granted - len(inserted))
     for record_id, position in pending.items():
@@ -287,3 +290,18 @@ async def remove_override(
         return False
     await repository.delete(existing)
     return True
+
+
+def month_of(period: str | None, now: datetime) -> tuple[str, Window]:
+    """A UTC calendar month ('YYYY-MM'; default: the one `now` is in) and its window."""
+    start = (
+        datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
+        if period is not None
+        else now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    )
+    end = (start + timedelta(days=32)).replace(day=1)
+    return f"{start:%Y-%m}", Window(start, end)
+
+
+async def meter(session: AsyncSession, organization_id: uuid.UUID, window: Window) -> Meter:
+    return await MeterRepository(session).read(organization_id, window)

@@ -7,7 +7,7 @@ dollars and recommendations is the analyses' job (apex.agents.tools).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from apex.usage.pricing import Tokens
 
@@ -22,6 +22,19 @@ class Window:
     @property
     def days(self) -> float:
         return (self.end - self.start).total_seconds() / 86_400
+
+    def whole_hours(self) -> Window:
+        """The smallest window of whole UTC hours that covers this one: the rollups' grain."""
+        return Window(_hour_floor(self.start), _hour_ceiling(self.end))
+
+
+def _hour_floor(instant: datetime) -> datetime:
+    return instant.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _hour_ceiling(instant: datetime) -> datetime:
+    floor = _hour_floor(instant)
+    return floor if floor == instant else floor + timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)

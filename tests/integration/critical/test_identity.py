@@ -313,6 +313,7 @@ EXPECTED_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("DELETE", f"{_ORG}/api-keys/{{key_id}}"): MANAGERS,
     ("POST", "/api/v1/usage/events"): WRITERS,
     ("GET", "/api/v1/usage/events/{record_id}"): EVERYONE,
+    ("GET", "/api/v1/usage/meter"): EVERYONE,
     ("GET", "/api/v1/pricing"): EVERYONE,
     ("PUT", "/api/v1/pricing/{provider}/{model}"): MANAGERS,
     ("DELETE", "/api/v1/pricing/{provider}/{model}"): MANAGERS,
@@ -441,6 +442,7 @@ def test_rbac_enforcement_integration(
                 path,
             ),
             ("GET", "/api/v1/pricing"): lambda: (None, path),
+            ("GET", "/api/v1/usage/meter"): lambda: (None, path),
             ("GET", "/api/v1/usage/events/{record_id}"): lambda: (
                 None,
                 path.replace("{record_id}", "rbac-1"),
@@ -554,7 +556,8 @@ def _example(schema: dict[str, Any], spec: dict[str, Any]) -> Any:
 # Tables that hold an organisation's data, for the before/after checksum of tenant A.
 TENANT_TABLES = (
     "organizations", "memberships", "api_keys", "invitations", "price_overrides",
-    "usage_records", "agent_runs", "threads",
+    "usage_records", "usage_rollups", "usage_hash_rollups", "usage_hash_totals", "agent_runs",
+    "threads",
 )  # fmt: skip
 
 
@@ -626,9 +629,13 @@ def test_tenant_isolation_integration(
         usage = client.post("/api/v1/usage/events", headers=auth, json={"records": [
             {"id": record_id, "timestamp": "2026-11-20T10:00:00Z", "provider": "openai",
              "model": "gpt-4o", "input_tokens": 100, "output_tokens": 10,
-             "metadata": {"note": marker}},
+             "metadata": {"note": marker}, "prompt_hash": marker, "prefix_hash": marker,
+             "prefix_tokens": 50},
+            {"id": f"{record_id}-again", "timestamp": "2026-11-20T11:00:00Z",
+             "provider": "openai", "model": "gpt-4o", "input_tokens": 100, "output_tokens": 10,
+             "prompt_hash": marker, "prefix_hash": marker, "prefix_tokens": 50},
         ]})  # fmt: skip
-        assert usage.json()["accepted"] == 1, usage.text
+        assert usage.json()["accepted"] == 2, usage.text
         run = client.post(RUNS, headers=auth, json={"question": f"Where? {marker}"})
         assert run.status_code == 202, run.text
         run_id, thread_id = run.json()["id"], run.json()["thread_id"]

@@ -1,0 +1,592 @@
+"""All SQL over the usage rollups: kept at ingest, rebuilt from the raw records on demand,
+and read by the analyses (`SpendRepository`) and the billing meter (`MeterRepository`).
+
+Three tables (apex.usage.models): `usage_rollups`, an organisation's calls per UTC hour x
+workload x provider x model x status x cost source; `usage_hash_rollups`, calls per prompt
+(or prefix) hash per hour; `usage_hash_totals`, all-time calls per hash, whose partial index
+over hashes seen twice keeps the repeated-prompt analysis off the prompts sent once. Every
+aggregate here is built from one definition (`_aggregates`), applied either to the records a
+batch just stored (ingest) or to all of an organisation's records (rebuild).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    Float,
+    Insert,
+    Integer,
+    SQLColumnExpression,
+    String,
+    and_,
+    any_,
+    bindparam,
+    cast,
+    delete,
+    distinct,
+    func,
+    literal_column,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+
+from apex.kit.models import UtcDateTime
+from apex.usage.models import (
+    CallStatus,
+    CostSource,
+    HashKind,
+    UsageHashRollup,
+    UsageHashTotal,
+    UsageRecord,
+    UsageRollup,
+)
+from apex.usage.pricing import Tokens
+from apex.usage.spend import (
+    DayRow,
+    DuplicateRow,
+    FitRow,
+    GroupRow,
+    HourRow,
+    PrefixRow,
+    SpendData,
+    Window,
+)
+
+# --- SQL functions that differ between PostgreSQL and SQLite -------------------------------
+
+
+class utc_day(FunctionElement[str]):
+    """The UTC calendar day of a timestamp column as 'YYYY-MM-DD', on either backend."""
+
+    type = String()
+    inherit_cache = True
+    name = "utc_day"
+
+
+@compiles(utc_day, "postgresql")
+def _utc_day_postgresql(element: utc_day, compiler: Any, **kw: Any) -> str:
+    return f"to_char({compiler.process(element.clauses, **kw)} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+
+@compiles(utc_day, "sqlite")
+def _utc_day_sqlite(element: utc_day, compiler: Any, **kw: Any) -> str:
+    # Stored as 'YYYY-MM-DD HH:MM:SS…' in UTC (ingestion converts every timestamp to UTC).
+    return f"substr({compiler.process(element.clauses, **kw)}, 1, 10)"
+
+
+class utc_hour(FunctionElement[int]):
+    """The UTC hour of the day (0-23) of a timestamp column, on either backend."""
+
+    type = Integer()
+    inherit_cache = True
+    name = "utc_hour"
+
+
+@compiles(utc_hour, "postgresql")
+def _utc_hour_postgresql(element: utc_hour, compiler: Any, **kw: Any) -> str:
+    return f"extract(hour FROM {compiler.process(element.clauses, **kw)} AT TIME ZONE 'UTC')::int"
+
+
+@compiles(utc_hour, "sqlite")
+def _utc_hour_sqlite(element: utc_hour, compiler: Any, **kw: Any) -> str:
+    return f"cast(substr({compiler.process(element.clauses, **kw)}, 12, 2) AS integer)"
+
+
+class hour_start(FunctionElement[Any]):
+    """A timestamp column truncated to its UTC hour, as a timestamp of the same type."""
+
+    type = UtcDateTime()
+    inherit_cache = True
+    name = "hour_start"
+
+
+@compiles(hour_start, "postgresql")
+def _hour_start_postgresql(element: hour_start, compiler: Any, **kw: Any) -> str:
+    column = compiler.process(element.clauses, **kw)
+    return f"(date_trunc('hour', {column} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+
+
+@compiles(hour_start, "sqlite")
+def _hour_start_sqlite(element: hour_start, compiler: Any, **kw: Any) -> str:
+    # SQLAlchemy stores 'YYYY-MM-DD HH:MM:SS.ffffff'; the hour keeps that format.
+    return f"(substr({compiler.process(element.clauses, **kw)}, 1, 13) || ':00:00.000000')"
+
+
+class least_of(FunctionElement[Any]):
+    """The smaller of two values (PostgreSQL `least`, SQLite's two-argument `min`)."""
+
+    inherit_cache = True
+    name = "least"
+
+
+class greatest_of(FunctionElement[Any]):
+    inherit_cache = True
+    name = "greatest"
+
+
+@compiles(least_of)
+def _least(element: least_of, compiler: Any, **kw: Any) -> str:
+    return f"least({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(greatest_of)
+def _greatest(element: greatest_of, compiler: Any, **kw: Any) -> str:
+    return f"greatest({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(least_of, "sqlite")
+def _least_sqlite(element: least_of, compiler: Any, **kw: Any) -> str:
+    return f"min({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(greatest_of, "sqlite")
+def _greatest_sqlite(element: greatest_of, compiler: Any, **kw: Any) -> str:
+    return f"max({compiler.process(element.clauses, **kw)})"
+
+
+# The advisory-lock class of the rollups ("AP" for Apex); the object is the organisation.
+ROLLUP_LOCK_CLASS = 0x4150
+
+
+# --- the one definition of every rollup ----------------------------------------------------
+
+U = UsageRecord
+_PROMPT = U.input_tokens + U.cached_input_tokens + U.cache_write_tokens
+_COMPLETION = U.output_tokens + U.reasoning_tokens
+# The fit's variables (FitRow): i = input + cache write, r = cached input, o = output.
+_FIT_VARIABLES = {
+    "i": cast(U.input_tokens + U.cache_write_tokens, Float),
+    "r": cast(U.cached_input_tokens, Float),
+    "o": cast(_COMPLETION, Float),
+    "c": cast(U.cost_nanos, Float),
+}
+FIT_SUMS = ("ii", "ir", "io", "rr", "ro", "oo", "ic", "rc", "oc", "cc")
+TOKEN_COLUMNS = (
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
+
+# Rollup column -> (aggregate over the records, how a stored value absorbs a new one).
+Merge = Callable[[Any, Any], SQLColumnExpression[Any]]
+
+
+def _add(stored: Any, new: Any) -> SQLColumnExpression[Any]:
+    return stored + new  # type: ignore[no-any-return]
+
+
+def _smaller(stored: Any, new: Any) -> SQLColumnExpression[Any]:
+    return least_of(stored, new)
+
+
+def _larger(stored: Any, new: Any) -> SQLColumnExpression[Any]:
+    return greatest_of(stored, new)
+
+
+_ROLLUP_KEYS = {
+    "organization_id": U.organization_id,
+    "hour": hour_start(U.occurred_at),
+    "workload": U.workload,
+    "provider": U.provider,
+    "model": U.model,
+    "status": U.status,
+    "cost_source": U.cost_source,
+}
+_ROLLUP_VALUES: dict[str, tuple[SQLColumnExpression[Any], Merge]] = {
+    "calls": (func.count(), _add),
+    **{name: (func.sum(getattr(U, name)), _add) for name in TOKEN_COLUMNS},
+    "cost_nanos": (func.sum(U.cost_nanos), _add),
+    "calls_with_end_user": (func.count(U.end_user), _add),
+    "calls_with_latency": (func.count(U.latency_ms), _add),
+    "latency_ms_sum": (func.coalesce(func.sum(U.latency_ms), 0), _add),
+    "latency_ms_max": (func.coalesce(func.max(U.latency_ms), 0), _larger),
+    "max_prompt_tokens": (func.max(_PROMPT), _larger),
+    "max_output_tokens": (func.max(_COMPLETION), _larger),
+    "first_record_id": (func.min(U.record_id), _smaller),
+    "last_record_id": (func.max(U.record_id), _larger),
+    "fit_c": (func.sum(_FIT_VARIABLES["c"]), _add),
+    **{
+        f"fit_{pair}": (func.sum(_FIT_VARIABLES[pair[0]] * _FIT_VARIABLES[pair[1]]), _add)
+        for pair in FIT_SUMS
+    },
+}
+
+
+def _hash_filter(kind: HashKind) -> tuple[SQLColumnExpression[Any], list[ColumnElement[bool]]]:
+    """The hash a kind counts, and which records it counts."""
+    if kind is HashKind.PROMPT:
+        return U.prompt_hash, [
+            U.prompt_hash.is_not(None),
+            U.status == CallStatus.OK.value,
+            U.cost_source != CostSource.UNPRICED.value,
+        ]
+    return U.prefix_hash, [
+        U.prefix_hash.is_not(None),
+        U.cached_input_tokens == 0,
+        U.cache_write_tokens == 0,
+    ]
+
+
+def _hash_keys(kind: HashKind, *, hourly: bool) -> dict[str, SQLColumnExpression[Any]]:
+    hashed, _ = _hash_filter(kind)
+    keys: dict[str, SQLColumnExpression[Any]] = {
+        "organization_id": U.organization_id,
+        "kind": literal_column(f"'{kind.value}'", String()),
+        "workload": U.workload,
+        "provider": U.provider,
+        "model": U.model,
+        "hash": hashed,
+    }
+    if hourly:
+        keys["hour"] = hour_start(U.occurred_at)
+    return keys
+
+
+_HASH_VALUES: dict[str, tuple[SQLColumnExpression[Any], Merge]] = {
+    "calls": (func.count(), _add),
+    "cost_nanos": (func.sum(U.cost_nanos), _add),
+    "prefix_tokens": (func.sum(U.prefix_tokens), _add),
+    "first_record_id": (func.min(U.record_id), _smaller),
+    "last_record_id": (func.max(U.record_id), _larger),
+}
+_TOTAL_VALUES: dict[str, tuple[SQLColumnExpression[Any], Merge]] = {"calls": (func.count(), _add)}
+
+
+def _dialect_insert(session: AsyncSession, model: type[Any]) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(model)
+    return sqlite.insert(model)
+
+
+def _upsert(
+    session: AsyncSession,
+    model: type[Any],
+    keys: Mapping[str, SQLColumnExpression[Any]],
+    values: Mapping[str, tuple[SQLColumnExpression[Any], Merge]],
+    where: list[ColumnElement[bool]],
+) -> Insert:
+    """INSERT … SELECT the aggregates of the matching records … ON CONFLICT add them to the
+    stored ones. Grouped rows come in key order, so concurrent batches lock rollup rows in
+    the same order and cannot deadlock each other."""
+    grouping = [key for key in keys.values() if not getattr(key, "is_literal", False)]
+    grouped = (
+        select(*keys.values(), *(aggregate for aggregate, _ in values.values()))
+        .where(*where)
+        .group_by(*grouping)
+        .order_by(*grouping)
+    )
+    table = model.__table__  # Core, not the ORM's bulk-insert path
+    insert = _dialect_insert(session, table)
+    statement: Insert = insert.from_select([*keys, *values], grouped).on_conflict_do_update(
+        index_elements=list(keys),
+        set_={
+            name: merge(table.c[name], insert.excluded[name]) for name, (_, merge) in values.items()
+        },
+    )
+    return statement
+
+
+class RollupRepository:
+    """Adds a batch's records to the rollups; rebuilds them from the raw records."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def _stored(
+        self, organization_id: uuid.UUID, record_ids: Collection[str] | None
+    ) -> tuple[list[ColumnElement[bool]], dict[str, Any]]:
+        """The filter for this organisation's records (those of `record_ids`, if given)."""
+        where: list[ColumnElement[bool]] = [U.organization_id == organization_id]
+        if record_ids is None:
+            return where, {}
+        if self.session.get_bind().dialect.name == "postgresql":
+            # One array parameter: the unique (organization_id, record_id) index serves it.
+            ids = bindparam("ids", type_=postgresql.ARRAY(String))
+            where.append(U.record_id == any_(ids))
+            return where, {"ids": list(record_ids)}
+        where.append(U.record_id.in_(bindparam("ids", expanding=True)))
+        return where, {"ids": list(record_ids)}
+
+    async def add(self, organization_id: uuid.UUID, record_ids: Collection[str]) -> None:
+        """Add the records just stored (in this transaction) to every rollup."""
+        if record_ids:
+            await self._lock(organization_id, exclusive=False)
+            await self._aggregate(organization_id, record_ids)
+
+    async def rebuild(self, organization_id: uuid.UUID) -> int:
+        """Recompute an organisation's rollups from its raw records (in this transaction);
+        return how many records they sum. Batches of the organisation wait meanwhile: one
+        committed between the rebuild's DELETE and its INSERT would be counted twice."""
+        await self._lock(organization_id, exclusive=True)
+        for model in (UsageRollup, UsageHashRollup, UsageHashTotal):
+            await self.session.execute(
+                delete(model).where(model.organization_id == organization_id)
+            )
+        await self._aggregate(organization_id, None)
+        summed = select(func.coalesce(func.sum(UsageRollup.calls), 0)).where(
+            UsageRollup.organization_id == organization_id
+        )
+        return int(await self.session.scalar(summed) or 0)
+
+    async def _lock(self, organization_id: uuid.UUID, *, exclusive: bool) -> None:
+        """A transaction-scoped advisory lock on the organisation's rollups: shared by
+        ingesting batches, exclusive for a rebuild (PostgreSQL; SQLite has one writer)."""
+        if self.session.get_bind().dialect.name != "postgresql":
+            return
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        key = int.from_bytes(organization_id.bytes[-4:], "big", signed=True)
+        await self.session.execute(
+            select(getattr(func, function)(literal_column(f"{ROLLUP_LOCK_CLASS}, {key}")))
+        )
+
+    async def _aggregate(
+        self, organization_id: uuid.UUID, record_ids: Collection[str] | None
+    ) -> None:
+        where, params = self._stored(organization_id, record_ids)
+        statements = [_upsert(self.session, UsageRollup, _ROLLUP_KEYS, _ROLLUP_VALUES, where)]
+        for kind in HashKind:
+            _, counted = _hash_filter(kind)
+            statements += [
+                _upsert(
+                    self.session, UsageHashRollup, _hash_keys(kind, hourly=True),
+                    _HASH_VALUES, where + counted,
+                ),
+                _upsert(
+                    self.session, UsageHashTotal, _hash_keys(kind, hourly=False),
+                    _TOTAL_VALUES, where + counted,
+                ),
+            ]  # fmt: skip
+        for statement in statements:
+            await self.session.execute(statement, params)
+
+
+# --- reads ---------------------------------------------------------------------------------
+
+R = UsageRollup
+H = UsageHashRollup
+T = UsageHashTotal
+
+
+def _in(organization_id: uuid.UUID, window: Window) -> list[ColumnElement[bool]]:
+    return [R.organization_id == organization_id, R.hour >= window.start, R.hour < window.end]
+
+
+class SpendRepository:
+    """The aggregates behind the analyses, read from the rollups: their cost grows with the
+    number of distinct groups (hours x workloads x models, repeated prompts), not records.
+    Windows are read in whole UTC hours (`Window.whole_hours`), the rollups' grain."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def fetch(self, organization_id: uuid.UUID, window: Window) -> SpendData:
+        window = window.whole_hours()
+        return SpendData(
+            window=window,
+            groups=await self.groups(organization_id, window),
+            days=await self.days(organization_id, window),
+            prefixes=await self.repeated_prefixes(organization_id, window),
+            duplicates=await self.duplicate_prompts(organization_id, window),
+            hours=await self.hours(organization_id, window),
+            fits=await self.cost_fits(organization_id, window),
+        )
+
+    async def groups(self, organization_id: uuid.UUID, window: Window) -> list[GroupRow]:
+        keys = (R.workload, R.provider, R.model, R.status, R.cost_source)
+        statement = (
+            select(
+                *keys,
+                func.sum(R.calls),
+                *(func.sum(getattr(R, name)) for name in TOKEN_COLUMNS),
+                func.sum(R.cost_nanos),
+                func.sum(R.calls_with_end_user),
+                func.min(R.first_record_id),
+                func.max(R.last_record_id),
+                func.max(R.max_prompt_tokens),
+                func.max(R.max_output_tokens),
+                func.sum(R.latency_ms_sum),
+                func.sum(R.calls_with_latency),
+            )
+            .where(*_in(organization_id, window))
+            .group_by(*keys)
+            .order_by(*keys)
+        )
+        return [
+            GroupRow(
+                workload=row[0],
+                provider=row[1],
+                model=row[2],
+                status=row[3],
+                cost_source=row[4],
+                calls=int(row[5]),
+                tokens=Tokens(*(int(value) for value in row[6:11])),
+                cost_nanos=int(row[11]),
+                calls_with_end_user=int(row[12]),
+                first_record_id=row[13],
+                last_record_id=row[14],
+                max_prompt_tokens=int(row[15]),
+                max_output_tokens=int(row[16]),
+                latency_ms_sum=int(row[17]),
+                calls_with_latency=int(row[18]),
+            )
+            for row in (await self.session.execute(statement)).all()
+        ]
+
+    async def hours(self, organization_id: uuid.UUID, window: Window) -> list[HourRow]:
+        hour = utc_hour(R.hour)
+        keys = (R.workload, R.provider, R.model)
+        statement = (
+            select(*keys, hour, func.sum(R.calls))
+            .where(*_in(organization_id, window))
+            .group_by(*keys, hour)
+            .order_by(*keys, hour)
+        )
+        return [
+            HourRow(row[0], row[1], row[2], int(row[3]), int(row[4]))
+            for row in (await self.session.execute(statement)).all()
+        ]
+
+    async def cost_fits(self, organization_id: uuid.UUID, window: Window) -> list[FitRow]:
+        """Per model, the sums a least-squares fit of reported cost on tokens needs."""
+        keys = (R.provider, R.model)
+        sums = ("c", *FIT_SUMS)
+        statement = (
+            select(*keys, func.sum(R.calls), *(func.sum(getattr(R, f"fit_{s}")) for s in sums))
+            .where(*_in(organization_id, window), R.cost_source == CostSource.REPORTED.value)
+            .group_by(*keys)
+            .order_by(*keys)
+        )
+        return [
+            FitRow(
+                provider=row[0],
+                model=row[1],
+                calls=int(row[2]),
+                sums={name: float(value) for name, value in zip(sums, row[3:], strict=True)},
+            )
+            for row in (await self.session.execute(statement)).all()
+        ]
+
+    async def days(self, organization_id: uuid.UUID, window: Window) -> list[DayRow]:
+        day = utc_day(R.hour)
+        statement = (
+            select(day, func.sum(R.calls), func.sum(R.cost_nanos))
+            .where(*_in(organization_id, window))
+            .group_by(day)
+            .order_by(day)
+        )
+        return [
+            DayRow(day=row[0], calls=int(row[1]), cost_nanos=int(row[2]))
+            for row in (await self.session.execute(statement)).all()
+        ]
+
+    def _repeated(
+        self, organization_id: uuid.UUID, kind: HashKind, window: Window, min_calls: int
+    ) -> Executable:
+        """Hashes of `kind` with at least `min_calls` calls in the window, visiting only the
+        hashes ever seen twice (the literal 2 matches the partial index's predicate)."""
+        if min_calls < 2:
+            raise ValueError("repeats need min_calls >= 2")
+        keys = (H.workload, H.provider, H.model, H.hash)
+        joined = and_(
+            H.organization_id == T.organization_id,
+            H.kind == T.kind,
+            H.workload == T.workload,
+            H.provider == T.provider,
+            H.model == T.model,
+            H.hash == T.hash,
+        )
+        return (
+            select(
+                *keys,
+                func.sum(H.calls),
+                func.count(distinct(utc_day(H.hour))),
+                func.sum(H.prefix_tokens),
+                func.sum(H.cost_nanos),
+                func.min(H.first_record_id),
+                func.max(H.last_record_id),
+            )
+            .select_from(T)
+            .join(H, joined)
+            .where(
+                T.organization_id == organization_id,
+                T.kind == kind.value,
+                T.calls >= literal_column("2"),
+                H.hour >= window.start,
+                H.hour < window.end,
+            )
+            .group_by(*keys)
+            .having(func.sum(H.calls) >= min_calls)
+            .order_by(*keys)
+        )
+
+    async def repeated_prefixes(
+        self, organization_id: uuid.UUID, window: Window, *, min_calls: int = 2
+    ) -> list[PrefixRow]:
+        statement = self._repeated(organization_id, HashKind.PREFIX, window, min_calls)
+        return [
+            PrefixRow(
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                int(row[4]),
+                int(row[5]),
+                int(row[6]),
+                row[8],
+                row[9],
+            )
+            for row in (await self.session.execute(statement)).all()
+        ]
+
+    async def duplicate_prompts(
+        self, organization_id: uuid.UUID, window: Window
+    ) -> list[DuplicateRow]:
+        statement = self._repeated(organization_id, HashKind.PROMPT, window, 2)
+        return [
+            DuplicateRow(row[0], row[1], row[2], row[3], int(row[4]), int(row[7]), row[8], row[9])
+            for row in (await self.session.execute(statement)).all()
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    """What an organisation used in a period: the billing meter's reading."""
+
+    window: Window
+    records: int
+    tokens: Tokens
+    cost_nanos: int
+
+
+class MeterRepository:
+    """Billing-grade meter reads: records and tokens per organisation per period, summed
+    from the hourly rollups (a month is at most 744 hours x the organisation's groups)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def read(self, organization_id: uuid.UUID, window: Window) -> Meter:
+        window = window.whole_hours()
+        statement = select(
+            func.coalesce(func.sum(R.calls), 0),
+            *(func.coalesce(func.sum(getattr(R, name)), 0) for name in TOKEN_COLUMNS),
+            func.coalesce(func.sum(R.cost_nanos), 0),
+        ).where(*_in(organization_id, window))
+        row = (await self.session.execute(statement)).one()
+        return Meter(
+            window=window,
+            records=int(row[0]),
+            tokens=Tokens(*(int(value) for value in row[1:6])),
+            cost_nanos=int(row[6]),
+        )

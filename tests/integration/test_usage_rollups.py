@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
@@ -151,9 +151,9 @@ async def ingest_batches(
 
 
 def check(
-    db: Database, drawn: list[tuple[list[Call], bool]], window_hours: tuple[int, int]
+    config: Settings, drawn: list[tuple[list[Call], bool]], window_hours: tuple[int, int]
 ) -> None:
-    async def scenario() -> None:
+    async def scenario(db: Database) -> None:
         org = await new_organization(db)
         other = await new_organization(db)  # another tenant's records never count
         await ingest_batches(
@@ -174,7 +174,14 @@ def check(
         async with db.unit_of_work() as session:
             assert_same(await SpendRepository(session).fetch(org, window), want)
 
-    asyncio.run(scenario())
+    async def in_one_loop() -> None:  # the pool's connections belong to this event loop
+        db = Database(config)
+        try:
+            await scenario(db)
+        finally:
+            await db.dispose()
+
+    asyncio.run(in_one_loop())
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -195,13 +202,14 @@ def test_rollups_equal_the_raw_records_after_random_batches_and_crashes(
     config = Settings(database_url=rollup_database_url, environment="test")
     runner.upgrade(config)
 
-    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=30,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate],
+    )
     @given(drawn=batches, window_hours=windows)
     def property(drawn: list[tuple[list[Call], bool]], window_hours: tuple[int, int]) -> None:
-        db = Database(config)
-        try:
-            check(db, drawn, window_hours)
-        finally:
-            asyncio.run(db.dispose())
+        check(config, drawn, window_hours)
 
     property()

@@ -43,22 +43,30 @@ def load(postgres: PostgresCluster, template_database: str, n: int) -> tuple[str
     database = postgres.create_database(template=template_database)
     org = organization(postgres, database)
     started = time.perf_counter()
-    asyncio.run(copy_rows(postgres.url(database), org, [row(org, r) for r in records(BASE)]))
+    url = postgres.url(database)
+    asyncio.run(copy_rows(url, org, [row(org, r) for r in records(BASE)]))
     if n > BASE:
-        columns = ", ".join(COLUMNS)
-        derived = {
-            "id": "gen_random_uuid()",
-            "record_id": "record_id || '-c' || k",
-            "prompt_hash": "prompt_hash || '-c' || k",
-        }
-        selected = ", ".join(derived.get(c, c) for c in COLUMNS)
-        postgres.sql(
-            f"INSERT INTO usage_records ({columns}) SELECT {selected} "  # noqa: S608
-            f"FROM usage_records CROSS JOIN generate_series(1, {n // BASE - 1}) AS k",
-            database,
-        )
+        asyncio.run(multiply(url, n // BASE))
     postgres.sql("ANALYZE usage_records", database)
     return database, org, time.perf_counter() - started
+
+
+async def multiply(url: str, times: int) -> None:
+    columns = ", ".join(COLUMNS)
+    derived = {
+        "id": "gen_random_uuid()",
+        "record_id": "record_id || '-c' || k",
+        "prompt_hash": "prompt_hash || '-c' || k",
+    }
+    selected = ", ".join(derived.get(c, c) for c in COLUMNS)
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(
+            f"INSERT INTO usage_records ({columns}) SELECT {selected} "  # noqa: S608
+            f"FROM usage_records CROSS JOIN generate_series(1, {times - 1}) AS k"
+        )
+    finally:
+        await connection.close()
 
 
 async def measure(url: str, org: uuid.UUID, n: int) -> dict[str, float | int]:

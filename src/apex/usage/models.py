@@ -185,9 +185,10 @@ class UsageHashRollup(Base):
 
 
 class UsageHashTotal(Base):
-    """All-time calls per hash. Most prompts are sent once: the partial index over hashes
-    seen at least twice lets the repeated-prompt analysis visit only those, so its cost grows
-    with the prompts that repeat, not with the records."""
+    """All-time calls per hash, with the first and last hour they fell in. Most prompts are
+    sent once: the partial index over hashes seen at least twice lets the repeated-prompt
+    analysis visit only those, and a hash whose lifetime lies inside the analysed window is
+    read from this one row instead of its hourly ones."""
 
     __tablename__ = "usage_hash_totals"
     __table_args__ = (
@@ -210,3 +211,9 @@ class UsageHashTotal(Base):
     model: Mapped[str] = mapped_column(String(100), primary_key=True)
     hash: Mapped[str] = mapped_column(String(128), primary_key=True)
     calls: Mapped[int] = mapped_column(BigInteger)
+    cost_nanos: Mapped[int] = mapped_column(BigInteger)
+    prefix_tokens: Mapped[int] = mapped_column(BigInteger)
+    first_record_id: Mapped[str] = mapped_column(String(200))
+    last_record_id: Mapped[str] = mapped_column(String(200))
+    first_hour: Mapped[datetime]
+    last_hour: Mapped[datetime]

@@ -32,6 +32,7 @@ from sqlalchemy import (
     distinct,
     func,
     literal_column,
+    or_,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -260,7 +261,11 @@ _HASH_VALUES: dict[str, tuple[SQLColumnExpression[Any], Merge]] = {
     "first_record_id": (func.min(U.record_id), _smaller),
     "last_record_id": (func.max(U.record_id), _larger),
 }
-_TOTAL_VALUES: dict[str, tuple[SQLColumnExpression[Any], Merge]] = {"calls": (func.count(), _add)}
+_TOTAL_VALUES: dict[str, tuple[SQLColumnExpression[Any], Merge]] = {
+    **_HASH_VALUES,
+    "first_hour": (func.min(hour_start(U.occurred_at)), _smaller),
+    "last_hour": (func.max(hour_start(U.occurred_at)), _larger),
+}
 
 
 def _dialect_insert(session: AsyncSession, model: type[Any]) -> Any:
@@ -491,7 +496,12 @@ class SpendRepository:
         ]
 
     def _repeated(
-        self, organization_id: uuid.UUID, kind: HashKind, window: Window, min_calls: int
+        self,
+        organization_id: uuid.UUID,
+        kind: HashKind,
+        window: Window,
+        min_calls: int,
+        *among: ColumnElement[bool],
     ) -> Executable:
         """Hashes of `kind` with at least `min_calls` calls in the window, visiting only the
         hashes ever seen twice (the literal 2 matches the partial index's predicate)."""
@@ -524,6 +534,7 @@ class SpendRepository:
                 T.calls >= literal_column("2"),
                 H.hour >= window.start,
                 H.hour < window.end,
+                *among,
             )
             .group_by(*keys)
             .having(func.sum(H.calls) >= min_calls)
@@ -552,11 +563,30 @@ class SpendRepository:
     async def duplicate_prompts(
         self, organization_id: uuid.UUID, window: Window
     ) -> list[DuplicateRow]:
-        statement = self._repeated(organization_id, HashKind.PROMPT, window, 2)
-        return [
+        """Prompts sent at least twice in the window. A prompt whose whole lifetime (first to
+        last hour) lies inside the window is its all-time row; only those that straddle an
+        edge are summed from their hourly rows."""
+        inside = select(T.workload, T.provider, T.model, T.hash, T.calls, T.cost_nanos,
+                        T.first_record_id, T.last_record_id).where(
+            T.organization_id == organization_id,
+            T.kind == HashKind.PROMPT.value,
+            T.calls >= literal_column("2"),
+            T.first_hour >= window.start,
+            T.last_hour < window.end,
+        )  # fmt: skip
+        straddling = self._repeated(
+            organization_id, HashKind.PROMPT, window, 2,
+            T.last_hour >= window.start, T.first_hour < window.end,
+            or_(T.first_hour < window.start, T.last_hour >= window.end),
+        )  # fmt: skip
+        rows = [
+            DuplicateRow(row[0], row[1], row[2], row[3], int(row[4]), int(row[5]), row[6], row[7])
+            for row in (await self.session.execute(inside)).all()
+        ] + [
             DuplicateRow(row[0], row[1], row[2], row[3], int(row[4]), int(row[7]), row[8], row[9])
-            for row in (await self.session.execute(statement)).all()
+            for row in (await self.session.execute(straddling)).all()
         ]
+        return sorted(rows, key=lambda r: (r.workload, r.provider, r.model, r.prompt_hash))
 
 
 @dataclass(frozen=True, slots=True)

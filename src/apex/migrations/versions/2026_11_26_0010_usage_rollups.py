@@ -105,7 +105,14 @@ def _create_tables() -> None:
         sa.Column("kind", sa.String(length=10), nullable=False),
         *_keys(),
         sa.Column("hash", sa.String(length=128), nullable=False),
-        sa.Column("calls", sa.BigInteger(), nullable=False),
+        *(
+            sa.Column(n, sa.BigInteger(), nullable=False)
+            for n in ("calls", "cost_nanos", "prefix_tokens")
+        ),
+        sa.Column("first_record_id", sa.String(length=200), nullable=False),
+        sa.Column("last_record_id", sa.String(length=200), nullable=False),
+        sa.Column("first_hour", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_hour", sa.DateTime(timezone=True), nullable=False),
         sa.CheckConstraint("kind IN ('prompt', 'prefix')", name=op.f("ck_usage_hash_totals_kind")),
         _fk("usage_hash_totals"),
         sa.PrimaryKeyConstraint(
@@ -168,8 +175,11 @@ def _backfill(dialect: str) -> None:
         )
         op.execute(
             "INSERT INTO usage_hash_totals (organization_id, kind, workload, provider, model, "  # noqa: S608
-            f"hash, calls) SELECT organization_id, '{kind}', workload, provider, model, "
-            f"{column}, count(*) FROM usage_records WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6"
+            "hash, calls, cost_nanos, prefix_tokens, first_record_id, last_record_id, "
+            f"first_hour, last_hour) SELECT organization_id, '{kind}', workload, provider, "
+            f"model, {column}, count(*), sum(cost_nanos), sum(prefix_tokens), min(record_id), "
+            f"max(record_id), min({hour}), max({hour}) FROM usage_records WHERE {where} "
+            "GROUP BY 1, 2, 3, 4, 5, 6"
         )
 
 

@@ -44,6 +44,7 @@ from apex.observability import health
 from apex.observability.logging import RequestContextMiddleware, configure_logging
 from apex.settings import Settings, load_settings
 from apex.usage import endpoints as usage_endpoints
+from apex.usage.files import IMPORT_PATH
 from apex.web.docs import mount_docs
 
 log = structlog.get_logger("apex.app")
@@ -236,6 +237,7 @@ def create_app(
         default_limit=settings.max_body_bytes,
         limits=_body_limits(settings),
         read_timeout=settings.body_read_timeout_seconds,
+        streamed={IMPORT_PATH: settings.max_import_bytes},
     )
     app.add_middleware(RequestContextMiddleware)
     app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]

@@ -38,6 +38,7 @@ app.add_typer(pricing_app, name="pricing")
 usage_app = typer.Typer(help="Usage records and their rollups.", no_args_is_help=True)
 app.add_typer(usage_app, name="usage")
 console = Console(stderr=True, soft_wrap=True)
+MAINTENANCE_TIMEOUT_S = 6 * 3600.0  # statements of maintenance commands (rebuilds)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -215,14 +216,30 @@ def ingest(
     file: Annotated[
         Path, typer.Argument(exists=True, dir_okay=False, readable=True, help=".jsonl or .csv")
     ],
-    org: Annotated[str, typer.Option(help="The organisation's slug.")],
+    org: Annotated[
+        str | None, typer.Option(help="The organisation's slug (straight into the database).")
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="A running Apex to stream the file to instead (its import endpoint); the "
+            "API key is read from APEX_API_KEY (never from the command line)."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=MAX_BATCH)] = 5000,
     restart: Annotated[
         bool, typer.Option(help="Send the whole file again (ignore the checkpoint).")
     ] = False,
 ) -> None:
-    """Import usage records from a JSONL or CSV file (resumable; record ids make it exact)."""
+    """Import usage records from a JSONL or CSV file: into the database (--org; resumable),
+    or through a server (--url). Record ids make either exact when run again."""
     import asyncio
+
+    if url is not None:
+        _ingest_through(url, file)
+        return
+    if org is None:
+        _fail("Say where the records go: --org SLUG (the database) or --url URL (a server).", 2)
 
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
@@ -293,7 +310,8 @@ def usage_rebuild_rollups(
     from apex.kit.db import Database
     from apex.usage.rollups import RollupRepository
 
-    settings = _settings()
+    # One statement per table reads every record of an organisation: no request timeout.
+    settings = _settings().model_copy(update={"db_command_timeout": MAINTENANCE_TIMEOUT_S})
 
     async def rebuild() -> tuple[int, int]:
         database = Database(settings)
@@ -317,6 +335,43 @@ def usage_rebuild_rollups(
         f"Rebuilt the rollups of {organizations:,} organisation(s) from {records:,} records "
         f"in {time.perf_counter() - started:.1f} s."
     )
+
+
+def _ingest_through(url: str, file: Path) -> None:
+    """`apex ingest FILE --url URL`: stream the file to the server's import endpoint."""
+    import os
+
+    import httpx
+
+    from apex.usage.files import FileFormatError, RemoteRefused, upload_file
+
+    api_key = os.environ.get("APEX_API_KEY", "")
+    if not api_key:
+        _fail("Set APEX_API_KEY to an API key with the usage:write permission.", 2)
+    try:
+        with console.status(f"Streaming {file.name} to {url}…"):
+            result = upload_file(url, api_key, file)
+    except FileFormatError as exc:
+        _fail(f"{file}: {exc} (what was sent before is stored: fix it and run again)", 1)
+    except RemoteRefused as exc:
+        _fail(f"{url}: {exc}", 1)
+    except httpx.HTTPError as exc:
+        _fail(f"{url}: {type(exc).__name__}: {exc} (run again: stored records count as "
+              "duplicates)", 1)  # fmt: skip
+    summary = result.summary
+    console.print(
+        f"[green]{summary['accepted']:,} accepted[/green], {summary['duplicates']:,} "
+        f"duplicates (already stored), [red]{summary['rejected']:,} rejected[/red] "
+        f"({summary['lines']:,} lines; import {summary['id']})."
+    )
+    for problem in result.problems[:100]:
+        reasons = "; ".join(
+            f"{p['field']}: {p['reason']}" for p in problem["errors"] + problem["warnings"]
+        )
+        console.print(f"  line {problem['line']} ({problem.get('id') or 'no id'}): {reasons}",
+                      markup=False)  # fmt: skip
+    if summary["rejected"]:
+        raise typer.Exit(1)
 
 
 def _report_finished_file(result: FileIngestResult) -> None:

@@ -245,6 +245,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=1024, le=1024**3, description="Request body limit (bytes)."
     )
+    max_import_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1024,
+        description="Upload limit of a streamed usage import (bytes as sent, compressed or not).",
+    )
     max_ingest_body_bytes: int = Field(
         default=10 * 1024 * 1024,
         ge=1024,

@@ -45,12 +45,14 @@ def _record(n: int, **overrides: Any) -> dict[str, Any]:
 
 def _sum_and_count(postgres: PostgresCluster, database: str) -> tuple[int, int]:
     """Records stored and their cost; the rollups must say the same (same transaction)."""
-    raw = postgres.sql("SELECT count(*), coalesce(sum(cost_nanos), 0) FROM usage_records", database)
-    rolled = postgres.sql(
-        "SELECT coalesce(sum(calls), 0), coalesce(sum(cost_nanos), 0) FROM usage_rollups", database
+    both = postgres.sql(  # one statement: one snapshot, even while batches commit
+        "SELECT count(*), coalesce(sum(cost_nanos), 0), "
+        "(SELECT coalesce(sum(calls), 0) FROM usage_rollups), "
+        "(SELECT coalesce(sum(cost_nanos), 0) FROM usage_rollups) FROM usage_records",
+        database,
     )
-    assert rolled.strip() == raw.strip(), "the rollups differ from the records they sum"
-    count, total = raw.strip().split("|")
+    count, total, rolled_count, rolled_total = both.strip().split("|")
+    assert (rolled_count, rolled_total) == (count, total), "the rollups differ from the records"
     return int(count), int(total)
 
 

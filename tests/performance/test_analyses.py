@@ -12,6 +12,7 @@ import uuid
 from datetime import timedelta
 
 import asyncpg
+import pytest
 
 from apex.agents.sandbox import AnalysisSandbox
 from apex.agents.tools.analyses import RECOMMENDERS, run_analyses
@@ -70,7 +71,7 @@ async def multiply(url: str, times: int) -> None:
 
 
 async def measure(url: str, org: uuid.UUID, n: int) -> dict[str, float | int]:
-    db = Database(Settings(database_url=url, environment="test"))
+    db = Database(Settings(database_url=url, environment="test", db_command_timeout=3600))
     try:
         started = time.perf_counter()
         async with db.unit_of_work() as session:
@@ -129,6 +130,7 @@ async def measure(url: str, org: uuid.UUID, n: int) -> dict[str, float | int]:
     }
 
 
+@pytest.mark.timeout(1800)  # loading ten million records and building their rollups
 def test_analyses_and_meter_at_one_and_ten_million_records(
     postgres: PostgresCluster, template_database: str
 ) -> None:

@@ -74,11 +74,15 @@ class RequestLimits:
         default_limit: int,
         limits: Mapping[str, int],
         read_timeout: float,
+        streamed: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
         self.default_limit = default_limit
         self.limits = dict(limits)
         self.read_timeout = read_timeout
+        # Paths whose NDJSON body the route reads as a stream: limited in size, and each
+        # chunk must arrive within the read timeout (a large upload may take long in all).
+        self.streamed = dict(streamed or {})
 
     def limit_for(self, path: str) -> int:
         return self.limits.get(path.rstrip("/") or "/", self.default_limit)
@@ -89,6 +93,15 @@ class RequestLimits:
             return
         send = _with_security_headers(send, scope)
         headers = Headers(scope=scope)
+        streamed = self.streamed.get(scope["path"].rstrip("/"))
+        if streamed is not None:
+            try:
+                _check_stream(headers, streamed)
+            except ApexError as refused:
+                await _refuse(send, refused)
+                return
+            await self.app(scope, _limited(receive, streamed, self.read_timeout), send)
+            return
         try:
             body = await self._checked_body(scope, headers, receive)
         except ApexError as refused:
@@ -126,6 +139,43 @@ class RequestLimits:
             raise RequestTimeout(
                 f"The request body did not arrive within {self.read_timeout:g} s."
             ) from None
+
+
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/json-seq"})
+
+
+def _check_stream(headers: Headers, limit: int) -> None:
+    length = headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise PayloadTooLarge(_too_large(limit), limit_bytes=limit)
+    media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media not in NDJSON_TYPES:
+        raise UnsupportedMediaType(
+            "Send one JSON record per line with 'Content-Type: application/x-ndjson' "
+            "(and 'Content-Encoding: gzip' to compress it)."
+        )
+
+
+def _limited(receive: Receive, limit: int, idle_timeout: float) -> Receive:
+    """`receive` for a streamed body: PayloadTooLarge past `limit` bytes, RequestTimeout
+    when a chunk takes longer than `idle_timeout` seconds to arrive."""
+    size = 0
+
+    async def limited() -> Message:
+        nonlocal size
+        try:
+            async with asyncio.timeout(idle_timeout):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"No part of the request body arrived within {idle_timeout:g} s."
+            ) from None
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise PayloadTooLarge(_too_large(limit), limit_bytes=limit)
+        return message
+
+    return limited
 
 
 def _too_large(limit: int) -> str:

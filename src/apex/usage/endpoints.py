@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.billing.plans import plan_for
 from apex.identity.deps import CacheDep, Principal, RequirePermission
 from apex.identity.service import organization_view
+from apex.kit.cache import TwoLevelCache
 from apex.kit.db import SessionDep
-from apex.kit.errors import NotFound
+from apex.kit.errors import NotFound, UnsupportedMediaType
 from apex.usage import service
-from apex.usage.models import nanos_to_usd
+from apex.usage.imports import UsageImporter
+from apex.usage.models import UsageImport, nanos_to_usd
 from apex.usage.pricing import ModelPrice, default_catalogue
 from apex.usage.quota import RecordQuota
+from apex.usage.repository import ImportRepository
 from apex.usage.schemas import (
+    ImportOut,
     IngestReport,
     PriceIn,
     PriceOut,
@@ -44,17 +52,109 @@ async def ingest_usage(
     reports the records already stored as duplicates and stores nothing twice. Invalid
     records are rejected (field and reason); the valid ones of the batch are kept. Records
     past the plan's monthly quota are rejected with field `records`, naming the quota."""
-    state = request.app.state
-    organization = await organization_view(session, cache, principal.organization_id)
-    quota = RecordQuota(
-        state.quota,
-        plan_for(organization["tier"] if organization else "free"),
-        principal.organization_id,
-        state.clock.now(),
-    )
+    quota = await _record_quota(request, session, cache, principal)
     report = await service.ingest(session, principal.organization_id, body.records, quota=quota)
     # Serialised by pydantic-core in one call: a verdict per record, up to 10,000 of them.
     return Response(report.model_dump_json(), media_type="application/json")
+
+
+async def _record_quota(
+    request: Request, session: AsyncSession, cache: TwoLevelCache, principal: Principal
+) -> RecordQuota:
+    organization = await organization_view(session, cache, principal.organization_id)
+    return RecordQuota(
+        request.app.state.quota,
+        plan_for(organization["tier"] if organization else "free"),
+        principal.organization_id,
+        request.app.state.clock.now(),
+    )
+
+
+def _import_out(row: UsageImport) -> ImportOut:
+    return ImportOut(
+        id=row.id,
+        status=row.status,
+        lines=row.lines,
+        accepted=row.accepted,
+        duplicates=row.duplicates,
+        rejected=row.rejected,
+        warnings=row.warnings,
+        error=row.error,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+        problems_url=f"/api/v1/usage/imports/{row.id}/problems",
+    )
+
+
+@router.post(
+    "/usage/events:import",
+    response_model=ImportOut,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def import_usage(
+    request: Request,
+    principal: Annotated[Principal, RequirePermission("usage:write")],
+    session: SessionDep,
+    cache: CacheDep,
+) -> JSONResponse:
+    """Stream any number of records as NDJSON (one record per line; `Content-Encoding:
+    gzip` to compress). They are stored in chunks of 5,000 as they arrive, each chunk in its
+    own transaction; `GET /api/v1/usage/imports/{id}` shows the progress meanwhile (the id is
+    in the `Location` header from the start). Same verdicts as `POST /usage/events`: lines
+    that are not JSON, or invalid records, are rejected and listed at `problems_url`."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip"):
+        raise UnsupportedMediaType("Content-Encoding must be gzip or absent.")
+    quota = await _record_quota(request, session, cache, principal)
+    await session.commit()  # hold no connection while the upload streams in
+    state = request.app.state
+    importer = UsageImporter(state.database, state.clock, lambda: quota)
+    user_id = None if principal.is_api_key else principal.user_id
+    import_id = await importer.start(principal.organization_id, user_id)
+    await importer.run(
+        principal.organization_id, import_id, request.stream(), gzip=encoding == "gzip"
+    )
+    async with state.database.unit_of_work(primary=True) as reading:
+        row = await ImportRepository(reading).of_organization(principal.organization_id, import_id)
+    assert row is not None
+    return JSONResponse(
+        _import_out(row).model_dump(mode="json"),
+        headers={"Location": f"/api/v1/usage/imports/{import_id}"},
+    )
+
+
+@router.get("/usage/imports/{import_id}", response_model=ImportOut)
+async def get_import(
+    import_id: uuid.UUID,
+    principal: Annotated[Principal, RequirePermission("usage:read")],
+    session: SessionDep,
+) -> ImportOut:
+    """An import's progress: what its committed chunks stored, then its outcome."""
+    row = await ImportRepository(session).of_organization(principal.organization_id, import_id)
+    if row is None:
+        raise NotFound("No import with this id.")
+    return _import_out(row)
+
+
+@router.get("/usage/imports/{import_id}/problems")
+async def get_import_problems(
+    import_id: uuid.UUID,
+    principal: Annotated[Principal, RequirePermission("usage:read")],
+    session: SessionDep,
+) -> Response:
+    """NDJSON, in line order: `{"line": N, "id": …, "status": "rejected" | "accepted",
+    "errors": […], "warnings": […]}` for each line rejected or stored with a warning."""
+    imports = ImportRepository(session)
+    if await imports.of_organization(principal.organization_id, import_id) is None:
+        raise NotFound("No import with this id.")
+    rows = await imports.problems(principal.organization_id, import_id)
+    body = "".join(json.dumps({"line": r.line, **r.verdict}) + "\n" for r in rows)
+    return Response(body, media_type="application/x-ndjson")
 
 
 @router.get("/usage/events/{record_id}", response_model=UsageRecordOut)

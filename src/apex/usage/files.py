@@ -16,10 +16,13 @@ import json
 import os
 import signal
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from apex.kit.db import Database
 from apex.kit.failpoints import NO_FAILPOINTS, Failpoints
@@ -261,3 +264,72 @@ async def _count_stored(database: Database, organization_id: uuid.UUID, ids: lis
     async with database.unit_of_work() as session:
         stored = await UsageRepository(session).stored_ids(organization_id, list(set(ids)))
     return sum(record_id in stored for record_id in ids)
+
+
+def upload_lines(path: Path) -> Iterator[bytes]:
+    """The file as NDJSON lines whose numbers are the file's own: JSONL as it is; CSV with a
+    blank line in place of its header and each row as a JSON object."""
+    kind = _kind(path)
+    with path.open("rb") as handle:
+        if kind == "jsonl":
+            yield from iter(lambda: handle.readline(), b"")
+            return
+        header = next(csv.reader([handle.readline().decode("utf-8-sig")]), [])
+        if not header:
+            raise FileFormatError(f"{path.name}: the CSV file has no header line")
+        yield b"\n"
+        for number, line in enumerate(iter(handle.readline, b""), start=2):
+            if not line.strip():
+                yield b"\n"
+                continue
+            yield json.dumps(_csv_record(header, line, number)).encode() + b"\n"
+
+
+def gzipped(chunks: Iterator[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    """Chunks compressed as one gzip stream, in pieces of about `size` bytes of input."""
+    deflater = zlib.compressobj(6, zlib.DEFLATED, 31)
+    pending: list[bytes] = []
+    held = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield deflater.compress(b"".join(pending))
+            pending, held = [], 0
+    yield deflater.compress(b"".join(pending)) + deflater.flush()
+
+
+IMPORT_PATH = "/api/v1/usage/events:import"
+
+
+@dataclass
+class RemoteImport:
+    summary: dict[str, Any]
+    problems: list[dict[str, Any]]
+
+
+def upload_file(url: str, api_key: str, path: Path, *, timeout: float = 3600) -> RemoteImport:
+    """Stream the file to a server's import endpoint (gzip) and fetch the problem lines.
+    The key travels in the Authorization header only. Raises httpx.HTTPError, or
+    RemoteRefused with the server's answer."""
+    headers = {
+        "Authorization": f"Bearer {api_key}",
+        "Content-Type": "application/x-ndjson",
+        "Content-Encoding": "gzip",
+    }
+    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout) as client:
+        answer = client.post(IMPORT_PATH, content=gzipped(upload_lines(path)))
+        if answer.status_code != 200:
+            raise RemoteRefused(answer.status_code, answer.text)
+        summary: dict[str, Any] = answer.json()
+        problems: list[dict[str, Any]] = []
+        if summary["rejected"] or summary["warnings"]:
+            listed = client.get(summary["problems_url"])
+            problems = [json.loads(line) for line in listed.text.splitlines()[:MAX_PROBLEMS_KEPT]]
+    return RemoteImport(summary, problems)
+
+
+class RemoteRefused(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"the server answered {status}: {body[:500]}")
+        self.status = status

@@ -217,3 +217,48 @@ class UsageHashTotal(Base):
     last_record_id: Mapped[str] = mapped_column(String(200))
     first_hour: Mapped[datetime]
     last_hour: Mapped[datetime]
+
+
+class ImportStatus(enum.StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the upload broke off or could not be read: what committed is kept
+
+
+class UsageImport(RecordModel):
+    """A streamed NDJSON upload (`POST /api/v1/usage/events:import`). Its counters are
+    updated in the transaction of each chunk they count, so they always say what is stored."""
+
+    __tablename__ = "usage_imports"
+    __table_args__ = (CheckConstraint(enum_check("status", ImportStatus), name="status"),)
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    created_by_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+    status: Mapped[str] = mapped_column(String(10))
+    lines: Mapped[int] = mapped_column(BigInteger, default=0)
+    accepted: Mapped[int] = mapped_column(BigInteger, default=0)
+    duplicates: Mapped[int] = mapped_column(BigInteger, default=0)
+    rejected: Mapped[int] = mapped_column(BigInteger, default=0)
+    warnings: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(String(500))
+    finished_at: Mapped[datetime | None]
+
+
+class UsageImportProblem(Base):
+    """The verdict of one line of an import that was rejected or stored with a warning
+    (accepted and duplicate lines are only counted)."""
+
+    __tablename__ = "usage_import_problems"
+
+    import_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("usage_imports.id", ondelete="CASCADE"), primary_key=True
+    )
+    line: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE")
+    )
+    verdict: Mapped[dict[str, Any]] = mapped_column(JSON)

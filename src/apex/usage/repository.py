@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -12,14 +13,17 @@ from sqlalchemy import (
     String,
     Uuid,
     bindparam,
+    func,
+    insert,
     select,
     text,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.kit.repository import Repository
-from apex.usage.models import PriceOverride, UsageRecord
+from apex.usage.models import PriceOverride, UsageImport, UsageImportProblem, UsageRecord
 
 
 def _insert_ignoring_duplicates(session: AsyncSession) -> Insert:
@@ -144,3 +148,55 @@ class PriceOverrideRepository(Repository[PriceOverride]):
         )
         result: PriceOverride | None = await self.session.scalar(statement)
         return result
+
+
+class ImportRepository(Repository[UsageImport]):
+    model = UsageImport
+
+    async def of_organization(
+        self, organization_id: uuid.UUID, import_id: uuid.UUID
+    ) -> UsageImport | None:
+        found: UsageImport | None = await self.session.scalar(
+            select(UsageImport).where(
+                UsageImport.id == import_id, UsageImport.organization_id == organization_id
+            )
+        )
+        return found
+
+    async def add_counts(self, import_id: uuid.UUID, **deltas: int) -> None:
+        """Add to the import's counters (one UPDATE, in the chunk's transaction)."""
+        await self.session.execute(
+            update(UsageImport)
+            .where(UsageImport.id == import_id)
+            .values({name: getattr(UsageImport, name) + value for name, value in deltas.items()})
+        )
+
+    async def finish(
+        self, import_id: uuid.UUID, status: str, at: datetime, error: str | None = None
+    ) -> None:
+        await self.session.execute(
+            update(UsageImport)
+            .where(UsageImport.id == import_id)
+            .values(status=status, finished_at=at, updated_at=at, error=error)
+        )
+
+    async def add_problems(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            await self.session.execute(insert(UsageImportProblem), list(rows))
+
+    async def problem_count(self, import_id: uuid.UUID) -> int:
+        statement = select(func.count()).where(UsageImportProblem.import_id == import_id)
+        return int(await self.session.scalar(statement) or 0)
+
+    async def problems(
+        self, organization_id: uuid.UUID, import_id: uuid.UUID
+    ) -> Sequence[UsageImportProblem]:
+        statement = (
+            select(UsageImportProblem)
+            .where(
+                UsageImportProblem.import_id == import_id,
+                UsageImportProblem.organization_id == organization_id,
+            )
+            .order_by(UsageImportProblem.line)
+        )
+        return (await self.session.scalars(statement)).all()

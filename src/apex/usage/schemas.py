@@ -221,3 +221,23 @@ class UsageMeterOut(BaseModel):
     records_included: int | None = Field(description="The plan's records a month; null: no limit.")
     tokens: TokensOut
     cost_usd: Decimal
+
+
+class ImportOut(BaseModel):
+    """A streamed import's progress: the counts of the chunks stored so far (each chunk
+    commits with its counts), then its outcome."""
+
+    id: uuid.UUID
+    status: Literal["running", "succeeded", "failed"]
+    lines: int = Field(description="Non-blank lines read and stored (or rejected) so far.")
+    accepted: int
+    duplicates: int
+    rejected: int
+    warnings: int
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    problems_url: str = Field(
+        description="NDJSON: the verdict of every line rejected or stored with a warning "
+        "(the first 10,000)."
+    )

@@ -43,6 +43,8 @@ CORE_TABLES = {
     "usage_rollups",
     "usage_hash_rollups",
     "usage_hash_totals",
+    "usage_imports",
+    "usage_import_problems",
 }
 
 

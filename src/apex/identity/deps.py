@@ -60,7 +60,7 @@ class Principal:
         return in_scope and allows(self.role, permission)
 
 
-def get_cache(request: Request) -> TwoLevelCache:
+async def get_cache(request: Request) -> TwoLevelCache:  # async: no thread-pool hop
     cache: TwoLevelCache = request.app.state.cache
     return cache
 

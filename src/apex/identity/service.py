@@ -134,8 +134,14 @@ async def organization_view(
             return None
         return {"id": str(org.id), "name": org.name, "slug": org.slug, "tier": org.tier}
 
-    result: dict[str, Any] | None = await cache.get(organization_key(organization_id), load)
-    return result
+    # Read once per unit of work: the plan check and the endpoint both want it.
+    seen: dict[uuid.UUID, dict[str, Any] | None] = session.info.setdefault(_VIEWS, {})
+    if organization_id not in seen:
+        seen[organization_id] = await cache.get(organization_key(organization_id), load)
+    return seen[organization_id]
+
+
+_VIEWS = "organization_views"
 
 
 async def role_in(
@@ -154,6 +160,7 @@ async def rename_organization(
     org = await OrganizationRepository(session).get_or_raise(organization_id)
     org.name = name
     await session.flush()
+    session.info.get(_VIEWS, {}).pop(organization_id, None)
     invalidate_after_commit(session, organization_key(organization_id))
     return org
 

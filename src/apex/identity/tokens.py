@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -81,9 +82,46 @@ def _key_for(token: str, keyring: KeyRing) -> Any:
     return key
 
 
+class _VerifiedTokens:
+    """Claims of tokens whose signature was verified, by the exact token text, with the key
+    that verified them: a token seen again skips the RSA check and the base64 work (most of
+    the cost of authenticating a request) while that same key is still in the keyring.
+    Expiry and the denylist are still checked on every request. Bounded (LRU)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: OrderedDict[str, tuple[Any, dict[str, Any]]] = OrderedDict()
+
+    def get(self, token: str, keyring: KeyRing) -> dict[str, Any] | None:
+        found = self.entries.get(token)
+        if found is None:
+            return None
+        key, claims = found
+        if keyring.verification_key(str(claims["_kid"])) is not key:  # retired, or another ring
+            del self.entries[token]
+            return None
+        self.entries.move_to_end(token)
+        return claims
+
+    def put(self, token: str, key: Any, claims: dict[str, Any]) -> None:
+        self.entries[token] = (key, claims)
+        if len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+
+_VERIFIED = _VerifiedTokens(10_000)
+
+
 def decode_access_token(
     token: str, *, keyring: KeyRing, now: datetime, leeway: int
 ) -> AccessClaims:
+    claims = _VERIFIED.get(token, keyring)
+    if claims is None:
+        claims = _verified_claims(token, keyring)
+    return _checked(claims, now, leeway)
+
+
+def _verified_claims(token: str, keyring: KeyRing) -> dict[str, Any]:
     key = _key_for(token, keyring)
     try:
         claims = jwt.decode(
@@ -103,6 +141,12 @@ def decode_access_token(
         raise Unauthorized("Invalid access token.") from exc
     if claims.get("typ") != TOKEN_TYPE:
         raise Unauthorized("Not an access token.")
+    claims["_kid"] = jwt.get_unverified_header(token)["kid"]
+    _VERIFIED.put(token, key, claims)
+    return claims
+
+
+def _checked(claims: dict[str, Any], now: datetime, leeway: int) -> AccessClaims:
     stamp = now.timestamp()
     if _instant(claims, "exp") + leeway < stamp:
         raise Unauthorized("The access token has expired.")

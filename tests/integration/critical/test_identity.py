@@ -314,6 +314,9 @@ EXPECTED_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/usage/events"): WRITERS,
     ("GET", "/api/v1/usage/events/{record_id}"): EVERYONE,
     ("GET", "/api/v1/usage/meter"): EVERYONE,
+    ("POST", "/api/v1/usage/events:import"): WRITERS,
+    ("GET", "/api/v1/usage/imports/{import_id}"): EVERYONE,
+    ("GET", "/api/v1/usage/imports/{import_id}/problems"): EVERYONE,
     ("GET", "/api/v1/pricing"): EVERYONE,
     ("PUT", "/api/v1/pricing/{provider}/{model}"): MANAGERS,
     ("DELETE", "/api/v1/pricing/{provider}/{model}"): MANAGERS,
@@ -396,8 +399,20 @@ def test_rbac_enforcement_integration(
 
     # Requests for each protected route; a route without a sample fails the test, so a new
     # endpoint cannot go unchecked.
-    def sample(method: str, path: str) -> Callable[[], tuple[dict[str, Any] | None, str]]:
-        samples: dict[tuple[str, str], Callable[[], tuple[dict[str, Any] | None, str]]] = {
+    def ndjson_record() -> bytes:
+        return json.dumps({"id": uuid.uuid4().hex, "timestamp": "2026-11-01T00:00:00Z",
+                           "provider": "openai", "model": "gpt-4o"}).encode()  # fmt: skip
+
+    def an_import() -> str:
+        made = ca.post("/api/v1/usage/events:import", content=ndjson_record(),
+                       headers={**as_owner, "Content-Type": "application/x-ndjson"})  # fmt: skip
+        assert made.status_code == 200, made.text
+        return str(made.json()["id"])
+
+    Sample = tuple[dict[str, Any] | bytes | None, str]
+
+    def sample(method: str, path: str) -> Callable[[], Sample]:
+        samples: dict[tuple[str, str], Callable[[], Sample]] = {
             ("GET", "/api/v1/organizations/current"): lambda: (None, path),
             ("PATCH", "/api/v1/organizations/current"): lambda: ({"name": "Renamed"}, path),
             ("GET", f"/api/v1{MEMBERS}"): lambda: (None, path),
@@ -443,6 +458,15 @@ def test_rbac_enforcement_integration(
             ),
             ("GET", "/api/v1/pricing"): lambda: (None, path),
             ("GET", "/api/v1/usage/meter"): lambda: (None, path),
+            ("POST", "/api/v1/usage/events:import"): lambda: (ndjson_record(), path),
+            ("GET", "/api/v1/usage/imports/{import_id}"): lambda: (
+                None,
+                path.replace("{import_id}", an_import()),
+            ),
+            ("GET", "/api/v1/usage/imports/{import_id}/problems"): lambda: (
+                None,
+                path.replace("{import_id}", an_import()),
+            ),
             ("GET", "/api/v1/usage/events/{record_id}"): lambda: (
                 None,
                 path.replace("{record_id}", "rbac-1"),
@@ -481,7 +505,11 @@ def test_rbac_enforcement_integration(
     for (method, path), allowed in sorted(EXPECTED_ACCESS.items()):
         for role in ROLES:
             body, url = sample(method, path)()
-            response = ca.request(method, url, headers=headers[role], json=body)
+            if isinstance(body, bytes):  # a streamed upload
+                ndjson = {**headers[role], "Content-Type": "application/x-ndjson"}
+                response = ca.request(method, url, headers=ndjson, content=body)
+            else:
+                response = ca.request(method, url, headers=headers[role], json=body)
             observed[(method, path, role)] = response.status_code != 403
             expected[(method, path, role)] = role in allowed
             if response.status_code != 403:
@@ -556,8 +584,8 @@ def _example(schema: dict[str, Any], spec: dict[str, Any]) -> Any:
 # Tables that hold an organisation's data, for the before/after checksum of tenant A.
 TENANT_TABLES = (
     "organizations", "memberships", "api_keys", "invitations", "price_overrides",
-    "usage_records", "usage_rollups", "usage_hash_rollups", "usage_hash_totals", "agent_runs",
-    "threads",
+    "usage_records", "usage_rollups", "usage_hash_rollups", "usage_hash_totals", "usage_imports",
+    "usage_import_problems", "agent_runs", "threads",
 )  # fmt: skip
 
 
@@ -636,6 +664,15 @@ def test_tenant_isolation_integration(
              "prompt_hash": marker, "prefix_hash": marker, "prefix_tokens": 50},
         ]})  # fmt: skip
         assert usage.json()["accepted"] == 2, usage.text
+        upload = b"\n".join([
+            json.dumps({"id": f"{record_id}-import", "timestamp": "2026-11-20T12:00:00Z",
+                        "provider": "openai", "model": "gpt-4o", "metadata": {"n": marker}}
+                       ).encode(),
+            json.dumps({"id": f"{marker}-bad", "input_tokens": -1}).encode(),
+        ])  # fmt: skip
+        ndjson = {**auth, "Content-Type": "application/x-ndjson"}
+        imported = client.post("/api/v1/usage/events:import", content=upload, headers=ndjson)
+        assert imported.json()["rejected"] == 1, imported.text
         run = client.post(RUNS, headers=auth, json={"question": f"Where? {marker}"})
         assert run.status_code == 202, run.text
         run_id, thread_id = run.json()["id"], run.json()["thread_id"]
@@ -651,6 +688,7 @@ def test_tenant_isolation_integration(
             "member": extra["user_id"], "key": key.json()["id"],
             "invitation": invitation.json()["id"], "record": record_id, "run": run_id,
             "thread": thread_id, "session": browser.json()["id"],
+            "import": imported.json()["id"],
         }  # fmt: skip
         secrets_of_tenant = {owner_email, extra_email, key.json()["prefix"], negotiated, marker}
         secrets_of_tenant |= set(ids.values())

@@ -4,11 +4,14 @@ rows into the same PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,6 +66,55 @@ def rest_ingest(
     return seconds
 
 
+def stream_import(
+    postgres: PostgresCluster,
+    template_database: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+    body: bytes,
+    n: int,
+) -> float:
+    """Seconds to stream `body` (NDJSON, compressed here first) into a fresh database."""
+    database = postgres.create_database(template=template_database)
+    server = start_apex(postgres.url(database), redis_server.url)
+    packed = gzip.compress(body, compresslevel=6)
+    with httpx.Client(base_url=server.base_url, timeout=600) as client:
+        headers = {**bearer(signup(client)), "Content-Type": "application/x-ndjson",
+                   "Content-Encoding": "gzip"}  # fmt: skip
+        started = time.perf_counter()
+        answer = client.post("/api/v1/usage/events:import", headers=headers, content=packed)
+        seconds = time.perf_counter() - started
+    assert answer.json()["accepted"] == n, answer.text
+    assert count(postgres, database) == n
+    server.stop()
+    return seconds
+
+
+def embedded_ingest(env: dict[str, str], path: Path, tmp_path: Path, n: int) -> float:
+    """`apex ingest` into the embedded SQLite store (organisation made by `apex demo`'s
+    sign-up path would take long: the organisation is inserted directly)."""
+    migrate = subprocess.run([sys.executable, "-m", "apex", "migrate", "upgrade"], env=env,
+                             capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert migrate.returncode == 0, migrate.stderr
+    store = tmp_path / "embedded" / "apex.db"
+    with sqlite3.connect(store) as connection:
+        connection.execute(
+            "INSERT INTO organizations (id, name, slug, tier, created_at, updated_at) VALUES "
+            "(?, 'Bench', 'bench', 'mid', '2026-11-01 00:00:00', '2026-11-01 00:00:00')",
+            (uuid.uuid4().hex,),
+        )
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "apex", "ingest", str(path), "--org", "bench"],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(store) as connection:
+        assert connection.execute("SELECT count(*) FROM usage_records").fetchone()[0] == n
+    return seconds
+
+
 def test_ingestion_throughput(
     postgres: PostgresCluster,
     template_database: str,
@@ -102,6 +154,16 @@ def test_ingestion_throughput(
     assert done.returncode == 0, done.stderr
     assert count(postgres, cli_db) == n
 
+    # The streamed import endpoint: the same file, gzip, one upload.
+    import_seconds = stream_import(
+        postgres, template_database, redis_server, start_apex, path.read_bytes(), n
+    )
+
+    # The embedded default (SQLite in the data directory): `apex ingest` as a user runs it.
+    embedded_env = {**env, "APEX_DATA_DIR": str(tmp_path / "embedded")}
+    del embedded_env["APEX_DATABASE_URL"]
+    embedded_seconds = embedded_ingest(embedded_env, path, tmp_path, n)
+
     write_section(
         "ingestion",
         "Usage ingestion: REST and `apex ingest` vs raw COPY",
@@ -121,6 +183,8 @@ def test_ingestion_throughput(
                     rest_seconds[10_000],
                 ),
                 ("`apex ingest FILE.jsonl` (includes interpreter start)", n, cli_seconds),
+                ("`POST /api/v1/usage/events:import`, one gzip NDJSON upload", n, import_seconds),
+                ("`apex ingest FILE.jsonl` on the embedded default (SQLite)", n, embedded_seconds),
             ],
             copy_seconds,
         )
@@ -130,9 +194,9 @@ def test_ingestion_throughput(
         "COPY does none of that. The REST figures also include JSON over HTTP, a verdict per\n"
         "record in the answer and the commit per batch.",
     )
-    rates = (n / copy_seconds, n / rest_seconds[1000], n / rest_seconds[10_000], n / cli_seconds)
+    rates = (n / copy_seconds, n / rest_seconds[1000], n / rest_seconds[10_000], n / cli_seconds,
+             n / import_seconds, n / embedded_seconds)  # fmt: skip
     print(
-        "\ningest per second: COPY {:,.0f}, REST 1K {:,.0f}, 10K {:,.0f}, CLI {:,.0f}".format(
-            *rates
-        )
+        "\ningest per second: COPY {:,.0f}, REST 1K {:,.0f}, 10K {:,.0f}, CLI {:,.0f}, "
+        "import {:,.0f}, embedded {:,.0f}".format(*rates)
     )

@@ -80,15 +80,20 @@ class UsageRepository(Repository[UsageRecord]):
         return set(result.scalars().all())
 
     async def _copy_new(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+        """Afterwards the staging table holds exactly the records inserted, for the rollups
+        (`RollupRepository.add`) to read in the same transaction."""
         connection = await self.session.connection()
         await connection.exec_driver_sql(_CREATE_STAGING)
+        await connection.exec_driver_sql(f"TRUNCATE {_STAGING}")  # an earlier batch's
         driver = (await connection.get_raw_connection()).driver_connection
         assert driver is not None
         records = [tuple(_copy_value(key, row.get(key)) for key in _ATTRIBUTES) for row in rows]
         await driver.copy_records_to_table(_STAGING, records=records, columns=_COLUMNS)
         moved = await connection.exec_driver_sql(_MOVE_NEW)
         inserted = {record_id for (record_id,) in moved}
-        await connection.exec_driver_sql(f"TRUNCATE {_STAGING}")
+        stored_before = [row["record_id"] for row in rows if row["record_id"] not in inserted]
+        if stored_before:
+            await self.session.execute(_DROP_STAGED, {"ids": stored_before})
         return inserted
 
     async def by_record_id(self, organization_id: uuid.UUID, record_id: str) -> UsageRecord | None:
@@ -117,6 +122,9 @@ class UsageRepository(Repository[UsageRecord]):
         return set((await self.session.scalars(statement)).all())
 
 
+_DROP_STAGED = text(f"DELETE FROM {_STAGING} WHERE record_id = ANY(:ids)").bindparams(  # noqa: S608
+    bindparam("ids", type_=postgresql.ARRAY(String))
+)
 _STORED_AMONG = text(
     "SELECT u.record_id FROM unnest(:ids) AS wanted(record_id) "
     "JOIN usage_records u ON u.organization_id = :organization_id "

@@ -17,15 +17,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    Column,
     ColumnElement,
     Executable,
     Float,
+    FromClause,
     Insert,
     Integer,
+    MetaData,
     SQLColumnExpression,
     String,
+    Table,
     and_,
-    any_,
     bindparam,
     cast,
     delete,
@@ -160,16 +163,6 @@ ROLLUP_LOCK_CLASS = 0x4150
 
 # --- the one definition of every rollup ----------------------------------------------------
 
-U = UsageRecord
-_PROMPT = U.input_tokens + U.cached_input_tokens + U.cache_write_tokens
-_COMPLETION = U.output_tokens + U.reasoning_tokens
-# The fit's variables (FitRow): i = input + cache write, r = cached input, o = output.
-_FIT_VARIABLES = {
-    "i": cast(U.input_tokens + U.cache_write_tokens, Float),
-    "r": cast(U.cached_input_tokens, Float),
-    "o": cast(_COMPLETION, Float),
-    "c": cast(U.cost_nanos, Float),
-}
 FIT_SUMS = ("ii", "ir", "io", "rr", "ro", "oo", "ic", "rc", "oc", "cc")
 TOKEN_COLUMNS = (
     "input_tokens",
@@ -181,6 +174,7 @@ TOKEN_COLUMNS = (
 
 # Rollup column -> (aggregate over the records, how a stored value absorbs a new one).
 Merge = Callable[[Any, Any], SQLColumnExpression[Any]]
+Aggregates = dict[str, tuple[SQLColumnExpression[Any], Merge]]
 
 
 def _add(stored: Any, new: Any) -> SQLColumnExpression[Any]:
@@ -195,77 +189,96 @@ def _larger(stored: Any, new: Any) -> SQLColumnExpression[Any]:
     return greatest_of(stored, new)
 
 
-_ROLLUP_KEYS = {
-    "organization_id": U.organization_id,
-    "hour": hour_start(U.occurred_at),
-    "workload": U.workload,
-    "provider": U.provider,
-    "model": U.model,
-    "status": U.status,
-    "cost_source": U.cost_source,
-}
-_ROLLUP_VALUES: dict[str, tuple[SQLColumnExpression[Any], Merge]] = {
-    "calls": (func.count(), _add),
-    **{name: (func.sum(getattr(U, name)), _add) for name in TOKEN_COLUMNS},
-    "cost_nanos": (func.sum(U.cost_nanos), _add),
-    "calls_with_end_user": (func.count(U.end_user), _add),
-    "calls_with_latency": (func.count(U.latency_ms), _add),
-    "latency_ms_sum": (func.coalesce(func.sum(U.latency_ms), 0), _add),
-    "latency_ms_max": (func.coalesce(func.max(U.latency_ms), 0), _larger),
-    "max_prompt_tokens": (func.max(_PROMPT), _larger),
-    "max_output_tokens": (func.max(_COMPLETION), _larger),
-    "first_record_id": (func.min(U.record_id), _smaller),
-    "last_record_id": (func.max(U.record_id), _larger),
-    "fit_c": (func.sum(_FIT_VARIABLES["c"]), _add),
-    **{
-        f"fit_{pair}": (func.sum(_FIT_VARIABLES[pair[0]] * _FIT_VARIABLES[pair[1]]), _add)
-        for pair in FIT_SUMS
-    },
-}
+class _Definitions:
+    """Every rollup's keys and aggregates over a table of records: `usage_records` itself,
+    or the transaction's staging table holding exactly the batch's new records."""
 
+    def __init__(self, records: Table) -> None:
+        c = records.c
+        self.records = records
+        prompt = c.input_tokens + c.cached_input_tokens + c.cache_write_tokens
+        completion = c.output_tokens + c.reasoning_tokens
+        # The fit's variables (FitRow): i = input + cache write, r = cached input, o = output.
+        fit = {
+            "i": cast(c.input_tokens + c.cache_write_tokens, Float),
+            "r": cast(c.cached_input_tokens, Float),
+            "o": cast(completion, Float),
+            "c": cast(c.cost_nanos, Float),
+        }
+        self.hour = hour_start(c.occurred_at)
+        self.rollup_keys: dict[str, SQLColumnExpression[Any]] = {
+            "organization_id": c.organization_id, "hour": self.hour, "workload": c.workload,
+            "provider": c.provider, "model": c.model, "status": c.status,
+            "cost_source": c.cost_source,
+        }  # fmt: skip
+        self.rollup_values: Aggregates = {
+            "calls": (func.count(), _add),
+            **{name: (func.sum(c[name]), _add) for name in TOKEN_COLUMNS},
+            "cost_nanos": (func.sum(c.cost_nanos), _add),
+            "calls_with_end_user": (func.count(c.end_user), _add),
+            "calls_with_latency": (func.count(c.latency_ms), _add),
+            "latency_ms_sum": (func.coalesce(func.sum(c.latency_ms), 0), _add),
+            "latency_ms_max": (func.coalesce(func.max(c.latency_ms), 0), _larger),
+            "max_prompt_tokens": (func.max(prompt), _larger),
+            "max_output_tokens": (func.max(completion), _larger),
+            "first_record_id": (func.min(c.record_id), _smaller),
+            "last_record_id": (func.max(c.record_id), _larger),
+            "fit_c": (func.sum(fit["c"]), _add),
+            **{f"fit_{pair}": (func.sum(fit[pair[0]] * fit[pair[1]]), _add) for pair in FIT_SUMS},
+        }
+        self.hash_values: Aggregates = {
+            "calls": (func.count(), _add),
+            "cost_nanos": (func.sum(c.cost_nanos), _add),
+            "prefix_tokens": (func.sum(c.prefix_tokens), _add),
+            "first_record_id": (func.min(c.record_id), _smaller),
+            "last_record_id": (func.max(c.record_id), _larger),
+        }
+        self.total_values: Aggregates = {
+            **self.hash_values,
+            "first_hour": (func.min(self.hour), _smaller),
+            "last_hour": (func.max(self.hour), _larger),
+        }
 
-def _hash_filter(kind: HashKind) -> tuple[SQLColumnExpression[Any], list[ColumnElement[bool]]]:
-    """The hash a kind counts, and which records it counts."""
-    if kind is HashKind.PROMPT:
-        return U.prompt_hash, [
-            U.prompt_hash.is_not(None),
-            U.status == CallStatus.OK.value,
-            U.cost_source != CostSource.UNPRICED.value,
+    def hash_filter(self, kind: HashKind) -> tuple[Any, list[ColumnElement[bool]]]:
+        """The hash a kind counts, and which records it counts."""
+        c = self.records.c
+        if kind is HashKind.PROMPT:
+            return c.prompt_hash, [
+                c.prompt_hash.is_not(None),
+                c.status == CallStatus.OK.value,
+                c.cost_source != CostSource.UNPRICED.value,
+            ]
+        return c.prefix_hash, [
+            c.prefix_hash.is_not(None),
+            c.cached_input_tokens == 0,
+            c.cache_write_tokens == 0,
         ]
-    return U.prefix_hash, [
-        U.prefix_hash.is_not(None),
-        U.cached_input_tokens == 0,
-        U.cache_write_tokens == 0,
-    ]
+
+    def hash_keys(self, kind: HashKind, *, hourly: bool) -> dict[str, SQLColumnExpression[Any]]:
+        c = self.records.c
+        hashed, _ = self.hash_filter(kind)
+        keys: dict[str, SQLColumnExpression[Any]] = {
+            "organization_id": c.organization_id,
+            "kind": literal_column(f"'{kind.value}'", String()),
+            "workload": c.workload,
+            "provider": c.provider,
+            "model": c.model,
+            "hash": hashed,
+        }
+        if hourly:
+            keys["hour"] = self.hour
+        return keys
 
 
-def _hash_keys(kind: HashKind, *, hourly: bool) -> dict[str, SQLColumnExpression[Any]]:
-    hashed, _ = _hash_filter(kind)
-    keys: dict[str, SQLColumnExpression[Any]] = {
-        "organization_id": U.organization_id,
-        "kind": literal_column(f"'{kind.value}'", String()),
-        "workload": U.workload,
-        "provider": U.provider,
-        "model": U.model,
-        "hash": hashed,
-    }
-    if hourly:
-        keys["hour"] = hour_start(U.occurred_at)
-    return keys
-
-
-_HASH_VALUES: dict[str, tuple[SQLColumnExpression[Any], Merge]] = {
-    "calls": (func.count(), _add),
-    "cost_nanos": (func.sum(U.cost_nanos), _add),
-    "prefix_tokens": (func.sum(U.prefix_tokens), _add),
-    "first_record_id": (func.min(U.record_id), _smaller),
-    "last_record_id": (func.max(U.record_id), _larger),
-}
-_TOTAL_VALUES: dict[str, tuple[SQLColumnExpression[Any], Merge]] = {
-    **_HASH_VALUES,
-    "first_hour": (func.min(hour_start(U.occurred_at)), _smaller),
-    "last_hour": (func.max(hour_start(U.occurred_at)), _larger),
-}
+RECORDS_TABLE: Table = UsageRecord.__table__  # type: ignore[assignment]
+# The staging table `UsageRepository.insert_new` COPies a batch into (PostgreSQL); after it,
+# the table holds exactly the batch's new records, until the transaction ends.
+STAGING_TABLE = Table(
+    "usage_records_staging", MetaData(), *(Column(c.name, c.type) for c in RECORDS_TABLE.c)
+)
+_OVER_RECORDS = _Definitions(RECORDS_TABLE)
+_OVER_STAGING = _Definitions(STAGING_TABLE)
+U = UsageRecord
 
 
 def _dialect_insert(session: AsyncSession, model: type[Any]) -> Any:
@@ -278,7 +291,8 @@ def _upsert(
     session: AsyncSession,
     model: type[Any],
     keys: Mapping[str, SQLColumnExpression[Any]],
-    values: Mapping[str, tuple[SQLColumnExpression[Any], Merge]],
+    values: Aggregates,
+    source: FromClause,
     where: list[ColumnElement[bool]],
 ) -> Insert:
     """INSERT … SELECT the aggregates of the matching records … ON CONFLICT add them to the
@@ -287,6 +301,7 @@ def _upsert(
     grouping = [key for key in keys.values() if not getattr(key, "is_literal", False)]
     grouped = (
         select(*keys.values(), *(aggregate for aggregate, _ in values.values()))
+        .select_from(source)
         .where(*where)
         .group_by(*grouping)
         .order_by(*grouping)
@@ -307,21 +322,6 @@ class RollupRepository:
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-
-    def _stored(
-        self, organization_id: uuid.UUID, record_ids: Collection[str] | None
-    ) -> tuple[list[ColumnElement[bool]], dict[str, Any]]:
-        """The filter for this organisation's records (those of `record_ids`, if given)."""
-        where: list[ColumnElement[bool]] = [U.organization_id == organization_id]
-        if record_ids is None:
-            return where, {}
-        if self.session.get_bind().dialect.name == "postgresql":
-            # One array parameter: the unique (organization_id, record_id) index serves it.
-            ids = bindparam("ids", type_=postgresql.ARRAY(String))
-            where.append(U.record_id == any_(ids))
-            return where, {"ids": list(record_ids)}
-        where.append(U.record_id.in_(bindparam("ids", expanding=True)))
-        return where, {"ids": list(record_ids)}
 
     async def add(self, organization_id: uuid.UUID, record_ids: Collection[str]) -> None:
         """Add the records just stored (in this transaction) to every rollup."""
@@ -358,19 +358,30 @@ class RollupRepository:
     async def _aggregate(
         self, organization_id: uuid.UUID, record_ids: Collection[str] | None
     ) -> None:
-        where, params = self._stored(organization_id, record_ids)
-        statements = [_upsert(self.session, UsageRollup, _ROLLUP_KEYS, _ROLLUP_VALUES, where)]
+        """Add records to the rollups: the batch's new records (`record_ids`), or all of the
+        organisation's. On PostgreSQL a batch's are read from the staging table, which holds
+        exactly them (a few thousand rows, no index needed); elsewhere by id."""
+        params: dict[str, Any] = {}
+        if record_ids is not None and self.session.get_bind().dialect.name == "postgresql":
+            over = _OVER_STAGING
+            where: list[ColumnElement[bool]] = []
+        else:
+            over = _OVER_RECORDS
+            where = [over.records.c.organization_id == organization_id]
+            if record_ids is not None:
+                where.append(over.records.c.record_id.in_(bindparam("ids", expanding=True)))
+                params["ids"] = list(record_ids)
+        statements = [
+            _upsert(self.session, UsageRollup, over.rollup_keys, over.rollup_values,
+                    over.records, where),
+        ]  # fmt: skip
         for kind in HashKind:
-            _, counted = _hash_filter(kind)
+            _, counted = over.hash_filter(kind)
             statements += [
-                _upsert(
-                    self.session, UsageHashRollup, _hash_keys(kind, hourly=True),
-                    _HASH_VALUES, where + counted,
-                ),
-                _upsert(
-                    self.session, UsageHashTotal, _hash_keys(kind, hourly=False),
-                    _TOTAL_VALUES, where + counted,
-                ),
+                _upsert(self.session, UsageHashRollup, over.hash_keys(kind, hourly=True),
+                        over.hash_values, over.records, where + counted),
+                _upsert(self.session, UsageHashTotal, over.hash_keys(kind, hourly=False),
+                        over.total_values, over.records, where + counted),
             ]  # fmt: skip
         for statement in statements:
             await self.session.execute(statement, params)

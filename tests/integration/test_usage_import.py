@@ -153,6 +153,7 @@ def test_broken_upload_keeps_committed_chunks_and_apex_ingest_url_finishes_it(
         lambda: "failed" in postgres.sql("SELECT status FROM usage_imports", database), 30
     )
     assert _sum_and_count(postgres, database)[0] == 5_000  # the committed chunk, no more
+    assert "broke off" in postgres.sql("SELECT error FROM usage_imports", database)
 
     path = tmp_path / "usage.jsonl"
     path.write_bytes(body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -113,7 +114,8 @@ async def import_usage(
     quota = await _record_quota(request, session, cache, principal)
     await session.commit()  # hold no connection while the upload streams in
     state = request.app.state
-    importer = UsageImporter(state.database, state.clock, lambda: quota)
+    # A quota per chunk: a chunk that rolls back gives back only the units it took.
+    importer = UsageImporter(state.database, state.clock, lambda: replace(quota, granted=0))
     user_id = None if principal.is_api_key else principal.user_id
     import_id = await importer.start(principal.organization_id, user_id)
     await importer.run(

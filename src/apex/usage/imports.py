@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 from pydantic_core import from_json
+from starlette.requests import ClientDisconnect
 
 from apex.kit.clock import Clock
 from apex.kit.db import Database
@@ -125,7 +126,13 @@ class UsageImporter:
                     batch = []
             await self._store(organization_id, import_id, batch)
         except BaseException as exc:
-            reason = exc.detail if isinstance(exc, ApexError) else "the upload broke off"
+            reason = (
+                exc.detail
+                if isinstance(exc, ApexError)
+                else "the upload broke off"
+                if isinstance(exc, ClientDisconnect)
+                else "an unexpected error stopped it"
+            ) + "; the lines counted before it are stored"
             log.warning("usage_import_failed", import_id=str(import_id), error=type(exc).__name__)
             await self._finish(import_id, ImportStatus.FAILED, reason[:500])
             raise

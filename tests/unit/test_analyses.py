@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from apex.agents.tools import analyses
 from apex.agents.tools.analyses import Recommendation
+from apex.demo import generate_month
 from apex.usage.pricing import (
     Catalogue,
     ModelPrice,
@@ -466,3 +467,33 @@ def test_breakdowns_sum_to_the_total_to_the_cent(spend_data: SpendData) -> None:
         summed = sum((Decimal(item["cost_usd"]) for item in listing), Decimal(0))
         assert to_cents(summed) == breakdown.total_usd
     assert sum(item["calls"] for item in breakdown.by_model) == breakdown.calls
+
+
+def _demo_month_calls() -> list[Call]:
+    """The demo's seeded month as calls: every analysis finds something in it."""
+    end = START + timedelta(days=30)
+    return [
+        Call(
+            id=r["id"], at=datetime.fromisoformat(r["timestamp"]), provider=r["provider"],
+            model=r["model"], workload=r["workload"], input=r["input_tokens"],
+            cached=r["cached_input_tokens"], written=r["cache_write_tokens"],
+            output=r["output_tokens"], status=r["status"], latency_ms=r["latency_ms"],
+            end_user=r["end_user"], prompt_hash=r["prompt_hash"],
+            prefix_hash=r.get("prefix_hash"), prefix_tokens=r.get("prefix_tokens", 0),
+        )
+        for r in generate_month(7, end)
+    ]  # fmt: skip
+
+
+def test_each_recommender_finds_the_same_from_only_the_rows_it_reads() -> None:
+    """The sandbox sends each recommender only what `READS` names: on a month where every
+    analysis finds something, that changes no recommendation (a recommender that starts
+    reading more rows without saying so fails here)."""
+    data = aggregate(_demo_month_calls())
+    assert set(analyses.READS) == set(analyses.RECOMMENDERS)
+    kinds = set()
+    for name, recommender in analyses.RECOMMENDERS.items():
+        full = recommender(data, CATALOGUE)
+        assert recommender(analyses.inputs_for(name, data), CATALOGUE) == full, name
+        kinds |= {r.kind for r in full}
+    assert kinds >= {"prompt_caching", "response_caching", "batch_api", "model_right_sizing"}

@@ -24,6 +24,7 @@ from apex.agents.tools.analyses import (
     Recommendation,
     coverage,
     derive_prices,
+    inputs_for,
     ranking_key,
     spend_breakdown,
     total_savings,
@@ -166,7 +167,9 @@ async def data(ctx: StepContext) -> dict[str, Any]:
         await ctx.check_cancelled()
         await ctx.events.emit("tool_executing", {"tool": name})
         try:
-            found = await ctx.sandbox.run(name, spend, catalogue, runaway=_runaway(ctx.failpoints))
+            found = await ctx.sandbox.run(
+                name, inputs_for(name, spend), catalogue, runaway=_runaway(ctx.failpoints)
+            )
         except AnalysisKilled as killed:
             failed.append({"analysis": name, "error": str(killed)})
             await ctx.events.emit("agent_error", {"tool": name, "error": str(killed)})

@@ -808,6 +808,32 @@ RECOMMENDERS: dict[str, Callable[[SpendData, Catalogue], list[Recommendation]]] 
 }
 
 
+# What each recommender reads of a period's data beyond its groups, days and window. The
+# sandbox sends each one only that (`inputs_for`): the repeated prompts alone can be a
+# few hundred thousand rows, and every recommender process would otherwise unpickle them.
+READS: dict[str, frozenset[str]] = {
+    "model_right_sizing": frozenset(),
+    "prompt_caching": frozenset({"prefixes"}),
+    "response_caching": frozenset({"duplicates"}),
+    "batch_api": frozenset({"hours"}),
+    "prompt_trimming": frozenset(),
+    "error_waste": frozenset(),
+}
+_OPTIONAL_INPUTS = ("prefixes", "duplicates", "hours", "fits")
+
+
+def inputs_for(name: str, data: SpendData) -> SpendData:
+    """`data` without the rows recommender `name` does not read."""
+    reads = READS.get(name, frozenset(_OPTIONAL_INPUTS))
+    return replace(
+        data,
+        prefixes=data.prefixes if "prefixes" in reads else [],
+        duplicates=data.duplicates if "duplicates" in reads else [],
+        hours=data.hours if "hours" in reads else [],
+        fits=data.fits if "fits" in reads else [],
+    )
+
+
 CONFIDENCE_ORDER = {"high": 0, "medium": 1, "low": 2}
 
 

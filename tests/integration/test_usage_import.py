@@ -74,13 +74,14 @@ def test_streamed_import_progress_verdicts_and_retry(
         with server.client() as client:
 
             def running_import() -> dict[str, Any] | None:
-                ids = postgres.sql("SELECT id FROM usage_imports", database).split()
-                if not ids:
+                listed = client.get("/api/v1/usage/imports", headers=headers).json()
+                if not listed or listed[0]["accepted"] == 0:
                     return None
-                found: dict[str, Any] = client.get(
-                    f"/api/v1/usage/imports/{ids[0]}", headers=headers
+                one: dict[str, Any] = client.get(
+                    f"/api/v1/usage/imports/{listed[0]['id']}", headers=headers
                 ).json()
-                return found if found["accepted"] > 0 else None
+                assert one["id"] == listed[0]["id"]
+                return one
 
             assert wait_until(lambda: running_import() is not None, 60)
             progress = running_import()

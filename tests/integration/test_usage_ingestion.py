@@ -404,6 +404,8 @@ def test_meter_reads_a_month_from_the_rollups(
         client.post("/api/v1/usage/events", headers=headers, json={"records": sent[:13]})
         meter = client.get("/api/v1/usage/meter", headers=headers, params={"period": "2026-10"})
         bad = client.get("/api/v1/usage/meter", headers=headers, params={"period": "2026-13"})
+        edges = [client.get("/api/v1/usage/meter", headers=headers, params={"period": p})
+                 for p in ("0000-07", "9999-12")]  # fmt: skip
     assert meter.status_code == 200, meter.text
     body = meter.json()
     assert body["records"] == 47 == len(october)
@@ -415,3 +417,4 @@ def test_meter_reads_a_month_from_the_rollups(
     assert body["records_included"] == 100_000  # Free
     assert bad.status_code == 422
     assert "period" in bad.text
+    assert [(e.status_code, "period" in e.text) for e in edges] == [(422, True), (422, True)]

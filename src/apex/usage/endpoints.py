@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -105,9 +104,9 @@ async def import_usage(
 ) -> JSONResponse:
     """Stream any number of records as NDJSON (one record per line; `Content-Encoding:
     gzip` to compress). They are stored in chunks of 5,000 as they arrive, each chunk in its
-    own transaction; `GET /api/v1/usage/imports/{id}` shows the progress meanwhile (the id is
-    in the `Location` header from the start). Same verdicts as `POST /usage/events`: lines
-    that are not JSON, or invalid records, are rejected and listed at `problems_url`."""
+    own transaction; meanwhile `GET /api/v1/usage/imports` lists it (status `running`) with
+    what its committed chunks stored. Same verdicts as `POST /usage/events`: lines that are
+    not JSON, or invalid records, are rejected and listed at `problems_url`."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip"):
         raise UnsupportedMediaType("Content-Encoding must be gzip or absent.")
@@ -115,7 +114,9 @@ async def import_usage(
     await session.commit()  # hold no connection while the upload streams in
     state = request.app.state
     # A quota per chunk: a chunk that rolls back gives back only the units it took.
-    importer = UsageImporter(state.database, state.clock, lambda: replace(quota, granted=0))
+    importer = UsageImporter(
+        state.database, state.clock, lambda: dataclasses.replace(quota, granted=0)
+    )
     user_id = None if principal.is_api_key else principal.user_id
     import_id = await importer.start(principal.organization_id, user_id)
     await importer.run(
@@ -128,6 +129,17 @@ async def import_usage(
         _import_out(row).model_dump(mode="json"),
         headers={"Location": f"/api/v1/usage/imports/{import_id}"},
     )
+
+
+@router.get("/usage/imports", response_model=list[ImportOut])
+async def list_imports(
+    principal: Annotated[Principal, RequirePermission("usage:read")],
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> list[ImportOut]:
+    """The organisation's imports, newest first, running ones included."""
+    rows = await ImportRepository(session).latest(principal.organization_id, limit)
+    return [_import_out(row) for row in rows]
 
 
 @router.get("/usage/imports/{import_id}", response_model=ImportOut)

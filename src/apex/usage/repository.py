@@ -171,6 +171,15 @@ class ImportRepository(Repository[UsageImport]):
         )
         return found
 
+    async def latest(self, organization_id: uuid.UUID, limit: int) -> Sequence[UsageImport]:
+        statement = (
+            select(UsageImport)
+            .where(UsageImport.organization_id == organization_id)
+            .order_by(UsageImport.created_at.desc(), UsageImport.id.desc())
+            .limit(limit)
+        )
+        return (await self.session.scalars(statement)).all()
+
     async def add_counts(self, import_id: uuid.UUID, **deltas: int) -> None:
         """Add to the import's counters (one UPDATE, in the chunk's transaction)."""
         await self.session.execute(

@@ -294,12 +294,18 @@ async def remove_override(
 
 def month_of(period: str | None, now: datetime) -> tuple[str, Window]:
     """A UTC calendar month ('YYYY-MM'; default: the one `now` is in) and its window."""
-    start = (
-        datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
-        if period is not None
-        else now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    )
-    end = (start + timedelta(days=32)).replace(day=1)
+    try:
+        start = (
+            datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
+            if period is not None
+            else now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        )
+        end = (start + timedelta(days=32)).replace(day=1)
+    except (ValueError, OverflowError):  # year 0, or a month past the calendar's end
+        raise ValidationFailed(
+            "period must be a month from 0001-01 to 9999-11, as YYYY-MM.",
+            errors=[{"field": "period", "message": "not a month Apex can meter"}],
+        ) from None
     return f"{start:%Y-%m}", Window(start, end)
 
 

@@ -315,6 +315,7 @@ EXPECTED_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/usage/events/{record_id}"): EVERYONE,
     ("GET", "/api/v1/usage/meter"): EVERYONE,
     ("POST", "/api/v1/usage/events:import"): WRITERS,
+    ("GET", "/api/v1/usage/imports"): EVERYONE,
     ("GET", "/api/v1/usage/imports/{import_id}"): EVERYONE,
     ("GET", "/api/v1/usage/imports/{import_id}/problems"): EVERYONE,
     ("GET", "/api/v1/pricing"): EVERYONE,
@@ -459,6 +460,7 @@ def test_rbac_enforcement_integration(
             ("GET", "/api/v1/pricing"): lambda: (None, path),
             ("GET", "/api/v1/usage/meter"): lambda: (None, path),
             ("POST", "/api/v1/usage/events:import"): lambda: (ndjson_record(), path),
+            ("GET", "/api/v1/usage/imports"): lambda: (None, path),
             ("GET", "/api/v1/usage/imports/{import_id}"): lambda: (
                 None,
                 path.replace("{import_id}", an_import()),

@@ -42,13 +42,13 @@ def _insert_ignoring_duplicates(session: AsyncSession) -> Insert:
 _ATTRIBUTES = [attribute.key for attribute in UsageRecord.__mapper__.column_attrs]
 _COLUMNS = [UsageRecord.__mapper__.column_attrs[key].columns[0].name for key in _ATTRIBUTES]
 _COLUMN_LIST = ", ".join(f'"{column}"' for column in _COLUMNS)
-_STAGING = "usage_records_staging"
+STAGING = "usage_records_staging"  # the bulk path's transaction-local table
 _CREATE_STAGING = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (LIKE usage_records INCLUDING DEFAULTS) "
+    f"CREATE TEMP TABLE IF NOT EXISTS {STAGING} (LIKE usage_records INCLUDING DEFAULTS) "
     "ON COMMIT DELETE ROWS"
 )
 _MOVE_NEW = (
-    f"INSERT INTO usage_records ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM {_STAGING} "  # noqa: S608
+    f"INSERT INTO usage_records ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM {STAGING} "  # noqa: S608
     "ON CONFLICT (organization_id, record_id) DO NOTHING RETURNING record_id"
 )
 
@@ -84,11 +84,11 @@ class UsageRepository(Repository[UsageRecord]):
         (`RollupRepository.add`) to read in the same transaction."""
         connection = await self.session.connection()
         await connection.exec_driver_sql(_CREATE_STAGING)
-        await connection.exec_driver_sql(f"TRUNCATE {_STAGING}")  # an earlier batch's
+        await connection.exec_driver_sql(f"TRUNCATE {STAGING}")  # an earlier batch's
         driver = (await connection.get_raw_connection()).driver_connection
         assert driver is not None
         records = [tuple(_copy_value(key, row.get(key)) for key in _ATTRIBUTES) for row in rows]
-        await driver.copy_records_to_table(_STAGING, records=records, columns=_COLUMNS)
+        await driver.copy_records_to_table(STAGING, records=records, columns=_COLUMNS)
         moved = await connection.exec_driver_sql(_MOVE_NEW)
         inserted = {record_id for (record_id,) in moved}
         stored_before = [row["record_id"] for row in rows if row["record_id"] not in inserted]
@@ -122,7 +122,7 @@ class UsageRepository(Repository[UsageRecord]):
         return set((await self.session.scalars(statement)).all())
 
 
-_DROP_STAGED = text(f"DELETE FROM {_STAGING} WHERE record_id = ANY(:ids)").bindparams(  # noqa: S608
+_DROP_STAGED = text(f"DELETE FROM {STAGING} WHERE record_id = ANY(:ids)").bindparams(  # noqa: S608
     bindparam("ids", type_=postgresql.ARRAY(String))
 )
 _STORED_AMONG = text(

@@ -5,7 +5,7 @@ Three tables (apex.usage.models): `usage_rollups`, an organisation's calls per U
 workload x provider x model x status x cost source; `usage_hash_rollups`, calls per prompt
 (or prefix) hash per hour; `usage_hash_totals`, all-time calls per hash, whose partial index
 over hashes seen twice keeps the repeated-prompt analysis off the prompts sent once. Every
-aggregate here is built from one definition (`_aggregates`), applied either to the records a
+aggregate here is built from one definition (`_Definitions`), applied either to the records a
 batch just stored (ingest) or to all of an organisation's records (rebuild).
 """
 
@@ -54,6 +54,7 @@ from apex.usage.models import (
     UsageRollup,
 )
 from apex.usage.pricing import Tokens
+from apex.usage.repository import STAGING
 from apex.usage.spend import (
     DayRow,
     DuplicateRow,
@@ -273,12 +274,9 @@ class _Definitions:
 RECORDS_TABLE: Table = UsageRecord.__table__  # type: ignore[assignment]
 # The staging table `UsageRepository.insert_new` COPies a batch into (PostgreSQL); after it,
 # the table holds exactly the batch's new records, until the transaction ends.
-STAGING_TABLE = Table(
-    "usage_records_staging", MetaData(), *(Column(c.name, c.type) for c in RECORDS_TABLE.c)
-)
+STAGING_TABLE = Table(STAGING, MetaData(), *(Column(c.name, c.type) for c in RECORDS_TABLE.c))
 _OVER_RECORDS = _Definitions(RECORDS_TABLE)
 _OVER_STAGING = _Definitions(STAGING_TABLE)
-U = UsageRecord
 
 
 def _dialect_insert(session: AsyncSession, model: type[Any]) -> Any:

@@ -154,6 +154,20 @@ async def in_process_app(data_dir: Path, clock: Clock, **settings: Any) -> Async
         yield application
 
 
+@pytest.fixture(params=["postgresql", "sqlite"])
+def empty_database(
+    request: pytest.FixtureRequest, postgres: PostgresCluster, tmp_path: Path
+) -> Iterator[str]:
+    """An empty database on each backend: a fresh one on the session's PostgreSQL, and an
+    SQLite file."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'apex.db'}"
+        return
+    name = postgres.create_database()
+    yield postgres.url(name)
+    postgres.drop_database(name)
+
+
 @pytest.fixture
 def start_apex() -> Iterator[Callable[..., ApexServer]]:
     """Start real `apex serve` processes; all are stopped when the test ends."""

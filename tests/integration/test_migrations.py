@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +18,6 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from apex.migrations.runner import head_revision
 from apex.models import metadata
 from apex.settings import normalise_database_url
-from tests.harness import PostgresCluster
 from tests.integration.conftest import migrate, run_apex
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -46,18 +43,6 @@ CORE_TABLES = {
     "usage_imports",
     "usage_import_problems",
 }
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def empty_database(
-    request: pytest.FixtureRequest, postgres: PostgresCluster, tmp_path: Path
-) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'apex.db'}"
-        return
-    name = postgres.create_database()
-    yield postgres.url(name)
-    postgres.drop_database(name)
 
 
 def _run(url: str, fn: Any) -> Any:

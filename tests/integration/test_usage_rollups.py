@@ -14,14 +14,11 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
@@ -33,7 +30,6 @@ from apex.usage import service
 from apex.usage.pricing import default_catalogue
 from apex.usage.rollups import MeterRepository, RollupRepository, SpendRepository
 from apex.usage.spend import SpendData, Window
-from tests.harness import PostgresCluster
 from tests.unit.records import Call, aggregate, costed
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
@@ -184,22 +180,10 @@ def check(
     asyncio.run(in_one_loop())
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def rollup_database_url(
-    request: pytest.FixtureRequest, postgres: PostgresCluster, tmp_path: Path
-) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'apex.db'}"
-        return
-    name = postgres.create_database()
-    yield postgres.url(name)
-    postgres.drop_database(name)
-
-
 def test_rollups_equal_the_raw_records_after_random_batches_and_crashes(
-    rollup_database_url: str,
+    empty_database: str,
 ) -> None:
-    config = Settings(database_url=rollup_database_url, environment="test")
+    config = Settings(database_url=empty_database, environment="test")
     runner.upgrade(config)
 
     @settings(

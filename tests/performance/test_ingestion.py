@@ -190,7 +190,8 @@ def test_ingestion_throughput(
         )
         + "\n\nThe API and the CLI validate every record (pydantic), cost it from the catalogue,\n"
         "COPY the batch into a transaction-local staging table and move it with one\n"
-        "`INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING` to report duplicates; the raw\n"
+        "`INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING` to report duplicates, then add\n"
+        "the new records to the usage rollups (five upserts that read the staging table); the raw\n"
         "COPY does none of that. The REST figures also include JSON over HTTP, a verdict per\n"
         "record in the answer and the commit per batch.",
     )

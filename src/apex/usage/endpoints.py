@@ -19,7 +19,7 @@ from apex.kit.db import SessionDep
 from apex.kit.errors import NotFound, UnsupportedMediaType
 from apex.usage import service
 from apex.usage.imports import UsageImporter
-from apex.usage.models import UsageImport, nanos_to_usd
+from apex.usage.models import nanos_to_usd
 from apex.usage.pricing import ModelPrice, default_catalogue
 from apex.usage.quota import RecordQuota
 from apex.usage.repository import ImportRepository
@@ -70,22 +70,6 @@ async def _record_quota(
     )
 
 
-def _import_out(row: UsageImport) -> ImportOut:
-    return ImportOut(
-        id=row.id,
-        status=row.status,
-        lines=row.lines,
-        accepted=row.accepted,
-        duplicates=row.duplicates,
-        rejected=row.rejected,
-        warnings=row.warnings,
-        error=row.error,
-        created_at=row.created_at,
-        finished_at=row.finished_at,
-        problems_url=f"/api/v1/usage/imports/{row.id}/problems",
-    )
-
-
 @router.post(
     "/usage/events:import",
     response_model=ImportOut,
@@ -126,7 +110,7 @@ async def import_usage(
         row = await ImportRepository(reading).of_organization(principal.organization_id, import_id)
     assert row is not None
     return JSONResponse(
-        _import_out(row).model_dump(mode="json"),
+        ImportOut.model_validate(row).model_dump(mode="json"),
         headers={"Location": f"/api/v1/usage/imports/{import_id}"},
     )
 
@@ -139,7 +123,7 @@ async def list_imports(
 ) -> list[ImportOut]:
     """The organisation's imports, newest first, running ones included."""
     rows = await ImportRepository(session).latest(principal.organization_id, limit)
-    return [_import_out(row) for row in rows]
+    return [ImportOut.model_validate(row) for row in rows]
 
 
 @router.get("/usage/imports/{import_id}", response_model=ImportOut)
@@ -152,7 +136,7 @@ async def get_import(
     row = await ImportRepository(session).of_organization(principal.organization_id, import_id)
     if row is None:
         raise NotFound("No import with this id.")
-    return _import_out(row)
+    return ImportOut.model_validate(row)
 
 
 @router.get("/usage/imports/{import_id}/problems")

@@ -8,7 +8,15 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
 from apex.kit.clock import UtcInstant
 from apex.kit.text import Text
@@ -227,6 +235,8 @@ class ImportOut(BaseModel):
     """A streamed import's progress: the counts of the chunks stored so far (each chunk
     commits with its counts), then its outcome."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     id: uuid.UUID
     status: Literal["running", "succeeded", "failed"]
     lines: int = Field(description="Non-blank lines read and stored (or rejected) so far.")
@@ -237,7 +247,11 @@ class ImportOut(BaseModel):
     error: str | None
     created_at: datetime
     finished_at: datetime | None
-    problems_url: str = Field(
+
+    @computed_field(  # type: ignore[prop-decorator]
         description="NDJSON: the verdict of every line rejected or stored with a warning "
         "(the first 10,000)."
     )
+    @property
+    def problems_url(self) -> str:
+        return f"/api/v1/usage/imports/{self.id}/problems"

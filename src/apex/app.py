@@ -45,6 +45,7 @@ from apex.observability.logging import RequestContextMiddleware, configure_loggi
 from apex.settings import Settings, load_settings
 from apex.usage import endpoints as usage_endpoints
 from apex.usage.files import IMPORT_PATH
+from apex.usage.maintenance import keep_maintaining
 from apex.web.docs import mount_docs
 
 log = structlog.get_logger("apex.app")
@@ -168,6 +169,22 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     relay.start()
     await queue.start()
     keyring.start(settings.signing_keys_refresh_seconds)
+    maintenance_stop = asyncio.Event()
+    app.state.usage_maintained = asyncio.Event()  # set after the first pass (embedded only)
+    maintenance = (
+        asyncio.create_task(
+            keep_maintaining(
+                database,
+                app.state.clock,
+                settings.usage_maintenance_seconds,
+                maintenance_stop,
+                app.state.usage_maintained,
+            ),
+            name="usage-maintenance",
+        )
+        if runtime is not None  # the embedded default: no worker to do it
+        else None
+    )
     log.info(
         "apex_started",
         version=__version__,
@@ -178,6 +195,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await mail.drain()
+        maintenance_stop.set()
+        if maintenance is not None:
+            await maintenance
         await keyring.stop()
         await queue.stop()
         await relay.stop()

@@ -337,6 +337,37 @@ def usage_rebuild_rollups(
     )
 
 
+@usage_app.command("maintain")
+def maintain_usage() -> None:
+    """Create the coming months' usage partitions and apply every plan's retention now (the
+    worker does this every APEX_USAGE_MAINTENANCE_SECONDS)."""
+    import asyncio
+
+    from apex.kit.clock import SystemClock
+    from apex.kit.db import Database
+    from apex.usage.maintenance import MaintenanceReport, maintain
+
+    settings = _settings().model_copy(update={"db_command_timeout": MAINTENANCE_TIMEOUT_S})
+
+    async def run() -> MaintenanceReport:
+        database = Database(settings)
+        try:
+            return await maintain(database, SystemClock().now())
+        finally:
+            await database.dispose()
+
+    report = asyncio.run(run())
+    if report.skipped:
+        console.print("Another process is maintaining the usage tables; nothing done.")
+        return
+    console.print(
+        f"Partitions created: {', '.join(report.created) or 'none'}. "
+        f"Dropped: {', '.join(report.dropped) or 'none'}. "
+        f"Records deleted outside partitions: {report.deleted:,}. "
+        f"Rollups recomputed for {report.recomputed:,} organisation-month(s)."
+    )
+
+
 def _ingest_through(url: str, file: Path) -> None:
     """`apex ingest FILE --url URL`: stream the file to the server's import endpoint."""
     import os
@@ -403,6 +434,7 @@ def worker(
     from apex.kit.queue import JobQueue, serve_jobs
     from apex.kit.redis import create_redis
     from apex.observability.logging import configure_logging
+    from apex.usage.maintenance import keep_maintaining
 
     settings = _settings()
     if settings.redis_url is None:
@@ -422,9 +454,14 @@ def worker(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         structlog.get_logger("apex.worker").info("worker_started", concurrency=concurrency)
+        maintenance = asyncio.create_task(
+            keep_maintaining(database, SystemClock(), settings.usage_maintenance_seconds, stop)
+        )
         try:
             await serve_jobs(queue, stop, concurrency=concurrency)
         finally:
+            stop.set()
+            await maintenance
             await queue.broker.shutdown()
             await redis.aclose()
             await database.dispose()

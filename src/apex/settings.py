@@ -226,6 +226,12 @@ class Settings(BaseSettings):
         default=60, ge=1, description="RLIMIT_CPU of the analysis subprocess."
     )
     queue_name: str = Field(default="apex:jobs", description="The Redis stream of jobs.")
+    usage_maintenance_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How often usage partitions are created ahead and retention applied "
+        "(by `apex worker`; by `apex serve` on the embedded default).",
+    )
     queue_redelivery_seconds: float = Field(
         default=300.0,
         gt=0,

@@ -42,6 +42,7 @@ CORE_TABLES = {
     "usage_hash_totals",
     "usage_imports",
     "usage_import_problems",
+    "usage_record_ids",
 }
 
 
@@ -284,3 +285,72 @@ def test_deleting_an_organisation_cascades_to_its_threads_and_messages(empty_dat
         ],
     )
     assert counts == [0, 0, 0, 1]  # the user outlives the organisation
+
+
+def test_partitioning_keeps_the_records_stored_before_and_their_dedup_keys(
+    empty_database: str,
+) -> None:
+    """Records stored before partitioning stay readable (on PostgreSQL in the legacy
+    partition, attached without a copy), their ids still deduplicate, new months get
+    partitions of their own, and retention empties and then drops the legacy partition."""
+    _ok(migrate(empty_database, "upgrade", "2026_11_26_0011"))
+    stored = _run(empty_database, _usage)
+    _ok(migrate(empty_database, "upgrade", "head"))
+    postgres = empty_database.startswith("postgresql")
+    if postgres:
+        kinds = dict(
+            _run(empty_database, lambda c: c.execute(text(
+                "SELECT relname, relkind::text || (CASE WHEN relispartition THEN '+' ELSE '' END) "
+                "FROM pg_class WHERE relname IN ('usage_records', 'usage_records_legacy')"
+            )).all())
+        )  # fmt: skip
+        assert kinds == {"usage_records": "p", "usage_records_legacy": "r+"}
+    asyncio.run(_after_partitioning(empty_database, stored))
+
+
+async def _after_partitioning(url: str, stored: int) -> None:
+    from apex.kit.db import Database
+    from apex.settings import Settings
+    from apex.usage import service
+    from apex.usage.maintenance import maintain
+    from apex.usage.rollups import MeterRepository
+    from apex.usage.spend import Window
+
+    db = Database(Settings(database_url=url, environment="test"))
+    try:
+        async with db.unit_of_work() as session:
+            org = uuid.UUID(str(await session.scalar(text("SELECT id FROM organizations"))))
+            old = await service.stored_record(session, org, "r007")
+            assert (old.model, old.input_tokens) == ("gpt-4o-mini", 107)
+            sent = [
+                {"id": "r007", "timestamp": "2027-02-01T10:00:00Z", "provider": "openai",
+                 "model": "gpt-4o", "input_tokens": 5},
+                {"id": "new-1", "timestamp": "2027-02-01T10:00:00Z", "provider": "openai",
+                 "model": "gpt-4o", "input_tokens": 5},
+            ]  # fmt: skip
+            report = await service.ingest(session, org, sent)
+        assert (report.accepted, report.duplicates) == (1, 1)  # r007 was stored before
+        if db.backend == "postgresql":
+            async with db.unit_of_work() as session:
+                where = await session.scalar(
+                    text(
+                        "SELECT tableoid::regclass::text FROM usage_records "
+                        "WHERE record_id = 'new-1'"
+                    )
+                )
+            assert where == "usage_records_y2027m02_r30"  # the Free plan keeps 30 days
+        # A year on, the Free plan's retention has passed for everything stored before.
+        maintained = await maintain(db, NOW.replace(year=2027, month=12))
+        if db.backend == "postgresql":  # rows are deleted only where no partition is theirs
+            assert maintained.deleted == stored
+            assert maintained.dropped == ["usage_records_y2027m02_r30", "usage_records_legacy"]
+        else:
+            assert maintained.deleted == stored + 1
+        async with db.unit_of_work() as session:
+            meter = await MeterRepository(session).read(
+                org, Window(datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+            )
+            left = await session.scalar(text("SELECT count(*) FROM usage_records"))
+        assert (meter.records, left) == (0, 0)
+    finally:
+        await db.dispose()

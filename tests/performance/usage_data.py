@@ -11,8 +11,12 @@ from typing import Any
 import asyncpg
 
 from apex.demo import generate_month
+from apex.kit.db import Database
+from apex.settings import Settings
 from apex.usage.models import usd_to_nanos
 from apex.usage.pricing import Tokens, cost_of, default_catalogue
+from apex.usage.repository import PartitionRepository
+from apex.usage.spend import month_start
 from tests.harness import PostgresCluster
 
 END = datetime(2026, 11, 1, tzinfo=UTC)
@@ -22,8 +26,9 @@ COLUMNS = [
     "id", "organization_id", "record_id", "occurred_at", "provider", "model", "workload",
     "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
     "reasoning_tokens", "latency_ms", "status", "cost_nanos", "cost_source", "prompt_hash",
-    "prefix_hash", "prefix_tokens", "end_user", "metadata", "ingested_at",
+    "prefix_hash", "prefix_tokens", "end_user", "metadata", "ingested_at", "retention_days",
 ]  # fmt: skip
+RETENTION_DAYS = 365  # the Mid plan's, the benchmark organisation's
 
 
 def records(count: int) -> Iterator[dict[str, Any]]:
@@ -56,11 +61,25 @@ def row(organization_id: uuid.UUID, record: dict[str, Any]) -> tuple[Any, ...]:
         record["latency_ms"], record["status"], usd_to_nanos(cost_of(price, tokens)), "catalogue",
         record["prompt_hash"],
         record.get("prefix_hash"), record.get("prefix_tokens", 0), record["end_user"], None,
-        END,
+        END, RETENTION_DAYS,
     )  # fmt: skip
 
 
+async def create_partitions(url: str, rows: list[tuple[Any, ...]]) -> None:
+    """The monthly partitions the rows go to (ingestion creates them itself; a raw COPY
+    needs them first)."""
+    database = Database(Settings(database_url=url, environment="test"))
+    try:
+        async with database.unit_of_work() as session:
+            await PartitionRepository(session).ensure(
+                {(month_start(r[COLUMNS.index("occurred_at")]), RETENTION_DAYS) for r in rows}
+            )
+    finally:
+        await database.dispose()
+
+
 async def copy_rows(url: str, organization_id: uuid.UUID, rows: list[tuple[Any, ...]]) -> float:
+    await create_partitions(url, rows)
     connection = await asyncpg.connect(url)
     try:
         started = time.perf_counter()

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from apex.kit.models import UtcDateTime
 from apex.models import metadata
 from apex.settings import load_settings
+from apex.usage.repository import is_partition
 
 config = context.config
 
@@ -32,11 +33,16 @@ def _render_item(kind: str, obj: Any, autogen_context: AutogenContext) -> str | 
     return False
 
 
+def _include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    return not (type_ == "table" and name is not None and is_partition(name))
+
+
 def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
         render_item=_render_item,
+        include_name=_include_name,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
         transaction_per_migration=True,

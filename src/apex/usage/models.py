@@ -15,13 +15,15 @@ from sqlalchemy import (
     Double,
     ForeignKey,
     Index,
+    SmallInteger,
     String,
     UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from apex.kit.models import Base, IdMixin, RecordModel, enum_check, utc_now
+from apex.kit.ids import new_id
+from apex.kit.models import Base, RecordModel, enum_check, utc_now
 
 NANOS_PER_USD = 1_000_000_000
 
@@ -47,16 +49,20 @@ class CostSource(enum.StrEnum):
     UNPRICED = "unpriced"  # no price known when stored: cost 0 until a price exists
 
 
-class UsageRecord(IdMixin, Base):
-    """One LLM call of a customer. `record_id` is theirs and unique per organisation: the
-    unique constraint is the dedup key, written in the same statement as the record.
+class UsageRecord(Base):
+    """One LLM call of a customer, as it arrived. Records are only ever added; they leave
+    when the retention of the plan they arrived under has passed (`apex.usage.maintenance`).
+
+    On PostgreSQL the table is partitioned by month of `occurred_at`, each month by
+    `retention_days`, so retention drops whole partitions. A partitioned table cannot hold a
+    unique key without the partition columns, so the dedup key lives in `usage_record_ids`
+    and the table has no primary key of its own (`id` identifies a row for the ORM).
 
     Cost is stored in integer nano-dollars so sums are exact on every backend.
     """
 
     __tablename__ = "usage_records"
     __table_args__ = (
-        UniqueConstraint("organization_id", "record_id"),
         Index("ix_usage_records_organization_id_occurred_at", "organization_id", "occurred_at"),
         CheckConstraint(enum_check("status", CallStatus), name="status"),
         CheckConstraint(enum_check("cost_source", CostSource), name="cost_source"),
@@ -66,8 +72,10 @@ class UsageRecord(IdMixin, Base):
             "AND cost_nanos >= 0",
             name="non_negative",
         ),
+        {"postgresql_partition_by": "RANGE (occurred_at)"},
     )
 
+    id: Mapped[uuid.UUID] = mapped_column(default=new_id)
     organization_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("organizations.id", ondelete="CASCADE")
     )
@@ -91,6 +99,26 @@ class UsageRecord(IdMixin, Base):
     end_user: Mapped[str | None] = mapped_column(String(200))
     attributes: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     ingested_at: Mapped[datetime] = mapped_column(default=utc_now)
+    # Days the record is kept: the retention of the organisation's plan when it arrived
+    # (0: stored before retention classes existed; the current plan's retention applies).
+    retention_days: Mapped[int] = mapped_column(SmallInteger)
+
+    __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012 (declarative reads it once)
+
+
+class UsageRecordId(Base):
+    """The dedup key of usage records: every record id an organisation has sent, written in
+    the statement that stores the record. Ids outlive their records (retention drops those,
+    not these), so a replayed old file is answered "duplicate" instead of resurrecting
+    records the plan no longer keeps; `occurred_at` leads a lookup to the record's partition."""
+
+    __tablename__ = "usage_record_ids"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    record_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    occurred_at: Mapped[datetime]
 
 
 class PriceOverride(RecordModel):

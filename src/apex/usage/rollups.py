@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -279,7 +280,7 @@ _OVER_RECORDS = _Definitions(RECORDS_TABLE)
 _OVER_STAGING = _Definitions(STAGING_TABLE)
 
 
-def _dialect_insert(session: AsyncSession, model: type[Any]) -> Any:
+def _dialect_insert(session: AsyncSession, model: Any) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert(model)
     return sqlite.insert(model)
@@ -327,19 +328,42 @@ class RollupRepository:
             await self._lock(organization_id, exclusive=False)
             await self._aggregate(organization_id, record_ids)
 
-    async def rebuild(self, organization_id: uuid.UUID) -> int:
-        """Recompute an organisation's rollups from its raw records (in this transaction);
-        return how many records they sum. Batches of the organisation wait meanwhile: one
-        committed between the rebuild's DELETE and its INSERT would be counted twice."""
+    async def rebuild(self, organization_id: uuid.UUID, window: Window | None = None) -> int:
+        """Recompute an organisation's rollups from its raw records (in this transaction),
+        all of them or those of a window of whole hours (after retention dropped records in
+        it); return how many records the recomputed rollups sum. Batches of the
+        organisation wait meanwhile: one committed between the rebuild's DELETE and its
+        INSERT would be counted twice."""
         await self._lock(organization_id, exclusive=True)
-        for model in (UsageRollup, UsageHashRollup, UsageHashTotal):
-            await self.session.execute(
-                delete(model).where(model.organization_id == organization_id)
+        if window is None:
+            for model in (UsageRollup, UsageHashRollup, UsageHashTotal):
+                await self.session.execute(
+                    delete(model).where(model.organization_id == organization_id)
+                )
+            await self._aggregate(organization_id, None)
+            return await self._calls(organization_id, _in(organization_id, _ALL_TIME))
+        # The all-time rows of the hashes seen in the window are rebuilt from the hourly ones.
+        await self.session.execute(
+            delete(T).where(
+                T.organization_id == organization_id,
+                T.first_hour < window.end,
+                T.last_hour >= window.start,
             )
-        await self._aggregate(organization_id, None)
-        summed = select(func.coalesce(func.sum(UsageRollup.calls), 0)).where(
-            UsageRollup.organization_id == organization_id
         )
+        for model in (UsageRollup, UsageHashRollup):
+            await self.session.execute(
+                delete(model).where(
+                    model.organization_id == organization_id,
+                    model.hour >= window.start,
+                    model.hour < window.end,
+                )
+            )
+        await self._aggregate(organization_id, None, window)
+        await self.session.execute(_totals_from_hours(self.session, organization_id))
+        return await self._calls(organization_id, _in(organization_id, window))
+
+    async def _calls(self, organization_id: uuid.UUID, where: list[ColumnElement[bool]]) -> int:
+        summed = select(func.coalesce(func.sum(UsageRollup.calls), 0)).where(*where)
         return int(await self.session.scalar(summed) or 0)
 
     async def _lock(self, organization_id: uuid.UUID, *, exclusive: bool) -> None:
@@ -354,11 +378,16 @@ class RollupRepository:
         )
 
     async def _aggregate(
-        self, organization_id: uuid.UUID, record_ids: Collection[str] | None
+        self,
+        organization_id: uuid.UUID,
+        record_ids: Collection[str] | None,
+        window: Window | None = None,
     ) -> None:
         """Add records to the rollups: the batch's new records (`record_ids`), or all of the
-        organisation's. On PostgreSQL a batch's are read from the staging table, which holds
-        exactly them (a few thousand rows, no index needed); elsewhere by id."""
+        organisation's, or those in `window` (then not to the all-time totals, which the
+        caller rebuilds from the hourly rows). On PostgreSQL a batch's are read from the
+        staging table, which holds exactly them (a few thousand rows, no index needed);
+        elsewhere by id."""
         params: dict[str, Any] = {}
         if record_ids is not None and self.session.get_bind().dialect.name == "postgresql":
             over = _OVER_STAGING
@@ -369,20 +398,49 @@ class RollupRepository:
             if record_ids is not None:
                 where.append(over.records.c.record_id.in_(bindparam("ids", expanding=True)))
                 params["ids"] = list(record_ids)
+            if window is not None:
+                occurred_at = over.records.c.occurred_at
+                where += [occurred_at >= window.start, occurred_at < window.end]
         statements = [
             _upsert(self.session, UsageRollup, over.rollup_keys, over.rollup_values,
                     over.records, where),
         ]  # fmt: skip
         for kind in HashKind:
             _, counted = over.hash_filter(kind)
-            statements += [
+            statements.append(
                 _upsert(self.session, UsageHashRollup, over.hash_keys(kind, hourly=True),
                         over.hash_values, over.records, where + counted),
-                _upsert(self.session, UsageHashTotal, over.hash_keys(kind, hourly=False),
-                        over.total_values, over.records, where + counted),
-            ]  # fmt: skip
+            )  # fmt: skip
+            if window is None:
+                statements.append(
+                    _upsert(self.session, UsageHashTotal, over.hash_keys(kind, hourly=False),
+                            over.total_values, over.records, where + counted),
+                )  # fmt: skip
         for statement in statements:
             await self.session.execute(statement, params)
+
+
+def _totals_from_hours(session: AsyncSession, organization_id: uuid.UUID) -> Insert:
+    """INSERT the all-time row of every hash of the organisation that has hourly rows and
+    no all-time row, summed from the hourly rows (the same aggregates as at ingest)."""
+    keys = [H.organization_id, H.kind, H.workload, H.provider, H.model, H.hash]
+    has_total = select(T.hash).where(*(getattr(T, key.key) == key for key in keys)).exists()
+    summed = (
+        select(
+            *keys,
+            func.sum(H.calls), func.sum(H.cost_nanos), func.sum(H.prefix_tokens),
+            func.min(H.first_record_id), func.max(H.last_record_id),
+            func.min(H.hour), func.max(H.hour),
+        )
+        .where(H.organization_id == organization_id, ~has_total)
+        .group_by(*keys)
+    )  # fmt: skip
+    columns = [key.key for key in keys] + [
+        "calls", "cost_nanos", "prefix_tokens", "first_record_id", "last_record_id",
+        "first_hour", "last_hour",
+    ]  # fmt: skip
+    statement: Insert = _dialect_insert(session, T.__table__).from_select(columns, summed)
+    return statement
 
 
 # --- reads ---------------------------------------------------------------------------------
@@ -390,6 +448,9 @@ class RollupRepository:
 R = UsageRollup
 H = UsageHashRollup
 T = UsageHashTotal
+
+
+_ALL_TIME = Window(datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
 
 
 def _in(organization_id: uuid.UUID, window: Window) -> list[ColumnElement[bool]]:

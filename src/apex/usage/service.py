@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apex.billing.plans import Plan, plan_for
+from apex.identity.repository import OrganizationRepository
 from apex.kit.db import call_after_rollback
 from apex.kit.errors import NotFound, ValidationFailed
 from apex.kit.ids import new_id
@@ -27,7 +29,7 @@ from apex.usage.schemas import (
     UsageRecordOut,
     echo,
 )
-from apex.usage.spend import Window
+from apex.usage.spend import Window, month_start, next_month
 
 
 def tokens_of(record: UsageRecordIn) -> Tokens:
@@ -60,7 +62,11 @@ def _problems(exc: ValidationError) -> list[FieldProblem]:
 
 
 def _row(
-    organization_id: uuid.UUID, record: UsageRecordIn, cost_nanos: int, source: str
+    organization_id: uuid.UUID,
+    record: UsageRecordIn,
+    cost_nanos: int,
+    source: str,
+    retention_days: int,
 ) -> dict[str, Any]:
     return {
         "id": new_id(),
@@ -85,6 +91,7 @@ def _row(
         "end_user": record.end_user,
         "attributes": record.metadata,
         "ingested_at": datetime.now(UTC),
+        "retention_days": retention_days,
     }
 
 
@@ -130,8 +137,10 @@ async def ingest(
     in this one) is a duplicate and changes nothing. A record of a model without a price is
     stored unpriced, with a warning: nothing the customer sent is dropped. With a `quota`,
     records past the plan's monthly quota are rejected (field `records`), and those that
-    turn out to be duplicates, or whose transaction rolls back, give their units back."""
+    turn out to be duplicates, or whose transaction rolls back, give their units back.
+    Records are kept for the retention of the plan the organisation is on now."""
     catalogue = catalogue or await catalogue_for(session, organization_id)
+    plan = quota.plan if quota is not None else await _plan_of(session, organization_id)
     results: list[RecordResult] = []
     rows: list[dict[str, Any]] = []
     pending: dict[str, int] = {}  # record id -> index in `results`
@@ -154,7 +163,7 @@ async def ingest(
         results.append(
             RecordResult(index=index, id=record.id, status="accepted", warnings=warnings)
         )
-        rows.append(_row(organization_id, record, cost_nanos, source.value))
+        rows.append(_row(organization_id, record, cost_nanos, source.value, plan.retention_days))
     if quota is not None and quota.limit is not None:
         rows = await _within_quota(session, organization_id, quota, rows, pending, results)
     inserted = await UsageRepository(session).insert_new(rows)
@@ -174,6 +183,11 @@ async def ingest(
         else:
             report.rejected += 1
     return report
+
+
+async def _plan_of(session: AsyncSession, organization_id: uuid.UUID) -> Plan:
+    organization = await OrganizationRepository(session).get_or_raise(organization_id)
+    return plan_for(organization.tier)
 
 
 async def _within_quota(
@@ -298,9 +312,9 @@ def month_of(period: str | None, now: datetime) -> tuple[str, Window]:
         start = (
             datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
             if period is not None
-            else now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            else month_start(now)
         )
-        end = (start + timedelta(days=32)).replace(day=1)
+        end = next_month(start)
     except (ValueError, OverflowError):  # year 0, or a month past the calendar's end
         raise ValidationFailed(
             "period must be a month from 0001-01 to 9999-11, as YYYY-MM.",

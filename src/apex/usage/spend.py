@@ -28,6 +28,16 @@ class Window:
         return Window(_hour_floor(self.start), _hour_ceiling(self.end))
 
 
+def month_start(instant: datetime) -> datetime:
+    """The start of the UTC calendar month `instant` falls in."""
+    return _hour_floor(instant).replace(day=1, hour=0)
+
+
+def next_month(start: datetime) -> datetime:
+    """The start of the month after the one starting at `start`."""
+    return (start + timedelta(days=32)).replace(day=1)
+
+
 def _hour_floor(instant: datetime) -> datetime:
     return instant.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 

@@ -230,6 +230,8 @@ async def _pooled_app(
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=transport, base_url="http://apex.test", timeout=60) as client,
     ):
+        # The embedded default's start-up usage maintenance uses the pool for a moment.
+        await app.state.usage_maintained.wait()
         yield app, client
 
 

@@ -118,7 +118,8 @@ async def assert_rollups_match(db: Database, org: uuid.UUID, kept: list[Call]) -
     assert meter.records == len(kept)
 
 
-async def scenario(db: Database) -> None:
+async def scenario(db: Database) -> list[set[str]]:
+    """Run the story; return the record ids each organisation (free, mid, changed) keeps."""
     free = await organization(db, "free")
     mid = await organization(db, "mid")
     changed = await organization(db, "early")
@@ -173,7 +174,7 @@ async def scenario(db: Database) -> None:
     assert (again.dropped, again.deleted, again.created) == ([], 0, [])
     replay = [c for c in dropped_calls if c.id.startswith("free-")]
     assert await ingest(db, free, replay) == {"accepted": 0, "duplicates": len(replay)}
-    assert await stored_ids(db, free) == {c.id for c in kept[free]}
+    return [await stored_ids(db, org) for org in (free, mid, changed)]
 
 
 def test_retention_keeps_each_plans_months_and_the_rollups_of_what_remains(
@@ -182,11 +183,14 @@ def test_retention_keeps_each_plans_months_and_the_rollups_of_what_remains(
     config = Settings(database_url=empty_database, environment="test")
     runner.upgrade(config)
 
-    async def in_one_loop() -> None:
+    async def in_one_loop() -> list[set[str]]:
         db = Database(config)
         try:
-            await scenario(db)
+            return await scenario(db)
         finally:
             await db.dispose()
 
-    asyncio.run(in_one_loop())
+    free, mid, changed = asyncio.run(in_one_loop())
+    assert free == {c.id for c in months("free", FREE_KEPT)}
+    assert mid == {c.id for c in months("mid", MID_KEPT)}
+    assert changed == {c.id for c in months("early", EARLY_KEPT) + months("late", FREE_AFTER_KEPT)}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
@@ -24,6 +25,9 @@ from apex.usage import service
 from apex.usage.maintenance import maintain
 from apex.usage.rollups import MeterRepository, SpendRepository
 from apex.usage.spend import Window
+from tests.harness import ApexWorker, PostgresCluster, RedisServer
+from tests.harness.procs import wait_until
+from tests.integration.critical.conftest import database_name
 from tests.integration.test_usage_rollups import assert_same, record
 from tests.unit.records import Call, aggregate
 
@@ -194,3 +198,31 @@ def test_retention_keeps_each_plans_months_and_the_rollups_of_what_remains(
     assert free == {c.id for c in months("free", FREE_KEPT)}
     assert mid == {c.id for c in months("mid", MID_KEPT)}
     assert changed == {c.id for c in months("early", EARLY_KEPT) + months("late", FREE_AFTER_KEPT)}
+
+
+def test_the_worker_creates_the_coming_months_partitions(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_worker: Callable[..., ApexWorker],
+) -> None:
+    """`apex worker` runs the maintenance pass when it starts: this month's partitions and
+    the next two months' exist, for every plan's retention, before a record needs them."""
+    today = datetime.now(UTC)
+    index = today.year * 12 + today.month - 1
+    wanted = {
+        f"usage_records_y{(index + k) // 12:04d}m{(index + k) % 12 + 1:02d}_r{days}"
+        for k in range(3)
+        for days in (30, 180, 365, 2555)
+    }
+    database = database_name(database_url)
+
+    def created() -> set[str]:
+        listed = postgres.sql(
+            "SELECT relname FROM pg_class WHERE relname LIKE 'usage_records_y%'", database
+        )
+        return set(listed.split())
+
+    assert not wanted & created()
+    start_worker(database_url, redis_server.url)
+    assert wait_until(lambda: wanted <= created(), timeout=30), sorted(wanted - created())

@@ -100,8 +100,9 @@ class UsageRecord(Base):
     attributes: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     ingested_at: Mapped[datetime] = mapped_column(default=utc_now)
     # Days the record is kept: the retention of the organisation's plan when it arrived
-    # (0: stored before retention classes existed; the current plan's retention applies).
-    retention_days: Mapped[int] = mapped_column(SmallInteger)
+    # (0: stored before retention classes existed, or by an instance of an earlier version
+    # during an upgrade; the organisation's current plan's retention applies).
+    retention_days: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
 
     __mapper_args__ = {"primary_key": [id]}  # noqa: RUF012 (declarative reads it once)
 

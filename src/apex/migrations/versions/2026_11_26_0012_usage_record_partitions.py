@@ -46,6 +46,14 @@ _COPY_IDS = (
     "INSERT INTO usage_record_ids (organization_id, record_id, occurred_at) "
     "SELECT organization_id, record_id, occurred_at FROM usage_records"
 )
+# The ids of the records stored while the first copy ran (an anti-join: no write lock was
+# held then, so which ones they are is not known).
+_COPY_NEW_IDS = (
+    "INSERT INTO usage_record_ids (organization_id, record_id, occurred_at) "
+    "SELECT r.organization_id, r.record_id, r.occurred_at FROM usage_records r "
+    "WHERE NOT EXISTS (SELECT FROM usage_record_ids i "
+    "WHERE i.organization_id = r.organization_id AND i.record_id = r.record_id)"
+)
 
 
 def upgrade() -> None:
@@ -53,14 +61,12 @@ def upgrade() -> None:
         _upgrade_postgresql()
         return
     _create_id_table()
-    op.execute(_COPY_IDS)
+    op.execute(_COPY_IDS)  # SQLite: one writer at a time
     with op.batch_alter_table("usage_records", recreate="always") as batch:
         batch.drop_constraint("uq_usage_records_organization_id_record_id", type_="unique")
         batch.add_column(
             sa.Column("retention_days", sa.SmallInteger(), nullable=False, server_default="0")
         )
-    with op.batch_alter_table("usage_records", recreate="always") as batch:
-        batch.alter_column("retention_days", server_default=None)
 
 
 def _upgrade_postgresql() -> None:
@@ -78,7 +84,6 @@ def _upgrade_postgresql() -> None:
             "ALTER TABLE usage_records ADD COLUMN IF NOT EXISTS "
             "retention_days smallint NOT NULL DEFAULT 0"
         )
-        op.execute("ALTER TABLE usage_records ALTER COLUMN retention_days DROP DEFAULT")
         op.execute(f"ALTER TABLE usage_records DROP CONSTRAINT IF EXISTS {BOUND}")
         bound = bind.execute(
             sa.text(
@@ -92,10 +97,13 @@ def _upgrade_postgresql() -> None:
         )
         op.execute(f"ALTER TABLE usage_records VALIDATE CONSTRAINT {BOUND}")  # no write lock
         op.execute("RESET lock_timeout")
-    # One transaction from here: writers wait while the ids are copied, readers do not.
+        op.execute("TRUNCATE usage_record_ids")  # a failed run's copy
+        op.execute(_COPY_IDS)  # while ingestion goes on
+    # One transaction from here: writers wait while the ids of what they stored meanwhile
+    # are copied, readers do not.
     op.execute("SET LOCAL lock_timeout = '5s'")
     op.execute("LOCK TABLE usage_records IN SHARE MODE")
-    op.execute(_COPY_IDS)
+    op.execute(_COPY_NEW_IDS)
     op.execute(f"ALTER INDEX {INDEX} RENAME TO {LEGACY}_organization_id_occurred_at")
     op.execute(f"ALTER TABLE usage_records RENAME TO {LEGACY}")
     op.execute(
@@ -126,7 +134,7 @@ def _replace_empty_table() -> None:
     op.execute(f"ALTER INDEX {INDEX} RENAME TO {LEGACY}_organization_id_occurred_at")
     op.execute(
         f"CREATE TABLE usage_records (LIKE {LEGACY} INCLUDING DEFAULTS INCLUDING CONSTRAINTS, "
-        "retention_days smallint NOT NULL) PARTITION BY RANGE (occurred_at)"
+        "retention_days smallint NOT NULL DEFAULT 0) PARTITION BY RANGE (occurred_at)"
     )
     op.execute(f"DROP TABLE {LEGACY}")
     op.execute(

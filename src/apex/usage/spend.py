@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
+from apex.usage.models import NANOS_PER_USD
 from apex.usage.pricing import Tokens
 
 
@@ -129,6 +131,47 @@ class DuplicateRow:
 
 
 @dataclass(frozen=True, slots=True)
+class RepeatSummary:
+    """The repeated prompts of one workload on one logged model, summed: all the
+    response-caching rule needs of them (the rows themselves can be hundreds of thousands,
+    and pickling them into a sandbox process costs more than the rule)."""
+
+    workload: str
+    provider: str
+    model: str
+    prompts: int
+    repeats: int  # calls beyond the first of each prompt
+    cost_nanos: int
+    once_usd: Decimal  # one call per prompt, at each prompt's average cost
+    examples: tuple[str, ...]  # the smallest first record ids, at most EXAMPLES
+
+
+EXAMPLES = 3
+
+
+def summarise_repeats(rows: list[DuplicateRow]) -> list[RepeatSummary]:
+    """One `RepeatSummary` per (workload, provider, model) of the rows, in key order."""
+    by_key: dict[tuple[str, str, str], list[DuplicateRow]] = {}
+    for row in rows:
+        by_key.setdefault((row.workload, row.provider, row.model), []).append(row)
+    return [
+        RepeatSummary(
+            workload=workload,
+            provider=provider,
+            model=model,
+            prompts=len(found),
+            repeats=sum(r.calls - 1 for r in found),
+            cost_nanos=sum(r.cost_nanos for r in found),
+            once_usd=sum(
+                (Decimal(r.cost_nanos) / NANOS_PER_USD / r.calls for r in found), Decimal(0)
+            ),
+            examples=tuple(sorted({r.first_record_id for r in found})[:EXAMPLES]),
+        )
+        for (workload, provider, model), found in sorted(by_key.items())
+    ]
+
+
+@dataclass(frozen=True, slots=True)
 class SpendData:
     """Everything the analyses need about one organisation's window, fetched once."""
 
@@ -139,3 +182,8 @@ class SpendData:
     duplicates: list[DuplicateRow]
     hours: list[HourRow] = field(default_factory=list)
     fits: list[FitRow] = field(default_factory=list)
+    # `duplicates` summed, instead of them (what a sandboxed recommender is sent).
+    repeats: list[RepeatSummary] | None = None
+
+    def repeat_summaries(self) -> list[RepeatSummary]:
+        return self.repeats if self.repeats is not None else summarise_repeats(self.duplicates)

@@ -26,7 +26,14 @@ from apex.usage.pricing import (
     cost_of,
     to_cents,
 )
-from apex.usage.spend import DuplicateRow, FitRow, GroupRow, PrefixRow, SpendData
+from apex.usage.spend import (
+    EXAMPLES,
+    FitRow,
+    GroupRow,
+    PrefixRow,
+    RepeatSummary,
+    SpendData,
+)
 
 MONTH_DAYS = Decimal(30)
 MILLION = Decimal(1_000_000)
@@ -206,7 +213,7 @@ class Slice:
     price: ModelPrice
     groups: list[GroupRow] = field(default_factory=list)
     prefixes: list[PrefixRow] = field(default_factory=list)
-    duplicates: list[DuplicateRow] = field(default_factory=list)
+    repeats: list[RepeatSummary] = field(default_factory=list)
     hours: list[int] = field(default_factory=lambda: [0] * 24)
     logged_as: set[str] = field(default_factory=set)
 
@@ -305,10 +312,10 @@ class Analysis:
         for prefix in data.prefixes:
             if (slice_ := self._slice(prefix.workload, prefix.provider, prefix.model)) is not None:
                 slice_.prefixes.append(prefix)
-        for duplicate in data.duplicates:
-            found = self._slice(duplicate.workload, duplicate.provider, duplicate.model)
+        for repeated in data.repeat_summaries():
+            found = self._slice(repeated.workload, repeated.provider, repeated.model)
             if found is not None:
-                found.duplicates.append(duplicate)
+                found.repeats.append(repeated)
         for hour in data.hours:
             if (slice_ := self._slice(hour.workload, hour.provider, hour.model)) is not None:
                 slice_.hours[hour.hour] += hour.calls
@@ -493,13 +500,13 @@ def _prompt_caching(analysis: Analysis, slice_: Slice) -> Recommendation | None:
 
 def _response_caching(analysis: Analysis, slice_: Slice) -> Recommendation | None:
     """Identical prompts answered again → cache responses; one call per prompt remains."""
-    rows = slice_.duplicates
-    repeats = sum(r.calls - 1 for r in rows)
+    summaries = slice_.repeats
+    repeats = sum(s.repeats for s in summaries)
     ok_calls = slice_.ok()[0]
     if repeats < DUPLICATES_MIN_REPEATS or repeats < DUPLICATES_MIN_SHARE * ok_calls:
         return None
-    cost = sum((usd(r.cost_nanos) for r in rows), Decimal(0))
-    kept = sum((usd(r.cost_nanos) / r.calls for r in rows), Decimal(0))  # one per prompt
+    cost = sum((usd(s.cost_nanos) for s in summaries), Decimal(0))
+    kept = sum((s.once_usd for s in summaries), Decimal(0))  # one call per prompt
     return analysis.recommend(
         slice_,
         kind="response_caching",
@@ -508,9 +515,9 @@ def _response_caching(analysis: Analysis, slice_: Slice) -> Recommendation | Non
         projected_usd=kept,
         confidence="high",
         evidence={
-            "distinct_prompts": len(rows),
+            "distinct_prompts": sum(s.prompts for s in summaries),
             "repeated_calls": repeats,
-            "example_record_ids": sorted({r.first_record_id for r in rows})[:3],
+            "example_record_ids": sorted({i for s in summaries for i in s.examples})[:EXAMPLES],
         },
         steps=[
             "Key a cache on the full prompt hash (and model, temperature 0).",
@@ -814,12 +821,12 @@ RECOMMENDERS: dict[str, Callable[[SpendData, Catalogue], list[Recommendation]]] 
 READS: dict[str, frozenset[str]] = {
     "model_right_sizing": frozenset(),
     "prompt_caching": frozenset({"prefixes"}),
-    "response_caching": frozenset({"duplicates"}),
+    "response_caching": frozenset({"repeats"}),
     "batch_api": frozenset({"hours"}),
     "prompt_trimming": frozenset(),
     "error_waste": frozenset(),
 }
-_OPTIONAL_INPUTS = ("prefixes", "duplicates", "hours", "fits")
+_OPTIONAL_INPUTS = ("prefixes", "repeats", "hours", "fits")
 
 
 def inputs_for(name: str, data: SpendData) -> SpendData:
@@ -828,7 +835,8 @@ def inputs_for(name: str, data: SpendData) -> SpendData:
     return replace(
         data,
         prefixes=data.prefixes if "prefixes" in reads else [],
-        duplicates=data.duplicates if "duplicates" in reads else [],
+        duplicates=[],  # read as their summaries
+        repeats=data.repeat_summaries() if "repeats" in reads else [],
         hours=data.hours if "hours" in reads else [],
         fits=data.fits if "fits" in reads else [],
     )

@@ -28,6 +28,7 @@ from apex.identity.throttle import LoginThrottle
 from apex.identity.verification import MailLimit
 from apex.kit import mail
 from apex.kit.cache import TwoLevelCache
+from apex.kit.channels import Channels
 from apex.kit.clock import Clock, SystemClock
 from apex.kit.db import Database
 from apex.kit.errors import install_error_handlers
@@ -42,6 +43,8 @@ from apex.kit.replicas import ReadYourWrites, Replica
 from apex.migrations import runner
 from apex.observability import health
 from apex.observability.logging import RequestContextMiddleware, configure_logging
+from apex.realtime import gateway
+from apex.realtime.hub import Hub
 from apex.settings import Settings, load_settings
 from apex.usage import endpoints as usage_endpoints
 from apex.usage.files import IMPORT_PATH
@@ -137,6 +140,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await keyring.ensure_signer()
     app.state.keyring = keyring
     app.state.denylist = Denylist(redis, leeway=settings.token_leeway_seconds)
+    app.state.channels = Channels(redis)
+    app.state.hub = Hub(redis)
     app.state.mailer = app.state.mailer or create_mailer(settings)
     app.state.mail_limit = MailLimit(redis, settings.mails_per_address_per_hour)
     app.state.api_limiter = FixedWindow(redis)
@@ -169,6 +174,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     relay.start()
     await queue.start()
     keyring.start(settings.signing_keys_refresh_seconds)
+    await app.state.hub.start()
     maintenance_stop = asyncio.Event()
     app.state.usage_maintained = asyncio.Event()  # set after the first pass (embedded only)
     maintenance = (
@@ -195,6 +201,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await mail.drain()
+        await app.state.hub.stop()
         maintenance_stop.set()
         if maintenance is not None:
             await maintenance
@@ -267,6 +274,7 @@ def create_app(
     app.include_router(identity_endpoints.well_known)
     app.include_router(usage_endpoints.router)
     app.include_router(agent_endpoints.router)
+    app.include_router(gateway.router)
     return app
 
 

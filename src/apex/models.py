@@ -5,6 +5,7 @@ its `models` import below.
 """
 
 from apex.agents.models import AgentRun, AgentStep
+from apex.chat.models import Message, Thread
 from apex.identity.models import (
     ApiKey,
     Invitation,
@@ -16,7 +17,6 @@ from apex.identity.models import (
 )
 from apex.kit.models import Base
 from apex.kit.outbox import OutboxMessage
-from apex.realtime.models import Message, Thread
 from apex.usage.models import PriceOverride, UsageRecord
 
 metadata = Base.metadata

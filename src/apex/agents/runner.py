@@ -34,12 +34,12 @@ from apex.agents.pipeline import STEP_FUNCTIONS, RunCancelled, StepContext
 from apex.agents.repository import RunRepository, StepRepository
 from apex.agents.sandbox import AnalysisSandbox
 from apex.billing.plans import plan_for
+from apex.chat.models import Message, MessageRole
+from apex.chat.repository import MessageRepository
 from apex.identity.repository import OrganizationRepository
 from apex.kit.clock import Clock
 from apex.kit.db import Database
 from apex.kit.failpoints import Failpoints
-from apex.realtime.models import Message, MessageRole
-from apex.realtime.repository import MessageRepository
 from apex.settings import Settings
 from apex.usage.models import NANOS_PER_USD
 from apex.usage.spend import Window

@@ -15,12 +15,12 @@ from apex.agents.repository import RunRepository
 from apex.agents.schemas import RunIn
 from apex.agents.tasks import queue_first_step
 from apex.billing.plans import Plan, plan_for
+from apex.chat.models import MessageRole
+from apex.chat.repository import ThreadRepository
+from apex.chat.service import start_thread
 from apex.identity.repository import OrganizationRepository
 from apex.kit.db import call_after_commit, call_after_rollback
 from apex.kit.errors import Conflict, NotFound, RateLimited, ValidationFailed
-from apex.realtime.models import MessageRole
-from apex.realtime.repository import ThreadRepository
-from apex.realtime.service import start_thread
 from apex.settings import Settings
 from apex.usage.models import NANOS_PER_USD
 from apex.usage.spend import Window

@@ -1,5 +1,6 @@
 """Logged-out access tokens: their `jti` stays on a Redis denylist until the token expires,
-so every instance refuses them on the next request."""
+so every instance refuses them on the next request, and is broadcast so that WebSocket
+connections authenticated with it close at once."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
+REVOKED_SUBJECT = "apex:identity:revoked"  # Pub/Sub: the jti of each token logged out
 
 
 class Denylist:
@@ -26,6 +28,8 @@ class Denylist:
         self._local.add(jti)
         ttl = max(1, int((expires_at - now).total_seconds()) + self.leeway + 1)
         await self.redis.set(self._key(jti), "1", ex=ttl)
+        # Open WebSocket connections on every instance close at once (the gateway listens).
+        await self.redis.publish(REVOKED_SUBJECT, jti)
 
     async def contains(self, jti: str) -> bool:
         try:

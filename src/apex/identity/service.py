@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apex.chat.service import start_thread
 from apex.identity.models import Membership, Organization, Role, User
 from apex.identity.passwords import verify_password
 from apex.identity.repository import (
@@ -20,7 +21,6 @@ from apex.kit.cache import TwoLevelCache, invalidate_after_commit
 from apex.kit.errors import Conflict, Forbidden, NotFound, Unauthorized
 from apex.kit.failpoints import NO_FAILPOINTS, Failpoints
 from apex.kit.outbox import enqueue
-from apex.realtime.service import start_thread
 
 WELCOME = (
     "Welcome to Apex. Send your LLM call records and ask where the money goes: "

@@ -1,1 +1,2 @@
-"""Realtime: chat threads and messages (the WebSocket gateway comes later)."""
+"""The WebSocket gateway: connections, the hub that fans channels out across instances
+through Redis, and the protocol. It relays streams and owns no domain data (chat/ does)."""

@@ -1,0 +1,2 @@
+"""Chat: an organisation's threads and the messages in them (REST history, the agents'
+reports, and what the WebSocket gateway relays)."""

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from apex.agents import service
-from apex.agents.events import RunEvents, read_events
+from apex.agents.events import read_events
 from apex.agents.limits import RunSlots
 from apex.agents.models import AgentRun, RunStatus
 from apex.agents.repository import RunRepository, StepRepository
@@ -124,7 +124,7 @@ async def cancel_run(
         organization_id=principal.organization_id,
         run_id=run_id,
         slots=RunSlots(state.redis),
-        events=RunEvents(state.redis, run_id),
+        redis=state.redis,
         now=state.clock.now(),
     )
     return _run_out(run)

@@ -1,7 +1,10 @@
-"""Run events: appended in order to one Redis Stream per run, for the realtime gateway.
+"""Run events: appended in order to one Redis Stream per run (`GET …/runs/{id}/events`),
+and published on the channel of the run's thread, which the WebSocket gateway relays to
+everyone following that thread on any instance (`apex.kit.channels`: the agents never
+import the gateway).
 
-Each entry has `type` and `payload` (JSON) and the stream id as its position. Streams expire
-a day after their last event so they never outlive their use; the run's rows in the
+Each stream entry has `type` and `payload` (JSON) and the stream id as its position. Streams
+expire a day after their last event so they never outlive their use; the run's rows in the
 database stay the record.
 """
 
@@ -9,9 +12,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
+
+from apex.kit.channels import Channels, envelope, thread_channel
 
 EVENT_TYPES = frozenset(
     {
@@ -35,10 +41,12 @@ def stream_key(run_id: uuid.UUID | str) -> str:
 
 
 class RunEvents:
-    def __init__(self, redis: Redis, run_id: uuid.UUID) -> None:
+    def __init__(self, redis: Redis, run_id: uuid.UUID, thread_id: uuid.UUID | None = None) -> None:
         self.redis = redis
         self.key = stream_key(run_id)
         self.run_id = run_id
+        self.thread_id = thread_id
+        self.channels = Channels(redis)
 
     async def emit(self, kind: str, payload: dict[str, Any]) -> str:
         if kind not in EVENT_TYPES:
@@ -48,6 +56,10 @@ class RunEvents:
             pipe.xadd(self.key, fields)
             pipe.expire(self.key, STREAM_TTL_SECONDS)
             entry_id, _ = await pipe.execute()
+        if self.thread_id is not None:
+            frame = envelope(kind, payload, datetime.now(UTC), thread_id=str(self.thread_id),
+                             run_id=str(self.run_id))  # fmt: skip
+            await self.channels.publish(thread_channel(self.thread_id), frame)
         return str(entry_id)
 
 

@@ -112,6 +112,7 @@ async def _claim_next_step(runtime: Runtime, run_id: uuid.UUID) -> _Claim | None
             run={
                 "id": run.id,
                 "organization_id": run.organization_id,
+                "thread_id": run.thread_id,
                 "question": run.question,
                 "window": Window(run.period_start, run.period_end),
                 "tier": organization.tier,
@@ -139,8 +140,8 @@ async def advance(runtime: Runtime, run_id: uuid.UUID) -> bool:
     claim = await _claim_next_step(runtime, run_id)
     if claim is None:
         return False
-    events = RunEvents(runtime.redis, run_id)
     info = claim.run
+    events = RunEvents(runtime.redis, run_id, info["thread_id"])
     budget = Budget(
         tokens=info["token_budget"],
         cost_nanos=info["cost_budget_nanos"],
@@ -298,8 +299,10 @@ async def abandon(runtime: Runtime, run_id: uuid.UUID, reason: str) -> None:
         run.status = RunStatus.FAILED.value
         run.error = reason
         run.finished_at = runtime.clock.now()
-        organization_id = run.organization_id
-    await RunEvents(runtime.redis, run_id).emit("agent_error", {"error": reason, "fatal": True})
+        organization_id, thread_id = run.organization_id, run.thread_id
+    await RunEvents(runtime.redis, run_id, thread_id).emit(
+        "agent_error", {"error": reason, "fatal": True}
+    )
     await runtime.slots.release(organization_id, run_id)
 
 

@@ -6,6 +6,7 @@ import math
 import uuid
 from datetime import datetime, timedelta
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.agents.events import RunEvents
@@ -156,7 +157,7 @@ async def cancel_run(
     organization_id: uuid.UUID,
     run_id: uuid.UUID,
     slots: RunSlots,
-    events: RunEvents,
+    redis: Redis,
     now: datetime,
 ) -> AgentRun:
     run = await get_run(session, organization_id, run_id)
@@ -171,6 +172,7 @@ async def cancel_run(
 
     async def announce() -> None:
         await slots.release(organization_id, run_id)
+        events = RunEvents(redis, run_id, locked.thread_id)
         await events.emit("agent_error", {"error": "cancelled by the user", "fatal": True})
 
     # Only once the cancellation is stored: a failed commit must leave the run's slot held.

@@ -19,6 +19,7 @@ LEAST_ROLE: dict[str, Role] = {
     "usage:write": Role.MEMBER,
     "agents:run": Role.MEMBER,
     "reports:read": Role.VIEWER,
+    "threads:write": Role.MEMBER,  # create, rename, delete threads; post without a run
 }
 
 

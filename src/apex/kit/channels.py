@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import json
 import secrets
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
+
+from apex.kit.ids import new_id
 
 HISTORY = 10_000  # events kept per channel for resume (approximately: MAXLEN ~)
 TTL_SECONDS = 7 * 86_400  # an idle channel's history expires
@@ -38,6 +42,33 @@ for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 redis.call('PUBLISH', ARGV[1], epoch .. ' ' .. seq .. ' ' .. ARGV[2])
 return {seq, epoch}
 """
+
+
+def user_channel(user_id: uuid.UUID | str) -> str:
+    return f"user:{user_id}"
+
+
+def thread_channel(thread_id: uuid.UUID | str) -> str:
+    return f"thread:{thread_id}"
+
+
+def envelope(
+    kind: str, payload: dict[str, Any], now: datetime, *, reply_to: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A server frame of the WebSocket protocol (BRIEF §4): `type`, `id`, `seq` (the
+    channel's, added when it is sent; None for a direct answer), `ts`, `payload`, and
+    `thread_id` / `run_id` / `reply_to` where they apply."""
+    frame: dict[str, Any] = {
+        "type": kind,
+        "id": str(new_id()),
+        "seq": None,
+        "ts": now.isoformat(),
+        "payload": payload,
+    }
+    if reply_to is not None:
+        frame["reply_to"] = reply_to
+    frame.update({key: value for key, value in extra.items() if value is not None})
+    return frame
 
 
 def subject(channel: str) -> str:

@@ -23,13 +23,17 @@ import structlog
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
+from apex.agents import service as agents
+from apex.agents.limits import RunSlots
+from apex.agents.schemas import RunIn
 from apex.billing.plans import plan_for
 from apex.chat import service as chat
 from apex.chat.models import Message, Thread
+from apex.identity.policy import allows
 from apex.identity.service import organization_view, role_in
 from apex.identity.tokens import AccessClaims, decode_access_token
-from apex.kit.channels import Channels, Event
-from apex.kit.errors import ApexError, NotFound, Unauthorized
+from apex.kit.channels import Channels, Event, envelope, thread_channel, user_channel
+from apex.kit.errors import ApexError, Conflict, Forbidden, NotFound, Unauthorized
 from apex.realtime import protocol
 from apex.realtime.hub import Hub
 from apex.realtime.protocol import (
@@ -38,11 +42,10 @@ from apex.realtime.protocol import (
     HistoryIn,
     RenameThreadIn,
     ResumeIn,
+    StartAgentIn,
+    StopAgentIn,
     ThreadIn,
     UserMessageIn,
-    envelope,
-    thread_channel,
-    user_channel,
 )
 
 log = structlog.get_logger(__name__)
@@ -53,6 +56,7 @@ REVALIDATE_SECONDS = 60.0  # the token is checked again (expiry, denylist) at le
 RATE_WINDOW_SECONDS = 60
 ABUSE_FACTOR = 2  # refused frames beyond this many windows' worth in one window: 4429
 UNCOUNTED = frozenset({"auth", "ping", "resume"})
+MESSAGE_ATTEMPTS = 5
 
 
 @dataclass
@@ -434,6 +438,7 @@ async def _switch_thread(connection: Connection, frame: ClientFrame) -> None:
 
 async def _create_thread(connection: Connection, frame: ClientFrame) -> None:
     wanted = CreateThreadIn.model_validate(frame.payload)
+    await _require(connection, "threads:write")
     state = connection.websocket.app.state
     async with state.database.unit_of_work() as session:
         thread = await chat.create_thread(
@@ -467,6 +472,7 @@ async def _thread_history(connection: Connection, frame: ClientFrame) -> None:
 
 async def _rename_thread(connection: Connection, frame: ClientFrame) -> None:
     wanted = RenameThreadIn.model_validate(frame.payload)
+    await _require(connection, "threads:write")
     state = connection.websocket.app.state
     async with state.database.unit_of_work() as session:
         thread = await chat.thread_of(session, connection.organization_id, wanted.thread_id)
@@ -476,6 +482,7 @@ async def _rename_thread(connection: Connection, frame: ClientFrame) -> None:
 
 async def _delete_thread(connection: Connection, frame: ClientFrame) -> None:
     wanted = ThreadIn.model_validate(frame.payload)
+    await _require(connection, "threads:write")
     state = connection.websocket.app.state
     async with state.database.unit_of_work() as session:
         thread = await chat.thread_of(session, connection.organization_id, wanted.thread_id)
@@ -484,16 +491,84 @@ async def _delete_thread(connection: Connection, frame: ClientFrame) -> None:
 
 
 async def _user_message(connection: Connection, frame: ClientFrame) -> None:
-    """Store the message, then tell everyone following the thread (on any instance)."""
+    """Store the message and tell everyone following the thread (on any instance); then,
+    unless the client said `start_agent: false`, start an agent run on it as the question.
+    A run the plan refuses (too many at once, or today) is an `error`; the message stays."""
     wanted = UserMessageIn.model_validate(frame.payload)
-    state = connection.websocket.app.state
-    async with state.database.unit_of_work() as session:
-        thread = await chat.thread_of(session, connection.organization_id, wanted.thread_id)
-        message = await chat.add_user_message(session, thread, connection.user_id, wanted.content)
+    await _require(connection, "agents:run" if wanted.start_agent else "threads:write")
+    thread, message = await _store_message(connection, wanted)
     await _publish_thread(
         connection, thread, "thread_message", {"message": _message_out(message),
                                                "client_id": frame.id},
     )  # fmt: skip
+    if wanted.start_agent:
+        await _start_run(connection, frame, thread.id, wanted.content)
+
+
+async def _store_message(connection: Connection, wanted: UserMessageIn) -> tuple[Thread, Message]:
+    """The message, stored as the thread's next one. A run's answer written at the same
+    moment takes the same `seq` and one of the two fails on the unique key: retried."""
+    state = connection.websocket.app.state
+    for attempt in range(MESSAGE_ATTEMPTS):
+        try:
+            async with state.database.unit_of_work() as session:
+                thread = await chat.thread_of(session, connection.organization_id, wanted.thread_id)
+                message = await chat.add_user_message(
+                    session, thread, connection.user_id, wanted.content
+                )
+            return thread, message
+        except Conflict:
+            if attempt + 1 == MESSAGE_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _start_agent(connection: Connection, frame: ClientFrame) -> None:
+    wanted = StartAgentIn.model_validate(frame.payload)
+    await _require(connection, "agents:run")
+    await _thread(connection, wanted.thread_id)
+    await _start_run(connection, frame, wanted.thread_id, wanted.question)
+
+
+async def _start_run(
+    connection: Connection, frame: ClientFrame, thread_id: uuid.UUID, question: str
+) -> None:
+    """Queue a run in the thread; its events reach the thread's followers as the worker
+    emits them (`apex.agents.events`)."""
+    state = connection.websocket.app.state
+    body = RunIn(question=question[:4000], thread_id=thread_id)
+    async with state.database.unit_of_work() as session:
+        run = await agents.start_run(
+            session, organization_id=connection.organization_id,
+            user_id=connection.user_id, body=body, settings=state.settings,
+            slots=RunSlots(state.redis), now=state.clock.now(),
+        )  # fmt: skip
+    payload = {"run_id": str(run.id), "thread_id": str(thread_id), "status": run.status}
+    connection.reply(envelope("agent_queued", payload, state.clock.now(), reply_to=frame.id,
+                              run_id=str(run.id), thread_id=str(thread_id)))  # fmt: skip
+
+
+async def _stop_agent(connection: Connection, frame: ClientFrame) -> None:
+    wanted = StopAgentIn.model_validate(frame.payload)
+    await _require(connection, "agents:run")
+    state = connection.websocket.app.state
+    async with state.database.unit_of_work() as session:
+        run = await agents.cancel_run(
+            session, organization_id=connection.organization_id, run_id=wanted.run_id,
+            slots=RunSlots(state.redis), redis=state.redis, now=state.clock.now(),
+        )  # fmt: skip
+    payload = {"run_id": str(run.id), "status": run.status}
+    connection.reply(envelope("agent_stopping", payload, state.clock.now(), reply_to=frame.id,
+                              run_id=str(run.id)))  # fmt: skip
+
+
+async def _require(connection: Connection, permission: str) -> None:
+    """The person's role now (a change applies to the next frame), allowing `permission`."""
+    state = connection.websocket.app.state
+    async with state.database.unit_of_work() as session:
+        role = await role_in(session, state.cache, connection.user_id, connection.organization_id)
+    if role is None or not allows(role, permission):
+        raise Forbidden(f"Your role does not allow {permission}.", field="type")
 
 
 async def _publish_thread(
@@ -514,4 +589,6 @@ HANDLERS = {
     "rename_thread": _rename_thread,
     "delete_thread": _delete_thread,
     "user_message": _user_message,
+    "start_agent": _start_agent,
+    "stop_agent": _stop_agent,
 }

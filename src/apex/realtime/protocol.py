@@ -9,12 +9,9 @@ carry `seq: null`: they are not part of any channel and are not replayed.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from apex.kit.ids import new_id
 
 POLICY = 1008  # bad, expired or revoked token; a thread of another organisation
 SERVER_ERROR = 1011
@@ -58,6 +55,15 @@ class ThreadIn(BaseModel):
 
 class UserMessageIn(ThreadIn):
     content: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+    start_agent: bool = Field(default=True, description="Start an agent run on the message.")
+
+
+class StartAgentIn(ThreadIn):
+    question: str = Field(min_length=1, max_length=4000)
+
+
+class StopAgentIn(BaseModel):
+    run_id: uuid.UUID
 
 
 class CreateThreadIn(BaseModel):
@@ -71,28 +77,3 @@ class RenameThreadIn(ThreadIn):
 class HistoryIn(ThreadIn):
     before_seq: int | None = Field(default=None, ge=1)
     limit: int = Field(default=50, ge=1, le=200)
-
-
-def envelope(
-    kind: str, payload: dict[str, Any], now: datetime, *, reply_to: str | None = None, **extra: Any
-) -> dict[str, Any]:
-    """A server frame (its `seq` is added when it belongs to a channel)."""
-    frame: dict[str, Any] = {
-        "type": kind,
-        "id": str(new_id()),
-        "seq": None,
-        "ts": now.isoformat(),
-        "payload": payload,
-    }
-    if reply_to is not None:
-        frame["reply_to"] = reply_to
-    frame.update({key: value for key, value in extra.items() if value is not None})
-    return frame
-
-
-def user_channel(user_id: uuid.UUID) -> str:
-    return f"user:{user_id}"
-
-
-def thread_channel(thread_id: uuid.UUID) -> str:
-    return f"thread:{thread_id}"

@@ -14,8 +14,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.harness import ApexServer, RedisServer
-from tests.integration.critical.conftest import bearer, signup
+from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
+from tests.integration.critical.conftest import bearer, database_name, set_tier, signup
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -157,3 +157,106 @@ def test_websocket_auth_integration(
             await socket.close()
 
     asyncio.run(scenario())
+
+
+def on_tier(
+    server: ApexServer, postgres: PostgresCluster, database_url: str, tier: str
+) -> dict[str, Any]:
+    """A new account whose organisation is on `tier` before any instance cached its plan."""
+    with server.client() as client:
+        answer = signup(client)
+        set_tier(postgres, database_url, answer.json()["organization_id"], tier)
+        headers = bearer(answer)
+        me = client.get("/api/v1/users/me", headers=headers).json()
+    return {**answer.json(), "headers": headers, "user_id": me["id"]}
+
+
+async def follow_new_thread(ws: ClientConnection) -> tuple[str, int]:
+    """Create a thread and follow it: its id and the channel's seq when following began."""
+    await ws.send(json.dumps({"type": "create_thread", "payload": {"title": "Ordering"}}))
+    thread_id = (await receive_type(ws, "thread_created"))["payload"]["thread"]["id"]
+    return thread_id, await switch(ws, thread_id)
+
+
+async def switch(ws: ClientConnection, thread_id: str) -> int:
+    await ws.send(json.dumps({"type": "switch_thread", "payload": {"thread_id": thread_id}}))
+    switched = await receive_type(ws, "thread_switched")
+    return int(switched["payload"]["seq"])
+
+
+async def collect(
+    ws: ClientConnection, channel: str, done: Callable[[list[dict[str, Any]]], bool]
+) -> list[dict[str, Any]]:
+    """The channel's events this connection receives, until `done(events)`."""
+    events: list[dict[str, Any]] = []
+    async with asyncio.timeout(120):
+        while not done(events):
+            frame = json.loads(await ws.recv())
+            if frame.get("channel") == channel:
+                events.append(frame)
+    return events
+
+
+RUN_END = {"final_report", "agent_error"}
+
+
+def test_websocket_message_ordering_integration(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+    start_worker: Callable[..., ApexWorker],
+) -> None:
+    """50 messages sent as fast as one client can, while an agent run started through
+    another instance emits its events from a worker into the same thread: both followers
+    (one per instance) receive every event once, `seq` rising by exactly 1, the messages in
+    the order sent and the run's events in the order the run stream holds them."""
+    a = start_apex(database_url, redis_server.url)
+    b = start_apex(database_url, redis_server.url)
+    start_worker(database_url, redis_server.url)
+    owner = on_tier(a, postgres, database_url, "mid")  # 300 messages a minute
+    sent = [f"message {n:02d}" for n in range(50)]
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+        writer = await open_session(a, owner["access_token"])
+        reader = await open_session(b, owner["access_token"])
+        thread_id, start = await follow_new_thread(writer)
+        assert await switch(reader, thread_id) == start
+        channel = f"thread:{thread_id}"
+
+        def finished(events: list[dict[str, Any]]) -> bool:
+            messages = sum(e["type"] == "thread_message" for e in events)
+            return messages == len(sent) and any(e["type"] in RUN_END for e in events)
+
+        collectors = [
+            asyncio.create_task(collect(ws, channel, finished)) for ws in (writer, reader)
+        ]
+        async with httpx.AsyncClient(base_url=b.base_url) as http:
+            run = await http.post("/api/v1/agents/runs", headers=owner["headers"],
+                                  json={"question": "Where does the money go?",
+                                        "thread_id": thread_id})  # fmt: skip
+            assert run.status_code == 202, run.text
+            for text in sent:  # not waiting for any answer
+                await writer.send(json.dumps({"type": "user_message", "id": text, "payload": {
+                    "thread_id": thread_id, "content": text, "start_agent": False}}))  # fmt: skip
+            got_writer, got_reader = await asyncio.gather(*collectors)
+            stream = await http.get(f"/api/v1/agents/runs/{run.json()['id']}/events",
+                                    headers=owner["headers"])  # fmt: skip
+        for ws in (writer, reader):
+            await ws.close()
+        return got_writer, got_reader, [e["type"] for e in stream.json()]
+
+    got_writer, got_reader, run_types = asyncio.run(scenario())
+    for got in (got_writer, got_reader):
+        seqs = [e["seq"] for e in got]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gap, no duplicate
+        assert [
+            e["payload"]["message"]["content"] for e in got if e["type"] == "thread_message"
+        ] == sent
+        assert [e["type"] for e in got if "run_id" in e] == run_types
+    assert [e["id"] for e in got_writer] == [e["id"] for e in got_reader]
+    stored = postgres.sql(
+        "SELECT count(*) FROM messages WHERE role = 'user' AND content LIKE 'message %'",
+        database_name(database_url),
+    )
+    assert int(stored) == len(sent)

@@ -263,7 +263,9 @@ class Settings(BaseSettings):
         description="Request body limit of usage ingestion (bytes).",
     )
     enforce_api_limits: bool = Field(
-        default=True, description="Count API requests against each plan's hourly limit."
+        default=True,
+        description="Count API requests against each plan's hourly limit, and WebSocket "
+        "messages against its limit a minute.",
     )
     login_attempts_per_minute: int = Field(
         default=30, ge=1, le=10_000, description="Sign-in attempts a minute from one address."

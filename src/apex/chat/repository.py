@@ -34,6 +34,12 @@ class MessageRepository(Repository[Message]):
     model = Message
 
     async def next_seq(self, thread_id: uuid.UUID) -> int:
+        """The seq of the thread's next message. The thread's row is locked until the
+        transaction ends, so writers of one thread (people on several instances, a run's
+        answer) take turns instead of colliding on the unique (thread_id, seq) key."""
+        await self.session.execute(
+            select(Thread.id).where(Thread.id == thread_id).with_for_update()
+        )
         last = await self.session.scalar(
             select(func.max(Message.seq)).where(Message.thread_id == thread_id)
         )

@@ -57,8 +57,7 @@ async def thread_of(
 async def add_user_message(
     session: AsyncSession, thread: Thread, author_id: uuid.UUID, content: str
 ) -> Message:
-    """The next message of the thread. Two writers racing for one seq: the unique
-    (thread_id, seq) key makes the later one fail, and its caller retries."""
+    """The next message of the thread (`next_seq` serialises the thread's writers)."""
     repository = MessageRepository(session)
     message = await repository.add(
         Message(

@@ -8,7 +8,7 @@ dropped from its pool and commands are retried (twice, with backoff).
 from __future__ import annotations
 
 import fakeredis
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -20,13 +20,17 @@ from apex.settings import Settings
 def create_redis(settings: Settings) -> Redis:
     if settings.redis_url is None:
         return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
-    return Redis.from_url(
+    # Blocking: a burst beyond the pool (hundreds of WebSocket clients connecting at once)
+    # waits up to the socket timeout for a connection instead of failing at once.
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         decode_responses=True,
         socket_timeout=settings.redis_socket_timeout,
         socket_connect_timeout=settings.redis_socket_timeout,
         health_check_interval=30,
         max_connections=settings.redis_max_connections,
+        timeout=settings.redis_socket_timeout,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    return Redis.from_pool(pool)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,7 +35,7 @@ from apex.identity.policy import allows
 from apex.identity.service import organization_view, role_in
 from apex.identity.tokens import AccessClaims, decode_access_token
 from apex.kit.channels import Channels, Event, envelope, thread_channel, user_channel
-from apex.kit.errors import ApexError, Conflict, Forbidden, NotFound, Unauthorized
+from apex.kit.errors import ApexError, Forbidden, NotFound, Unauthorized
 from apex.realtime import protocol
 from apex.realtime.hub import Hub
 from apex.realtime.protocol import (
@@ -56,7 +58,7 @@ REVALIDATE_SECONDS = 60.0  # the token is checked again (expiry, denylist) at le
 RATE_WINDOW_SECONDS = 60
 ABUSE_FACTOR = 2  # refused frames beyond this many windows' worth in one window: 4429
 UNCOUNTED = frozenset({"auth", "ping", "resume"})
-MESSAGE_ATTEMPTS = 5
+INSTANCE = f"{socket.gethostname()}:{os.getpid()}"  # which `apex serve` holds a connection
 
 
 @dataclass
@@ -94,6 +96,7 @@ class Connection:
         self.close_code = 1000
         self.close_reason = ""
         self.refused = 0
+        self.refused_window = 0
 
     @property
     def user_id(self) -> uuid.UUID:
@@ -233,24 +236,35 @@ async def _serve(connection: Connection) -> None:
             envelope(
                 "connection_established",
                 {"user_id": str(connection.user_id),
-                 "organization_id": str(connection.organization_id)},
+                 "organization_id": str(connection.organization_id),
+                 "instance": INSTANCE},
                 state.clock.now(),
             )
         )  # fmt: skip
         await connection.follow(user_channel(connection.user_id))
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await _stop(tasks)
         for channel in list(connection.cursors):
             await connection.unfollow(channel)
         state.hub.connections.discard(connection)
         if connection.closed.is_set():
             with contextlib.suppress(Exception):
                 await connection.websocket.close(connection.close_code, connection.close_reason)
+
+
+async def _stop(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel the connection's tasks and wait for them, cancelling again any still running:
+    a library below may swallow one cancellation (a Redis or database call interrupted at
+    the wrong moment), and a task left running would hold the connection open."""
+    for _ in range(3):
+        pending = [task for task in tasks if not task.done()]
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=1)
+    log.warning("websocket_task_left_running")
 
 
 def _offered_token(websocket: WebSocket) -> tuple[str | None, str | None]:
@@ -301,7 +315,7 @@ async def _revalidate(connection: Connection) -> None:
 
 async def _receive_all(connection: Connection) -> None:
     websocket = connection.websocket
-    while True:
+    while not connection.closed.is_set():
         try:
             text = await websocket.receive_text()
         except WebSocketDisconnect:
@@ -348,11 +362,16 @@ async def _within_rate(connection: Connection, frame: ClientFrame) -> bool:
     instance); refuse it with `rate_limited` past the limit; close (4429) a client that
     keeps sending far past it."""
     state = connection.websocket.app.state
+    if not state.settings.enforce_api_limits:
+        return True
     async with state.database.unit_of_work() as session:
         organization = await organization_view(session, state.cache, connection.organization_id)
     plan = plan_for(organization["tier"] if organization else "free")
     limit = plan.websocket_messages_per_minute
     now = state.clock.now().timestamp()
+    window = int(now // RATE_WINDOW_SECONDS)
+    if window != connection.refused_window:  # abuse is counted per window
+        connection.refused_window, connection.refused = window, 0
     subject = f"{connection.organization_id}:{connection.user_id}"
     decision = await state.api_limiter.hit(
         "ws", subject, limit=limit, window_seconds=RATE_WINDOW_SECONDS, now=now
@@ -506,21 +525,11 @@ async def _user_message(connection: Connection, frame: ClientFrame) -> None:
 
 
 async def _store_message(connection: Connection, wanted: UserMessageIn) -> tuple[Thread, Message]:
-    """The message, stored as the thread's next one. A run's answer written at the same
-    moment takes the same `seq` and one of the two fails on the unique key: retried."""
     state = connection.websocket.app.state
-    for attempt in range(MESSAGE_ATTEMPTS):
-        try:
-            async with state.database.unit_of_work() as session:
-                thread = await chat.thread_of(session, connection.organization_id, wanted.thread_id)
-                message = await chat.add_user_message(
-                    session, thread, connection.user_id, wanted.content
-                )
-            return thread, message
-        except Conflict:
-            if attempt + 1 == MESSAGE_ATTEMPTS:
-                raise
-    raise AssertionError("unreachable")
+    async with state.database.unit_of_work() as session:
+        thread = await chat.thread_of(session, connection.organization_id, wanted.thread_id)
+        message = await chat.add_user_message(session, thread, connection.user_id, wanted.content)
+    return thread, message
 
 
 async def _start_agent(connection: Connection, frame: ClientFrame) -> None:

@@ -4,20 +4,32 @@ one PostgreSQL and one Redis, driven by a real WebSocket client (`websockets`)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import random
+import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
+import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
+from tests.harness.nginx import NginxServer
 from tests.integration.critical.conftest import bearer, database_name, set_tier, signup
 
 pytestmark = pytest.mark.timeout(300)
+
+
+def instance_of(server: ApexServer) -> str:
+    """How the gateway names the `apex serve` process holding a connection."""
+    assert server.process is not None
+    return f"{socket.gethostname()}:{server.process.pid}"
 
 
 def ws_url(server: ApexServer) -> str:
@@ -104,7 +116,8 @@ def test_websocket_auth_integration(
         hello = await receive(ws)
         assert hello["type"] == "connection_established"
         assert hello["payload"] == {"user_id": alice["user_id"],
-                                    "organization_id": alice["organization_id"]}  # fmt: skip
+                                    "organization_id": alice["organization_id"],
+                                    "instance": instance_of(b)}  # fmt: skip
         via_subprotocol = await connect(
             ws_url(a),
             subprotocols=[f"bearer.{bob['access_token']}"],  # type: ignore[list-item]
@@ -153,8 +166,8 @@ def test_websocket_auth_integration(
                                       "payload": {"thread_id": thread_id}}))  # fmt: skip
         own = await receive_type(theirs, "thread_history")
         assert own["payload"]["messages"] == []  # bob's message was not stored
-        for socket in (via_subprotocol, theirs):
-            await socket.close()
+        for open_socket in (via_subprotocol, theirs):
+            await open_socket.close()
 
     asyncio.run(scenario())
 
@@ -171,10 +184,15 @@ def on_tier(
     return {**answer.json(), "headers": headers, "user_id": me["id"]}
 
 
+async def new_thread(ws: ClientConnection) -> str:
+    await ws.send(json.dumps({"type": "create_thread", "payload": {"title": "Ordering"}}))
+    thread_id: str = (await receive_type(ws, "thread_created"))["payload"]["thread"]["id"]
+    return thread_id
+
+
 async def follow_new_thread(ws: ClientConnection) -> tuple[str, int]:
     """Create a thread and follow it: its id and the channel's seq when following began."""
-    await ws.send(json.dumps({"type": "create_thread", "payload": {"title": "Ordering"}}))
-    thread_id = (await receive_type(ws, "thread_created"))["payload"]["thread"]["id"]
+    thread_id = await new_thread(ws)
     return thread_id, await switch(ws, thread_id)
 
 
@@ -260,3 +278,301 @@ def test_websocket_message_ordering_integration(
         database_name(database_url),
     )
     assert int(stored) == len(sent)
+
+
+LIMITS = {"free": 10, "early": 100, "mid": 300, "enterprise": 1000}  # BRIEF §4b, by hand
+
+
+async def next_minute() -> None:
+    """Sleep into the first second of the next UTC minute: the limiter's windows are whole
+    minutes, so a burst sent from there on falls in one window."""
+    await asyncio.sleep(60 - time.time() % 60 + 0.2)
+
+
+async def burst(
+    ws: ClientConnection, thread_id: str, ids: list[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Send a message per id without waiting for answers (reading them meanwhile, as a
+    client must: one that stops reading is disconnected); the answer to each: its
+    `thread_message` (accepted) or its `rate_limited` (refused)."""
+    answers: dict[str, list[dict[str, Any]]] = {"accepted": [], "refused": []}
+    wanted = set(ids)
+
+    async def read() -> None:
+        async with asyncio.timeout(60):
+            while wanted:
+                frame = json.loads(await ws.recv())
+                if frame["type"] == "thread_message" and frame["payload"]["client_id"] in wanted:
+                    wanted.discard(frame["payload"]["client_id"])
+                    answers["accepted"].append(frame)
+                elif frame["type"] == "rate_limited" and frame.get("reply_to") in wanted:
+                    wanted.discard(frame["reply_to"])
+                    answers["refused"].append(frame)
+
+    reader = asyncio.create_task(read())
+    for frame_id in ids:
+        await ws.send(json.dumps({"type": "user_message", "id": frame_id, "payload": {
+            "thread_id": thread_id, "content": frame_id, "start_agent": False}}))  # fmt: skip
+    await reader
+    return answers
+
+
+def test_websocket_rate_limiting_integration(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    """Per tier, one person sending twice their plan's messages a minute over two
+    connections on two instances: exactly the limit is stored, the rest is refused with
+    `retry_after` (and an upgrade hint below Enterprise); in the next minute they are served
+    again. Someone who keeps sending far past the limit is disconnected (4429)."""
+    a = start_apex(database_url, redis_server.url, enforce_api_limits="true")
+    b = start_apex(database_url, redis_server.url, enforce_api_limits="true")
+    people = {tier: on_tier(a, postgres, database_url, tier) for tier in LIMITS}
+    abuser = on_tier(a, postgres, database_url, "free")
+    database = database_name(database_url)
+
+    async def one_tier(tier: str, person: dict[str, Any]) -> dict[str, Any]:
+        here = await open_session(a, person["access_token"])
+        there = await open_session(b, person["access_token"])
+        thread_id, _ = await follow_new_thread(here)
+        await switch(there, thread_id)
+        return {"tier": tier, "sockets": (here, there), "thread_id": thread_id}
+
+    async def twice_the_limit(setup: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+        half = LIMITS[setup["tier"]]
+        ids = [[f"{setup['tier']}-{side}{n}" for n in range(half)] for side in "ab"]
+        halves = await asyncio.gather(
+            *(
+                burst(ws, setup["thread_id"], mine)
+                for ws, mine in zip(setup["sockets"], ids, strict=True)
+            )
+        )
+        return {key: halves[0][key] + halves[1][key] for key in ("accepted", "refused")}
+
+    async def scenario() -> dict[str, Any]:
+        setups = [await one_tier(tier, person) for tier, person in people.items()]
+        abusive = await open_session(b, abuser["access_token"])
+        abuse_thread, _ = await follow_new_thread(abusive)
+        await next_minute()
+        # Twice the limit, half through each instance, every tier at once.
+        answers = await asyncio.gather(*(twice_the_limit(setup) for setup in setups))
+        results = {setup["tier"]: answer for setup, answer in zip(setups, answers, strict=True)}
+        spam = {"thread_id": abuse_thread, "content": "spam", "start_agent": False}
+        for n in range(3 * LIMITS["free"] + 5):
+            with contextlib.suppress(ConnectionClosed):
+                frame = {"type": "user_message", "id": f"x{n}", "payload": spam}
+                await abusive.send(json.dumps(frame))
+        abuse_code, _ = await closed_with(abusive)
+        await next_minute()
+        again = {}
+        for setup in setups:
+            here, _ = setup["sockets"]
+            again[setup["tier"]] = await burst(here, setup["thread_id"], [f"{setup['tier']}-later"])
+            for ws in setup["sockets"]:
+                await ws.close()
+        return {"results": results, "again": again, "abuse_code": abuse_code}
+
+    outcome = asyncio.run(scenario())
+    for tier, limit in LIMITS.items():
+        result = outcome["results"][tier]
+        print(f"\n{tier}: sent {2 * limit}, accepted {len(result['accepted'])}, "
+              f"refused {len(result['refused'])}")  # fmt: skip
+        assert (len(result["accepted"]), len(result["refused"])) == (limit, limit)
+        organization = people[tier]["organization_id"]
+        stored = postgres.sql(
+            f"SELECT count(*) FROM messages WHERE organization_id = '{organization}' "  # noqa: S608
+            f"AND role = 'user' AND content LIKE '{tier}-%'",
+            database,
+        )
+        assert int(stored) == limit + 1  # the limit, and the one sent in the next minute
+        for refusal in result["refused"]:
+            assert 0 < refusal["payload"]["retry_after"] <= 60
+            assert refusal["payload"]["limit"] == limit
+            assert ("upgrade" in refusal["payload"]) == (tier != "enterprise")
+        assert len(outcome["again"][tier]["accepted"]) == 1
+    assert outcome["abuse_code"] == 4429
+
+
+EVENTS = 1_000
+CLIENTS = 200
+
+
+class Follower:
+    """A client following one thread through drops and a dead instance: it reconnects to
+    an instance still alive and resumes from the last `seq` it got."""
+
+    def __init__(self, number: int, servers: list[ApexServer], token: str, channel: str) -> None:
+        self.number = number
+        self.servers = servers
+        self.token = token
+        self.channel = channel
+        self.seqs: list[int] = []
+        self.epoch: str | None = None
+        self.reconnects = 0
+        self.rng = random.Random(number)
+
+    async def run(self) -> None:
+        first = True
+        while len(self.seqs) < EVENTS:
+            ws = await self.connect(self.servers[self.number % 2] if first else None)
+            first = False
+            resume = {self.channel: {"seq": self.seqs[-1] if self.seqs else 0, "epoch": self.epoch}}
+            await ws.send(json.dumps({"type": "resume", "payload": {"channels": resume}}))
+            drop_after = self.rng.randint(50, 2_000)  # a client that drops by itself, sometimes
+            try:
+                async with asyncio.timeout(90):
+                    while len(self.seqs) < EVENTS:
+                        frame = json.loads(await ws.recv())
+                        if frame["type"] == "resumed":
+                            assert frame["payload"]["recovered"], frame
+                            self.epoch = frame["payload"]["epoch"]
+                        elif frame.get("channel") == self.channel:
+                            self.seqs.append(frame["seq"])
+                            if len(self.seqs) == drop_after:
+                                await ws.close()
+            except ConnectionClosed:
+                self.reconnects += 1
+                continue
+            await ws.close()
+
+    async def connect(self, preferred: ApexServer | None) -> ClientConnection:
+        candidates = [preferred] if preferred else self.rng.sample(self.servers, len(self.servers))
+        async with asyncio.timeout(30):
+            while True:
+                for server in candidates:
+                    if not server.process or not server.process.alive():
+                        continue
+                    with contextlib.suppress(OSError, ConnectionClosed, TimeoutError):
+                        return await open_session(server, self.token)
+                candidates = self.servers
+                await asyncio.sleep(0.1)
+
+
+def test_websocket_reconnect_recovery_integration(
+    database_url: str, fresh_redis: RedisServer, start_apex: Callable[..., ApexServer]
+) -> None:
+    """200 clients over two instances follow a thread while 1,000 messages are posted;
+    clients drop their connections at random and one instance is killed (-9) half-way:
+    every client ends with events 1..1000, each once, in order. Then Redis loses its data
+    (FLUSHALL): the next resume is answered `recovered: false`."""
+    a = start_apex(database_url, fresh_redis.url)
+    b = start_apex(database_url, fresh_redis.url)
+    owner = account(b)
+
+    async def scenario() -> tuple[list[Follower], dict[str, Any]]:
+        publisher = await open_session(b, owner["access_token"])
+        thread_id = await new_thread(publisher)  # not followed: it reads nothing more
+        channel = f"thread:{thread_id}"
+        followers = [Follower(n, [a, b], owner["access_token"], channel) for n in range(CLIENTS)]
+        following = [asyncio.create_task(f.run()) for f in followers]
+        await asyncio.sleep(2)  # let them connect (and resume from 0: nothing missed anyway)
+        for n in range(EVENTS):
+            message = {"thread_id": thread_id, "content": f"event {n + 1}", "start_agent": False}
+            await publisher.send(json.dumps({"type": "user_message", "payload": message}))
+            if n == EVENTS // 2:
+                await asyncio.to_thread(a.process.kill)  # type: ignore[union-attr]
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*following)
+        # Redis loses everything: a client that resumes cannot be told what it missed.
+        redis.Redis.from_url(fresh_redis.url).flushall()
+        late = await open_session(b, owner["access_token"])
+        resume = {channel: {"seq": followers[0].seqs[-1], "epoch": followers[0].epoch}}
+        await late.send(json.dumps({"type": "resume", "payload": {"channels": resume}}))
+        answer = await receive_type(late, "resumed")
+        for ws in (late, publisher):
+            await ws.close()
+        return followers, answer
+
+    followers, after_flush = asyncio.run(scenario())
+    print(f"\n{CLIENTS} clients, {sum(f.reconnects for f in followers)} reconnections")
+    for follower in followers:
+        assert follower.seqs == list(range(1, EVENTS + 1)), follower.number
+    assert sum(f.reconnects for f in followers) >= CLIENTS // 2  # the killed half, at least
+    assert after_flush["payload"]["recovered"] is False
+
+
+class UserClient:
+    """One of a person's connections through nginx; it records the person's channel."""
+
+    def __init__(self, base: str, person: dict[str, Any]) -> None:
+        self.base = base
+        self.person = person
+        self.channel = f"user:{person['user_id']}"
+        self.instance = ""
+        self.seqs: list[int] = []
+        self.types: list[str] = []
+        self.ws: ClientConnection | None = None
+        self.start = 0
+
+    async def open(self, resume_from: int | None = None) -> None:
+        self.ws = await connect(self.base + "/ws")
+        await self.ws.send(json.dumps({"type": "auth", "token": self.person["access_token"]}))
+        hello = await receive_type(self.ws, "connection_established")
+        self.instance = hello["payload"]["instance"]
+        if resume_from is not None:
+            position = {self.channel: {"seq": resume_from}}
+            await self.ws.send(json.dumps({"type": "resume", "payload": {"channels": position}}))
+
+    async def read_until(self, count: int) -> None:
+        """Record the person's channel events until `count` have come since it connected."""
+        assert self.ws is not None
+        async with asyncio.timeout(60):
+            while len(self.seqs) < count:
+                frame = json.loads(await self.ws.recv())
+                if frame.get("channel") == self.channel:
+                    self.seqs.append(frame["seq"])
+                    self.types.append(frame["payload"]["thread"]["title"])
+
+
+def test_websocket_load_balancing_integration(
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    """Three instances behind the production nginx configuration; 100 connections of 10
+    people through it. Every instance holds some; an event for a person reaches all ten of
+    their connections wherever they are held; when one instance is killed, its clients
+    reconnect through nginx to the others and resume without a gap."""
+    servers = [start_apex(database_url, redis_server.url) for _ in range(3)]
+    nginx = NginxServer([s.port for s in servers]).start()
+    people = [account(servers[0]) for _ in range(10)]
+    base = nginx.base_url.replace("http://", "ws://")
+
+    async def scenario() -> list[UserClient]:
+        clients = [UserClient(base, person) for person in people for _ in range(10)]
+        for client in clients:
+            await client.open()
+        split = Counter(client.instance for client in clients)
+        print(f"\nconnections per instance: {dict(split)}")
+        assert set(split) == {instance_of(s) for s in servers}
+        # Each person creates a thread from one connection: all ten hear of it.
+        for first in clients[::10]:
+            assert first.ws is not None
+            await first.ws.send(json.dumps({"type": "create_thread",
+                                            "payload": {"title": "before"}}))  # fmt: skip
+        await asyncio.gather(*(client.read_until(1) for client in clients))
+        # One instance dies; its clients come back through nginx and resume from their seq.
+        victim = servers[1]
+        assert victim.process is not None
+        victim.process.kill()
+        for client in clients:
+            if client.instance == instance_of(victim):
+                await client.open(resume_from=client.seqs[-1])
+                assert client.instance != instance_of(victim)
+        for first in clients[::10]:
+            assert first.ws is not None
+            for title in ("after 1", "after 2"):
+                await first.ws.send(json.dumps({"type": "create_thread",
+                                                "payload": {"title": title}}))  # fmt: skip
+        await asyncio.gather(*(client.read_until(3) for client in clients))
+        for client in clients:
+            assert client.ws is not None
+            await client.ws.close()
+        return clients
+
+    clients = asyncio.run(scenario())
+    for client in clients:
+        assert client.types == ["before", "after 1", "after 2"]
+        assert client.seqs == list(range(client.seqs[0], client.seqs[0] + 3))

@@ -175,6 +175,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await queue.start()
     keyring.start(settings.signing_keys_refresh_seconds)
     await app.state.hub.start()
+    restore_sigterm = gateway.install_drain(app.state.hub, settings.websocket_drain_seconds)
     maintenance_stop = asyncio.Event()
     app.state.usage_maintained = asyncio.Event()  # set after the first pass (embedded only)
     maintenance = (
@@ -201,6 +202,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await mail.drain()
+        restore_sigterm()
         await app.state.hub.stop()
         maintenance_stop.set()
         if maintenance is not None:

@@ -226,6 +226,13 @@ class Settings(BaseSettings):
         default=60, ge=1, description="RLIMIT_CPU of the analysis subprocess."
     )
     queue_name: str = Field(default="apex:jobs", description="The Redis stream of jobs.")
+    websocket_drain_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="On SIGTERM, how long WebSocket connections get to receive what is queued "
+        "for them before they are closed with 1013 (reconnect elsewhere).",
+    )
     usage_maintenance_seconds: float = Field(
         default=3600.0,
         gt=0,

@@ -15,10 +15,14 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
+import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import FrameType
 from typing import Any
 
 import structlog
@@ -97,6 +101,7 @@ class Connection:
         self.close_reason = ""
         self.refused = 0
         self.refused_window = 0
+        self.finished = asyncio.Event()  # set once the socket is closed and cleaned up
 
     @property
     def user_id(self) -> uuid.UUID:
@@ -122,6 +127,15 @@ class Connection:
         if not self.closed.is_set():
             self.close_code, self.close_reason = code, reason
             self.closed.set()
+
+    async def drain(self, deadline: float) -> None:
+        """Finish sending what is queued (until `deadline`, loop time), then close with 1013:
+        the client reconnects to another instance and resumes."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.queue.join(), max(0.0, deadline - loop.time()))
+        self.close(protocol.TRY_AGAIN_LATER, "server restarting: reconnect and resume")
+        await asyncio.wait_for(self.finished.wait(), max(0.1, deadline - loop.time()))
 
     def _enqueue(self, item: dict[str, Any] | Event | CatchUp) -> None:
         try:
@@ -150,18 +164,21 @@ class Connection:
     async def send_all(self) -> None:
         while True:
             item = await self.queue.get()
-            if isinstance(item, dict):
-                await self.websocket.send_text(json.dumps(item, default=str))
-            elif isinstance(item, CatchUp):
-                await self._catch_up(item)
+            try:
+                await self._deliver(item)
+            finally:
+                self.queue.task_done()
+
+    async def _deliver(self, item: dict[str, Any] | Event | CatchUp) -> None:
+        if isinstance(item, dict):
+            await self._send(item)
+        elif isinstance(item, CatchUp):
+            await self._catch_up(item)
+        elif (cursor := self.cursors.get(item.channel)) is not None:
+            if cursor.pending is not None:
+                cursor.pending.append(item)
             else:
-                cursor = self.cursors.get(item.channel)
-                if cursor is None:
-                    continue
-                if cursor.pending is not None:
-                    cursor.pending.append(item)
-                else:
-                    await self._send_event(cursor, item)
+                await self._send_event(cursor, item)
 
     async def _catch_up(self, order: CatchUp) -> None:
         cursor = self.cursors.get(order.channel)
@@ -217,6 +234,9 @@ async def gateway(websocket: WebSocket) -> None:
         return
     except WebSocketDisconnect:
         return
+    if state.hub.draining:
+        await websocket.close(protocol.TRY_AGAIN_LATER, "server restarting: try another")
+        return
     connection = Connection(websocket, state.hub, state.channels, claims)
     await _serve(connection)
 
@@ -248,9 +268,53 @@ async def _serve(connection: Connection) -> None:
         for channel in list(connection.cursors):
             await connection.unfollow(channel)
         state.hub.connections.discard(connection)
+        connection.finished.set()
         if connection.closed.is_set():
             with contextlib.suppress(Exception):
                 await connection.websocket.close(connection.close_code, connection.close_reason)
+
+
+async def drain(hub: Hub, seconds: float) -> None:
+    """Close every connection of this process with 1013 once its queued frames are sent
+    (SIGTERM: `install_drain`), and refuse new ones meanwhile."""
+    hub.draining = True
+    deadline = asyncio.get_running_loop().time() + seconds
+    connections = list(hub.connections)
+    results = await asyncio.gather(
+        *(connection.drain(deadline) for connection in connections), return_exceptions=True
+    )
+    left = sum(isinstance(result, BaseException) for result in results)
+    log.info("websockets_drained", connections=len(connections), not_in_time=left)
+
+
+def install_drain(hub: Hub, seconds: float) -> Callable[[], None]:
+    """On SIGTERM, drain the WebSocket connections before the server's own shutdown, which
+    would close them with 1012 at once; return what restores the previous handler. Only
+    under a server that handles SIGTERM itself (uvicorn), in the main thread."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    forward: Callable[[int, FrameType | None], Any] = previous
+
+    async def drain_then_stop(signum: int, frame: FrameType | None) -> None:
+        try:
+            await drain(hub, seconds)
+        finally:
+            forward(signum, frame)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if hub.draining:  # a second SIGTERM: stop now
+            forward(signum, frame)
+            return
+        loop.call_soon_threadsafe(lambda: loop.create_task(drain_then_stop(signum, frame)))
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
 
 
 async def _stop(tasks: list[asyncio.Task[Any]]) -> None:

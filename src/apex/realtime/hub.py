@@ -30,6 +30,8 @@ class Subscriber(Protocol):
 
     async def revoke(self) -> None: ...
 
+    async def drain(self, deadline: float) -> None: ...
+
 
 class Hub:
     def __init__(self, redis: Redis) -> None:
@@ -39,6 +41,7 @@ class Hub:
         self.connections: set[Subscriber] = set()
         self._confirmed: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
+        self.draining = False  # SIGTERM: new connections are turned away
 
     async def start(self) -> None:
         await self._subscribe_subject(REVOKED_SUBJECT)

@@ -576,3 +576,36 @@ def test_websocket_load_balancing_integration(
     for client in clients:
         assert client.types == ["before", "after 1", "after 2"]
         assert client.seqs == list(range(client.seqs[0], client.seqs[0] + 3))
+
+
+def test_sigterm_drains_websockets_with_1013(
+    database_url: str, redis_server: RedisServer, start_apex: Callable[..., ApexServer]
+) -> None:
+    """A server told to stop (SIGTERM, as a rolling deploy does) sends what it has queued,
+    then closes its connections with 1013 so that clients reconnect elsewhere, instead of
+    uvicorn's abrupt 1012; then it exits."""
+    server = start_apex(database_url, redis_server.url)
+    person = account(server)
+
+    async def scenario() -> tuple[int | None, float, list[str]]:
+        ws = await open_session(server, person["access_token"])
+        thread_id = await new_thread(ws)
+        await switch(ws, thread_id)
+        for n in range(20):
+            message = {"thread_id": thread_id, "content": f"m{n}", "start_agent": False}
+            await ws.send(json.dumps({"type": "user_message", "payload": message}))
+        contents: list[str] = []
+        while len(contents) < 20:
+            frame = await receive_type(ws, "thread_message")
+            contents.append(frame["payload"]["message"]["content"])
+        assert server.process is not None
+        stopping = asyncio.create_task(asyncio.to_thread(server.process.terminate))
+        code, waited = await closed_with(ws)
+        await stopping
+        return code, waited, contents
+
+    code, waited, contents = asyncio.run(scenario())
+    assert contents == [f"m{n}" for n in range(20)]
+    assert (code, waited < 6) == (1013, True), waited
+    assert server.process is not None
+    assert not server.process.alive()

@@ -639,7 +639,14 @@ def test_agent_resource_management_integration(stack: Stack) -> None:
         stack.database,
     )
     assert busy.strip() == "0"
-    assert _redis_keys(stack) - before == {f"apex:run:{run_id}:events"}
+    # What stays is the run's event stream and its thread's channel (both expire).
+    thread = f"apex:ch:thread:{stack.run(run_id)['thread_id']}"
+    assert _redis_keys(stack) - before == {
+        f"apex:run:{run_id}:events",
+        f"{thread}:log",
+        f"{thread}:seq",
+        f"{thread}:epoch",
+    }
     assert slots not in _redis_keys(stack)
     again = stack.client.post(f"{RUNS}/{run_id}/cancel", headers=stack.headers)
     assert again.status_code == 409

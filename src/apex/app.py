@@ -19,6 +19,7 @@ from apex import __version__
 from apex.agents import endpoints as agent_endpoints
 from apex.agents.runner import build_runtime
 from apex.agents.tasks import register_agent_tasks
+from apex.chat import endpoints as chat_endpoints
 from apex.identity import endpoints as identity_endpoints
 from apex.identity.denylist import Denylist
 from apex.identity.keys import KeyRing
@@ -276,6 +277,7 @@ def create_app(
     app.include_router(identity_endpoints.well_known)
     app.include_router(usage_endpoints.router)
     app.include_router(agent_endpoints.router)
+    app.include_router(chat_endpoints.router)
     app.include_router(gateway.router)
     return app
 

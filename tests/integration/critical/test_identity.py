@@ -327,6 +327,8 @@ EXPECTED_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", RUNS + "/{run_id}/report"): EVERYONE,
     ("GET", RUNS + "/{run_id}/events"): EVERYONE,
     ("POST", RUNS + "/{run_id}/cancel"): WRITERS,
+    ("GET", "/api/v1/threads"): EVERYONE,
+    ("GET", "/api/v1/threads/{thread_id}/messages"): EVERYONE,
 }
 
 
@@ -358,6 +360,7 @@ def test_rbac_enforcement_integration(
         timeout=60,
     )
     worker.stop()
+    finished_thread = ca.get(f"{RUNS}/{finished}", headers=as_owner).json()["thread_id"]
 
     def join(role: str) -> tuple[str, dict[str, str]]:
         """A new account that accepted the owner's invitation with `role`; its id and the
@@ -495,6 +498,11 @@ def test_rbac_enforcement_integration(
             ("DELETE", "/api/v1/pricing/{provider}/{model}"): lambda: (
                 None,
                 "/api/v1/pricing/acme/" + new_override(),
+            ),
+            ("GET", "/api/v1/threads"): lambda: (None, path),
+            ("GET", "/api/v1/threads/{thread_id}/messages"): lambda: (
+                None,
+                path.replace("{thread_id}", finished_thread),
             ),
         }
         assert (method, path) in samples, f"add a sample request for {method} {path}"

@@ -19,6 +19,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from redis.asyncio import Redis
@@ -80,12 +81,19 @@ def _keys(channel: str) -> list[str]:
     return [f"{PREFIX}:{channel}:log", f"{PREFIX}:{channel}:seq", f"{PREFIX}:{channel}:epoch"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Event:
     channel: str
     seq: int
     epoch: str
     data: dict[str, Any]
+
+    @cached_property
+    def frame(self) -> str:
+        """The event as sent to a client, encoded once: every follower on an instance
+        gets the same text (the hub hands them one Event)."""
+        framed = {**self.data, "seq": self.seq, "channel": self.channel, "epoch": self.epoch}
+        return json.dumps(framed, default=str)
 
 
 def parse_live(channel: str, message: bytes | str) -> Event:

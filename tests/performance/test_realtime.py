@@ -233,6 +233,8 @@ def test_websocket_fan_out(
     for process in processes:
         process.terminate()
     apex_rate, raw_rate = asyncio.run(limiter_rates(redis_server.url))
+    for run in (apex, bare_result, socketio_result):  # every client got every message
+        assert len(run.latencies) == CLIENTS * MESSAGES, run.name
 
     rows = [run.row() for run in (apex, bare_result, socketio_result)]
     lines = ["| server | fan-out p50 ms | p99 ms | delivered/s | deliveries |",

@@ -34,6 +34,7 @@ class Cursor:
 
     seq: int
     pending: list[Event] | None = field(default_factory=list)
+    epoch: str | None = None  # of the channel's events sent so far
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ class Connection:
             payload = {"channel": order.channel, "recovered": history is not None,
                        "epoch": current}  # fmt: skip
             await self._send(envelope("resumed", payload, datetime.now().astimezone()))
+        cursor.epoch = current
         if history is None:  # the client reloads over REST, then follows from here
             cursor.seq = await self.channels.last_seq(order.channel)
         else:
@@ -163,6 +165,8 @@ class Connection:
             await self._send_event(cursor, event)
 
     async def _send_event(self, cursor: Cursor, event: Event) -> None:
+        if cursor.epoch is not None and event.epoch != cursor.epoch:
+            await self._restarted(cursor, event)
         if event.seq <= cursor.seq:
             return  # sent already (from the history, or twice by Pub/Sub)
         if event.seq > cursor.seq + 1:  # Pub/Sub lost some: fill the gap from the history
@@ -171,7 +175,15 @@ class Connection:
                 if cursor.seq < earlier.seq < event.seq:
                     await self._send_event(cursor, earlier)
         await self.websocket.send_text(event.frame)
-        cursor.seq = event.seq
+        cursor.seq, cursor.epoch = event.seq, event.epoch
+
+    async def _restarted(self, cursor: Cursor, event: Event) -> None:
+        """The channel started again under a new epoch while followed (Redis lost its data):
+        what came before cannot be replayed. Tell the client (`resumed`, not recovered: it
+        reloads over REST) and follow the new epoch from its first event."""
+        payload = {"channel": event.channel, "recovered": False, "epoch": event.epoch}
+        await self._send(envelope("resumed", payload, datetime.now().astimezone()))
+        cursor.seq, cursor.epoch = 0, event.epoch  # the new epoch from its start
 
     async def _send(self, frame: dict[str, Any]) -> None:
         await self.websocket.send_text(json.dumps(frame, default=str))

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
 from tests.harness.nginx import NginxServer
@@ -399,6 +399,10 @@ EVENTS = 1_000
 CLIENTS = 200
 
 
+# How connecting to an instance that is dying, or dead, can fail.
+REFUSED = (OSError, EOFError, ConnectionClosed, InvalidHandshake, TimeoutError)
+
+
 class Follower:
     """A client following one thread through drops and a dead instance: it reconnects to
     an instance still alive and resumes from the last `seq` it got."""
@@ -444,7 +448,7 @@ class Follower:
                 for server in candidates:
                     if not server.process or not server.process.alive():
                         continue
-                    with contextlib.suppress(OSError, ConnectionClosed, TimeoutError):
+                    with contextlib.suppress(*REFUSED):
                         return await open_session(server, self.token)
                 candidates = self.servers
                 await asyncio.sleep(0.1)
@@ -475,13 +479,24 @@ def test_websocket_reconnect_recovery_integration(
                 await asyncio.to_thread(a.process.kill)  # type: ignore[union-attr]
             await asyncio.sleep(0.002)
         await asyncio.gather(*following)
+        witness = await open_session(b, owner["access_token"])  # connected across the loss
+        assert await switch(witness, thread_id) == EVENTS
         # Redis loses everything: a client that resumes cannot be told what it missed.
         redis.Redis.from_url(fresh_redis.url).flushall()
         late = await open_session(b, owner["access_token"])
         resume = {channel: {"seq": followers[0].seqs[-1], "epoch": followers[0].epoch}}
         await late.send(json.dumps({"type": "resume", "payload": {"channels": resume}}))
         answer = await receive_type(late, "resumed")
-        for ws in (late, publisher):
+        # The channel starts again: both hear its first event; the connected one is told
+        # first that what came before is gone.
+        message = {"thread_id": thread_id, "content": "after the loss", "start_agent": False}
+        await publisher.send(json.dumps({"type": "user_message", "payload": message}))
+        told = await receive_type(witness, "resumed")
+        assert (told["payload"]["recovered"], told["payload"]["channel"]) == (False, channel)
+        for ws in (witness, late):
+            first = await receive_type(ws, "thread_message")
+            assert (first["seq"], first["payload"]["message"]["content"]) == (1, "after the loss")
+        for ws in (late, publisher, witness):
             await ws.close()
         return followers, answer
 

@@ -124,11 +124,18 @@ def install_drain(hub: Hub, seconds: float) -> Callable[[], None]:
         finally:
             forward(signum, frame)
 
+    running: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
+
+    def start_drain(signum: int, frame: FrameType | None) -> None:
+        task = loop.create_task(drain_then_stop(signum, frame))
+        running.add(task)
+        task.add_done_callback(running.discard)
+
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         if hub.draining:  # a second SIGTERM: stop now
             forward(signum, frame)
             return
-        loop.call_soon_threadsafe(lambda: loop.create_task(drain_then_stop(signum, frame)))
+        loop.call_soon_threadsafe(start_drain, signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 

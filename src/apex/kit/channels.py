@@ -104,8 +104,9 @@ def parse_live(channel: str, message: bytes | str) -> Event:
 
 
 class Channels:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, history: int = HISTORY) -> None:
         self.redis = redis
+        self.history = history
         self._publish = redis.register_script(_PUBLISH)
 
     async def publish(self, channel: str, data: dict[str, Any]) -> Event:
@@ -113,7 +114,7 @@ class Channels:
         encoded = json.dumps(data, separators=(",", ":"), default=str)
         seq, epoch = await self._publish(
             keys=_keys(channel),
-            args=[subject(channel), encoded, secrets.token_hex(8), HISTORY, TTL_SECONDS],
+            args=[subject(channel), encoded, secrets.token_hex(8), self.history, TTL_SECONDS],
         )
         return Event(channel, int(seq), _text(epoch), data)
 

@@ -131,14 +131,9 @@ async def _drop_expired_partitions(
     # A month whose retention-class partitions are all gone goes too.
     leaves = {p.month for p in partitions if p.retention_days is not None and p.attached}
     for partition in partitions:
-        if partition.retention_days is None and partition.month not in leaves:
-            if not _over(partition, now):
-                continue
-            if partition.attached:
-                await _detach(database, partition)
-            async with database.unit_of_work(primary=True) as session:
-                await PartitionRepository(session).drop(partition)
-            report.dropped.append(partition.name)
+        monthly = partition.retention_days is None
+        if monthly and partition.month not in leaves and _over(partition, now):
+            await _detach_and_drop(database, partition, report)
 
 
 async def _delete_expired(
@@ -172,11 +167,19 @@ async def _drop_empty_legacy(database: Database, report: MaintenanceReport) -> N
         legacy = await repository.legacy()
         if legacy is None or not await repository.is_empty(legacy):
             return
-    if legacy.attached:
-        await _detach(database, legacy)
+    await _detach_and_drop(database, legacy, report)
+
+
+async def _detach_and_drop(
+    database: Database, partition: Partition, report: MaintenanceReport
+) -> None:
+    """An empty partition: detached without blocking the table (if it still is attached),
+    then dropped."""
+    if partition.attached:
+        await _detach(database, partition)
     async with database.unit_of_work(primary=True) as session:
-        await PartitionRepository(session).drop(legacy)
-    report.dropped.append(legacy.name)
+        await PartitionRepository(session).drop(partition)
+    report.dropped.append(partition.name)
 
 
 async def keep_maintaining(

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
 
 from apex.kit.channels import Channels, envelope, thread_channel
+from apex.kit.clock import Clock, SystemClock
 
 EVENT_TYPES = frozenset(
     {
@@ -41,8 +41,15 @@ def stream_key(run_id: uuid.UUID | str) -> str:
 
 
 class RunEvents:
-    def __init__(self, redis: Redis, run_id: uuid.UUID, thread_id: uuid.UUID | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        run_id: uuid.UUID,
+        thread_id: uuid.UUID | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.redis = redis
+        self.clock = clock or SystemClock()
         self.key = stream_key(run_id)
         self.run_id = run_id
         self.thread_id = thread_id
@@ -57,7 +64,7 @@ class RunEvents:
             pipe.expire(self.key, STREAM_TTL_SECONDS)
             entry_id, _ = await pipe.execute()
         if self.thread_id is not None:
-            frame = envelope(kind, payload, datetime.now(UTC), thread_id=str(self.thread_id),
+            frame = envelope(kind, payload, self.clock.now(), thread_id=str(self.thread_id),
                              run_id=str(self.run_id))  # fmt: skip
             await self.channels.publish(thread_channel(self.thread_id), frame)
         return str(entry_id)

@@ -141,7 +141,7 @@ async def advance(runtime: Runtime, run_id: uuid.UUID) -> bool:
     if claim is None:
         return False
     info = claim.run
-    events = RunEvents(runtime.redis, run_id, info["thread_id"])
+    events = RunEvents(runtime.redis, run_id, info["thread_id"], runtime.clock)
     budget = Budget(
         tokens=info["token_budget"],
         cost_nanos=info["cost_budget_nanos"],
@@ -300,7 +300,7 @@ async def abandon(runtime: Runtime, run_id: uuid.UUID, reason: str) -> None:
         run.error = reason
         run.finished_at = runtime.clock.now()
         organization_id, thread_id = run.organization_id, run.thread_id
-    await RunEvents(runtime.redis, run_id, thread_id).emit(
+    await RunEvents(runtime.redis, run_id, thread_id, runtime.clock).emit(
         "agent_error", {"error": reason, "fatal": True}
     )
     await runtime.slots.release(organization_id, run_id)

@@ -14,13 +14,13 @@ import contextlib
 import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from fastapi import WebSocket
 
 from apex.identity.tokens import AccessClaims
 from apex.kit.channels import Channels, Event, envelope
+from apex.kit.clock import Clock
 from apex.realtime import protocol
 from apex.realtime.hub import Hub
 
@@ -55,6 +55,7 @@ class Connection:
         self.hub = hub
         self.channels = channels
         self.claims = claims
+        self.clock: Clock = websocket.app.state.clock
         self.token_id: str | None = claims.token_id
         self.queue: asyncio.Queue[dict[str, Any] | Event | CatchUp] = asyncio.Queue(SEND_QUEUE)
         self.cursors: dict[str, Cursor] = {}
@@ -153,7 +154,7 @@ class Connection:
         if order.announce:
             payload = {"channel": order.channel, "recovered": history is not None,
                        "epoch": current}  # fmt: skip
-            await self._send(envelope("resumed", payload, datetime.now().astimezone()))
+            await self._send(envelope("resumed", payload, self.clock.now()))
         cursor.epoch = current
         if history is None:  # the client reloads over REST, then follows from here
             cursor.seq = await self.channels.last_seq(order.channel)
@@ -182,7 +183,7 @@ class Connection:
         what came before cannot be replayed. Tell the client (`resumed`, not recovered: it
         reloads over REST) and follow the new epoch from its first event."""
         payload = {"channel": event.channel, "recovered": False, "epoch": event.epoch}
-        await self._send(envelope("resumed", payload, datetime.now().astimezone()))
+        await self._send(envelope("resumed", payload, self.clock.now()))
         cursor.seq, cursor.epoch = 0, event.epoch  # the new epoch from its start
 
     async def _send(self, frame: dict[str, Any]) -> None:

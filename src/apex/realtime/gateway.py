@@ -14,7 +14,6 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
-from datetime import datetime
 from types import FrameType
 from typing import Any
 
@@ -36,7 +35,7 @@ log = structlog.get_logger(__name__)
 router = APIRouter()
 
 REVALIDATE_SECONDS = 60.0  # the token is checked again (expiry, denylist) at least this often
-UNCOUNTED = frozenset({"auth", "ping", "resume"})
+UNCOUNTED = frozenset({"auth"})  # every other frame counts against the plan's limit
 INSTANCE = f"{socket.gethostname()}:{os.getpid()}"  # which `apex serve` holds a connection
 
 
@@ -213,31 +212,42 @@ async def _receive_all(connection: Connection) -> None:
         except WebSocketDisconnect:
             return
         if len(text) > protocol.MAX_FRAME_BYTES:
-            connection.reply(_error("frame", f"frames are limited to "
-                                    f"{protocol.MAX_FRAME_BYTES:,} bytes", None))  # fmt: skip
+            limit = f"frames are limited to {protocol.MAX_FRAME_BYTES:,} bytes"
+            connection.reply(_error(connection, "frame", limit, None))
             continue
         try:
             frame = ClientFrame.model_validate_json(text)
         except ValidationError as exc:
-            connection.reply(_error(_field(exc), _reason(exc), None))
+            connection.reply(_error(connection, _field(exc), _reason(exc), None))
             continue
         if frame.type not in UNCOUNTED and not await within_rate(connection, frame):
             continue
         handler = HANDLERS.get(frame.type)
         if handler is None:
-            connection.reply(_error("type", f"{frame.type} is not supported yet", frame.id))
+            connection.reply(
+                _error(connection, "type", f"{frame.type} is not supported yet", frame.id)
+            )
             continue
         try:
             await handler(connection, frame)
         except ValidationError as exc:
-            connection.reply(_error(_field(exc, "payload."), _reason(exc), frame.id))
+            reason = _reason(exc)
+            connection.reply(_error(connection, _field(exc, "payload."), reason, frame.id))
         except ApexError as exc:
-            connection.reply(_error(str(exc.extra.get("field", "payload")), exc.detail, frame.id))
+            field_name = str(exc.extra.get("field", "payload"))
+            connection.reply(_error(connection, field_name, exc.detail, frame.id))
+        except Exception:  # a bug, or a dependency failing in a way nobody mapped
+            log.exception("websocket_frame_failed", type=frame.type)
+            reason = "An unexpected error occurred; it has been logged. Reconnect and resume."
+            connection.reply(_error(connection, "type", reason, frame.id))
+            connection.close(protocol.SERVER_ERROR, "server error")
 
 
-def _error(field_name: str, reason: str, reply_to: str | None) -> dict[str, Any]:
+def _error(
+    connection: Connection, field_name: str, reason: str, reply_to: str | None
+) -> dict[str, Any]:
     payload = {"field": field_name, "reason": reason}
-    return envelope("error", payload, datetime.now().astimezone(), reply_to=reply_to)
+    return envelope("error", payload, connection.clock.now(), reply_to=reply_to)
 
 
 def _field(exc: ValidationError, prefix: str = "") -> str:

@@ -65,8 +65,13 @@ async def closed_with(ws: ClientConnection) -> tuple[int | None, float]:
         return (received.code if received else None), time.monotonic() - started
 
 
-async def open_session(server: ApexServer, token: str) -> ClientConnection:
-    ws = await connect(ws_url(server))
+async def open_session(
+    server: ApexServer, token: str, *, keepalive: bool = True
+) -> ClientConnection:
+    """An authenticated connection. `keepalive=False` for a client that sends faster than the
+    server handles: the server reads its frames in order (TCP backpressure), so the client's
+    own pings wait behind its backlog and would time out the client, not the server."""
+    ws = await connect(ws_url(server), ping_interval=20 if keepalive else None)
     await ws.send(json.dumps({"type": "auth", "token": token}))
     established = await receive_type(ws, "connection_established")
     assert established["seq"] is None
@@ -466,7 +471,7 @@ def test_websocket_reconnect_recovery_integration(
     owner = account(b)
 
     async def scenario() -> tuple[list[Follower], dict[str, Any]]:
-        publisher = await open_session(b, owner["access_token"])
+        publisher = await open_session(b, owner["access_token"], keepalive=False)
         thread_id = await new_thread(publisher)  # not followed: it reads nothing more
         channel = f"thread:{thread_id}"
         followers = [Follower(n, [a, b], owner["access_token"], channel) for n in range(CLIENTS)]

@@ -19,6 +19,10 @@ from apex import __version__
 from apex.agents import endpoints as agent_endpoints
 from apex.agents.runner import build_runtime
 from apex.agents.tasks import register_agent_tasks
+from apex.billing import endpoints as billing_endpoints
+from apex.billing.collection import keep_billing
+from apex.billing.gateway import build_gateway
+from apex.billing.tasks import BillingRuntime, register_billing_tasks
 from apex.chat import endpoints as chat_endpoints
 from apex.identity import endpoints as identity_endpoints
 from apex.identity.denylist import Denylist
@@ -131,6 +135,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     queue = JobQueue(settings)
     register_agent_tasks(queue, runtime)
+    payments = build_gateway(settings)
+    billing = (
+        BillingRuntime(database, payments, app.state.clock, app.state.failpoints)
+        if runtime is not None
+        else None
+    )
+    register_billing_tasks(queue, billing)
     database.after_commit(queue.after_commit)
     keyring = KeyRing(
         database,
@@ -165,6 +176,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.read_your_writes = read_your_writes
     app.state.outbox = relay
     app.state.queue = queue
+    app.state.payments = payments
     app.state.health_checks = [
         _database_check(database),
         _redis_check(redis),
@@ -193,6 +205,21 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if runtime is not None  # the embedded default: no worker to do it
         else None
     )
+    billing_cycle = (
+        asyncio.create_task(
+            keep_billing(
+                database,
+                payments,
+                app.state.clock,
+                settings.billing_cycle_seconds,
+                maintenance_stop,
+                tax_rate=settings.billing_tax_rate,
+            ),
+            name="billing-cycle",
+        )
+        if runtime is not None
+        else None
+    )
     log.info(
         "apex_started",
         version=__version__,
@@ -208,6 +235,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         maintenance_stop.set()
         if maintenance is not None:
             await maintenance
+        if billing_cycle is not None:
+            await billing_cycle
         await keyring.stop()
         await queue.stop()
         await relay.stop()
@@ -278,6 +307,7 @@ def create_app(
     app.include_router(usage_endpoints.router)
     app.include_router(agent_endpoints.router)
     app.include_router(chat_endpoints.router)
+    app.include_router(billing_endpoints.router)
     app.include_router(gateway.router)
     return app
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -37,6 +38,8 @@ pricing_app = typer.Typer(
 app.add_typer(pricing_app, name="pricing")
 usage_app = typer.Typer(help="Usage records and their rollups.", no_args_is_help=True)
 app.add_typer(usage_app, name="usage")
+billing_app = typer.Typer(help="Subscriptions and invoices.", no_args_is_help=True)
+app.add_typer(billing_app, name="billing")
 console = Console(stderr=True, soft_wrap=True)
 MAINTENANCE_TIMEOUT_S = 6 * 3600.0  # statements of maintenance commands (rebuilds)
 
@@ -341,6 +344,48 @@ def usage_rebuild_rollups(
     )
 
 
+@billing_app.command("cycle")
+def billing_cycle(
+    at: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Run as of this UTC time instead of now (rehearsals; refused in production)."
+        ),
+    ] = None,
+) -> None:
+    """Close every billing period that has ended (renewals, trial ends, scheduled
+    downgrades and cancellations) and collect every invoice that is due (the worker does
+    this every APEX_BILLING_CYCLE_SECONDS)."""
+    import asyncio
+    from datetime import UTC
+
+    from apex.billing.collection import CycleReport, run_cycle
+    from apex.billing.gateway import build_gateway
+    from apex.kit.clock import Clock, FrozenClock, SystemClock
+    from apex.kit.db import Database
+    from apex.kit.failpoints import Failpoints
+
+    settings = _settings()
+    if at is not None and settings.environment == "production":
+        _fail("--at is for rehearsals: production bills as of now.", 2)
+    clock: Clock = FrozenClock(at.replace(tzinfo=at.tzinfo or UTC)) if at else SystemClock()
+
+    async def run() -> CycleReport:
+        database = Database(settings)
+        try:
+            return await run_cycle(
+                database, build_gateway(settings), clock, tax_rate=settings.billing_tax_rate,
+                failpoints=Failpoints(settings.failpoints),
+            )  # fmt: skip
+        finally:
+            await database.dispose()
+
+    report = asyncio.run(run())
+    console.print(
+        f"Periods closed: {report.periods_closed}. Invoices collected: {report.collected}."
+    )
+
+
 @usage_app.command("maintain")
 def maintain_usage() -> None:
     """Create the coming months' usage partitions and apply every plan's retention now (the
@@ -426,12 +471,16 @@ def _report_finished_file(result: FileIngestResult) -> None:
 def worker(
     concurrency: Annotated[int, typer.Option(min=1, max=100, help="Jobs run at once.")] = 4,
 ) -> None:
-    """Take jobs (agent run steps) from the Redis queue until SIGTERM or SIGINT."""
+    """Take jobs (agent run steps, invoice collections) from the Redis queue until SIGTERM or
+    SIGINT; maintain the usage tables and run the billing cycle meanwhile."""
     import asyncio
     import signal
 
     from apex.agents.runner import build_runtime
     from apex.agents.tasks import register_agent_tasks
+    from apex.billing.collection import keep_billing
+    from apex.billing.gateway import build_gateway
+    from apex.billing.tasks import BillingRuntime, register_billing_tasks
     from apex.kit.clock import SystemClock
     from apex.kit.db import Database
     from apex.kit.failpoints import Failpoints
@@ -453,6 +502,9 @@ def worker(
         )
         queue = JobQueue(settings)
         register_agent_tasks(queue, runtime)
+        payments = build_gateway(settings)
+        failpoints = Failpoints(settings.failpoints)
+        register_billing_tasks(queue, BillingRuntime(database, payments, SystemClock(), failpoints))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -461,11 +513,18 @@ def worker(
         maintenance = asyncio.create_task(
             keep_maintaining(database, SystemClock(), settings.usage_maintenance_seconds, stop)
         )
+        billing = asyncio.create_task(
+            keep_billing(
+                database, payments, SystemClock(), settings.billing_cycle_seconds, stop,
+                tax_rate=settings.billing_tax_rate,
+            )
+        )  # fmt: skip
         try:
             await serve_jobs(queue, stop, concurrency=concurrency)
         finally:
             stop.set()
             await maintenance
+            await billing
             await queue.broker.shutdown()
             await redis.aclose()
             await database.dispose()

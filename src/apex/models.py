@@ -5,6 +5,14 @@ its `models` import below.
 """
 
 from apex.agents.models import AgentRun, AgentStep
+from apex.billing.models import (
+    GatewayEvent,
+    Invoice,
+    InvoiceLine,
+    Payment,
+    Subscription,
+    SubscriptionEvent,
+)
 from apex.chat.models import Message, Thread
 from apex.identity.models import (
     ApiKey,
@@ -26,14 +34,20 @@ __all__ = [
     "AgentStep",
     "ApiKey",
     "Base",
+    "GatewayEvent",
     "Invitation",
+    "Invoice",
+    "InvoiceLine",
     "Membership",
     "Message",
     "Organization",
     "OutboxMessage",
+    "Payment",
     "PriceOverride",
     "RefreshToken",
     "SigningKey",
+    "Subscription",
+    "SubscriptionEvent",
     "Thread",
     "UsageRecord",
     "User",

@@ -245,6 +245,38 @@ class Settings(BaseSettings):
         description="An unacknowledged job is given to another worker after this long.",
     )
 
+    # --- billing --------------------------------------------------------------------------
+    stripe_api_key: SecretStr | None = Field(
+        default=None, description="The payment gateway's secret key; unset: no payments."
+    )
+    stripe_api_base: str | None = Field(
+        default=None,
+        description="The gateway's API address (default Stripe's); tests and the demo point "
+        "it at a local server speaking the same API.",
+    )
+    stripe_webhook_secret: SecretStr | None = Field(
+        default=None, description="The secret the gateway signs its webhooks with (whsec_...)."
+    )
+    stripe_timeout_seconds: float = Field(default=20.0, gt=0, le=120)
+    stripe_network_retries: int = Field(
+        default=2,
+        ge=0,
+        le=5,
+        description="Retries of a gateway call, with the same idempotency key.",
+    )
+    billing_tax_rate: Decimal = Field(
+        default=Decimal(0), ge=0, lt=1, description="Tax added to every invoice, e.g. 0.2."
+    )
+    billing_cycle_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often the worker closes ended periods and collects due invoices.",
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Where people reach Apex (the checkout returns them there).",
+    )
+
     # --- server and operations ------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)

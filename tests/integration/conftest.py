@@ -19,6 +19,7 @@ from apex.app import create_app
 from apex.kit.clock import Clock
 from apex.settings import Settings
 from tests.harness import ApexServer, ApexWorker, HarnessError, PostgresCluster, RedisServer
+from tests.harness.payments import PaymentsServer
 from tests.harness.smtp import SmtpServer
 
 SECRET = "test-secret-key-0123456789-abcdefghijklmnop"
@@ -32,11 +33,13 @@ def migrate(
 
 
 def run_apex(
-    database_url: str, *args: str, extra_locations: str = ""
+    database_url: str, *args: str, extra_locations: str = "", **settings: str
 ) -> subprocess.CompletedProcess[str]:
-    """Run `apex ARGS` as a real subprocess against `database_url`."""
+    """Run `apex ARGS` as a real subprocess against `database_url` (`settings`: more APEX_*
+    variables, named in lower case)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("APEX_")}
     env["APEX_DATABASE_URL"] = database_url
+    env |= {f"APEX_{name.upper()}": value for name, value in settings.items()}
     if extra_locations:
         env["APEX_MIGRATION_EXTRA_LOCATIONS"] = extra_locations
     return subprocess.run(
@@ -181,6 +184,14 @@ def start_apex() -> Iterator[Callable[..., ApexServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def payments() -> Iterator[PaymentsServer]:
+    """A local payment gateway speaking Stripe's API (tests/harness/payments_server.py)."""
+    server = PaymentsServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

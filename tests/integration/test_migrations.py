@@ -43,6 +43,12 @@ CORE_TABLES = {
     "usage_imports",
     "usage_import_problems",
     "usage_record_ids",
+    "subscriptions",
+    "subscription_events",
+    "invoices",
+    "invoice_lines",
+    "payments",
+    "gateway_events",
 }
 
 

@@ -80,6 +80,8 @@ async def get_principal(
 
 
 API_WINDOW_SECONDS = 3600
+# Never refused by the plan's API limit: an organisation at its limit can always upgrade.
+BILLING_PATHS = "/api/v1/billing/"
 
 
 async def _within_plan_api_limit(
@@ -89,7 +91,7 @@ async def _within_plan_api_limit(
     instance); the answer carries RateLimit headers, and past the limit it is a 429 naming
     the next tier."""
     state = request.app.state
-    if not state.settings.enforce_api_limits:
+    if not state.settings.enforce_api_limits or request.url.path.startswith(BILLING_PATHS):
         return
     organization = await organization_view(session, cache, organization_id)
     plan = plan_for(organization["tier"] if organization else "free")

@@ -18,6 +18,7 @@ as a 422 `ValidationFailed` body that names each offending field.
     ├── PaymentFailed (402)
     ├── RateLimited (429, Retry-After)
     ├── QuotaExceeded (429: a plan's quota (seats, records a month), with `limit`, `upgrade`)
+    │   (an error naming an `upgrade` also carries `checkout`: where that plan is bought)
     └── ServiceUnavailable (503, Retry-After)
 
 Raise these from services; never raise `HTTPException` below the endpoints. A Redis
@@ -37,6 +38,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = structlog.get_logger(__name__)
+# Every error that names a plan to upgrade to (`upgrade`) links here, where it is bought.
+UPGRADE_CHECKOUT = "/api/v1/billing/checkout"
 
 
 class ApexError(Exception):
@@ -55,7 +58,10 @@ class ApexError(Exception):
         return {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": type(self).__name__, "detail": self.detail, **self.extra}
+        body = {"error": type(self).__name__, "detail": self.detail, **self.extra}
+        if self.extra.get("upgrade"):
+            body.setdefault("checkout", UPGRADE_CHECKOUT)  # where the next plan is bought
+        return body
 
 
 class BadRequest(ApexError):

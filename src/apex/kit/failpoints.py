@@ -1,6 +1,7 @@
 """Named fault-injection points, so tests can make a real process fail between two steps.
 
-Production code calls `failpoints.hit("signup.after_user")` (raise) or checks
+Production code calls `failpoints.hit("signup.after_user")` (raise), `failpoints.kill(...)`
+(the process dies at once, as under `kill -9`) or checks
 `failpoints.fires("analysis.runaway_cpu")` (misbehave); nothing happens unless that name is
 listed in `APEX_FAILPOINTS` (refused when `APEX_ENVIRONMENT=production`). `name:N` fires
 only the first N times in the process.
@@ -8,6 +9,8 @@ only the first N times in the process.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterable
 
 
@@ -40,6 +43,10 @@ class Failpoints:
     def hit(self, name: str) -> None:
         if self.fires(name):
             raise FailpointTriggered(f"failpoint {name!r} triggered")
+
+    def kill(self, name: str) -> None:
+        if self.fires(name):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 NO_FAILPOINTS = Failpoints()

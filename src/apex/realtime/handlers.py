@@ -15,7 +15,7 @@ from apex.chat.models import Message, Thread
 from apex.identity.policy import allows
 from apex.identity.service import organization_view, role_in
 from apex.kit.channels import envelope, thread_channel, user_channel
-from apex.kit.errors import Forbidden, NotFound
+from apex.kit.errors import UPGRADE_CHECKOUT, Forbidden, NotFound
 from apex.realtime import protocol
 from apex.realtime.connection import Connection
 from apex.realtime.protocol import (
@@ -64,7 +64,7 @@ async def within_rate(connection: Connection, frame: ClientFrame) -> bool:
         "reason": f"Your plan allows {limit:,} messages a minute.",
     }
     if upgrade is not None:
-        payload["upgrade"] = {"tier": upgrade.value, "url": "/api/v1/billing/checkout"}
+        payload["upgrade"] = {"tier": upgrade.value, "url": UPGRADE_CHECKOUT}
     connection.reply(envelope("rate_limited", payload, state.clock.now(), reply_to=frame.id))
     if connection.refused > ABUSE_FACTOR * limit:
         connection.close(protocol.RATE_LIMITED, "rate limit: too many messages")

@@ -29,11 +29,11 @@ from apex.identity.endpoints import API_KEYS, INVITATIONS, MEMBERS
 from apex.settings import Settings
 from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
 from tests.harness.oidc import OidcProvider
+from tests.harness.payments import PaymentsServer
 from tests.harness.procs import wait_until
 from tests.integration.conftest import SECRET
 from tests.integration.critical.conftest import (
     database_name,
-    set_tier,
     signup,
     signup_body,
 )
@@ -298,6 +298,8 @@ RUNS = "/api/v1/agents/runs"
 EVERYONE = frozenset(ROLES)
 WRITERS = frozenset({"owner", "admin", "member"})
 MANAGERS = frozenset({"owner", "admin"})
+OWNER = frozenset({"owner"})
+BILLING = "/api/v1/billing"
 _ORG = "/api/v1/organizations/current"
 EXPECTED_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", _ORG): EVERYONE,
@@ -329,6 +331,18 @@ EXPECTED_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", RUNS + "/{run_id}/cancel"): WRITERS,
     ("GET", "/api/v1/threads"): EVERYONE,
     ("GET", "/api/v1/threads/{thread_id}/messages"): EVERYONE,
+    # Billing is the owner's alone (it spends the organisation's money).
+    ("GET", f"{BILLING}/subscription"): OWNER,
+    ("GET", f"{BILLING}/subscription/events"): OWNER,
+    ("GET", f"{BILLING}/invoices"): OWNER,
+    ("GET", f"{BILLING}/invoices/{{invoice_id}}"): OWNER,
+    ("GET", f"{BILLING}/invoices/{{invoice_id}}/html"): OWNER,
+    ("POST", f"{BILLING}/invoices/{{invoice_id}}/pay"): OWNER,
+    ("POST", f"{BILLING}/checkout"): OWNER,
+    ("POST", f"{BILLING}/subscription/change"): OWNER,
+    ("POST", f"{BILLING}/subscription/cancel"): OWNER,
+    ("POST", f"{BILLING}/subscription/reactivate"): OWNER,
+    ("POST", f"{BILLING}/trial"): OWNER,
 }
 
 
@@ -338,14 +352,24 @@ def test_rbac_enforcement_integration(
     fresh_redis: RedisServer,
     start_apex: Callable[..., ApexServer],
     start_worker: Callable[..., ApexWorker],
+    payments: PaymentsServer,
 ) -> None:
-    a = start_apex(database_url, fresh_redis.url)
-    b = start_apex(database_url, fresh_redis.url)
+    a = start_apex(database_url, fresh_redis.url, **payments.apex_settings())
+    b = start_apex(database_url, fresh_redis.url, **payments.apex_settings())
+    payments.send_webhooks_to(a.base_url + f"{BILLING}/webhooks/stripe")
     ca, cb = a.client(), b.client()
     owner = signup(ca).json()
     as_owner = {"Authorization": f"Bearer {owner['access_token']}"}
-    # Enterprise allows 20 concurrent agent runs: enough for every sample run below.
-    postgres.sql("UPDATE organizations SET tier = 'enterprise'", database_name(database_url))
+    # Enterprise allows 20 concurrent agent runs: enough for every sample run below. It is
+    # bought as a customer buys it (its first invoice is then there to read).
+    bought = ca.post(f"{BILLING}/checkout", headers=as_owner, json={"tier": "enterprise"})
+    assert bought.status_code == 200, bought.text
+    assert payments.pay_checkout(bought.json()["url"]).status_code == 303
+    assert wait_until(
+        lambda: ca.get(f"{BILLING}/invoices", headers=as_owner).json() != [], timeout=30
+    )
+    invoice_id = ca.get(f"{BILLING}/invoices", headers=as_owner).json()[0]["id"]
+    assert ca.get("/api/v1/organizations/current", headers=as_owner).json()["tier"] == "enterprise"
 
     def new_run() -> str:
         made = ca.post(RUNS, headers=as_owner, json={"question": "Where can we save?"})
@@ -414,6 +438,11 @@ def test_rbac_enforcement_integration(
         return str(made.json()["id"])
 
     Sample = tuple[dict[str, Any] | bytes | None, str]
+
+    def without_subscription(path: str) -> Sample:
+        """A trial is for an organisation without a subscription: the owner's is removed."""
+        postgres.sql("DELETE FROM subscriptions", database_name(database_url))
+        return None, path
 
     def sample(method: str, path: str) -> Callable[[], Sample]:
         samples: dict[tuple[str, str], Callable[[], Sample]] = {
@@ -504,6 +533,26 @@ def test_rbac_enforcement_integration(
                 None,
                 path.replace("{thread_id}", finished_thread),
             ),
+            ("GET", f"{BILLING}/subscription"): lambda: (None, path),
+            ("GET", f"{BILLING}/subscription/events"): lambda: (None, path),
+            ("GET", f"{BILLING}/invoices"): lambda: (None, path),
+            ("GET", f"{BILLING}/invoices/{{invoice_id}}"): lambda: (
+                None,
+                path.replace("{invoice_id}", invoice_id),
+            ),
+            ("GET", f"{BILLING}/invoices/{{invoice_id}}/html"): lambda: (
+                None,
+                path.replace("{invoice_id}", invoice_id),
+            ),
+            ("POST", f"{BILLING}/invoices/{{invoice_id}}/pay"): lambda: (
+                None,
+                path.replace("{invoice_id}", invoice_id),
+            ),
+            ("POST", f"{BILLING}/checkout"): lambda: ({"tier": "enterprise"}, path),
+            ("POST", f"{BILLING}/subscription/change"): lambda: ({"tier": "enterprise"}, path),
+            ("POST", f"{BILLING}/subscription/cancel"): lambda: (None, path),
+            ("POST", f"{BILLING}/subscription/reactivate"): lambda: (None, path),
+            ("POST", f"{BILLING}/trial"): lambda: without_subscription(path),
         }
         assert (method, path) in samples, f"add a sample request for {method} {path}"
         return samples[(method, path)]
@@ -512,7 +561,9 @@ def test_rbac_enforcement_integration(
     declared = {(method, path) for method, path, _ in _protected_routes()}
     assert declared == set(EXPECTED_ACCESS)
     observed, expected = {}, {}
-    for (method, path), allowed in sorted(EXPECTED_ACCESS.items()):
+    # Billing last: its samples change the plan the other samples rely on.
+    in_order = sorted(EXPECTED_ACCESS.items(), key=lambda i: (i[0][1].startswith(BILLING), i[0]))
+    for (method, path), allowed in in_order:
         for role in ROLES:
             body, url = sample(method, path)()
             if isinstance(body, bytes):  # a streamed upload
@@ -527,6 +578,14 @@ def test_rbac_enforcement_integration(
     assert observed == expected
     cases = f"{len(EXPECTED_ACCESS)} protected routes x {len(ROLES)} roles = {len(observed)}"
     print(f"\nrbac: {cases} cases match the matrix written out in the test")
+    # The trial sample left the organisation trialing Early: back on Enterprise, bought again.
+    rebought = ca.post(f"{BILLING}/checkout", headers=as_owner, json={"tier": "enterprise"})
+    assert rebought.status_code == 200, rebought.text
+    assert payments.pay_checkout(rebought.json()["url"]).status_code == 303
+    assert wait_until(
+        lambda: ca.get(f"{BILLING}/subscription", headers=as_owner).json()["tier"] == "enterprise",
+        timeout=30,
+    )
 
     # A role change takes effect on the very next request, on the other instance too.
     member_id, as_member = join("member")
@@ -595,8 +654,12 @@ def _example(schema: dict[str, Any], spec: dict[str, Any]) -> Any:
 TENANT_TABLES = (
     "organizations", "memberships", "api_keys", "invitations", "price_overrides",
     "usage_records", "usage_rollups", "usage_hash_rollups", "usage_hash_totals", "usage_imports",
-    "usage_import_problems", "agent_runs", "threads",
+    "usage_import_problems", "agent_runs", "threads", "subscriptions", "subscription_events",
+    "invoices", "payments",
 )  # fmt: skip
+# Reads that are the same for everyone (the plan catalogue): they must not leak A's data,
+# and hold no one's.
+SHARED_READS = {"/api/v1/billing/plans"}
 
 
 def _properties(schema: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
@@ -632,20 +695,31 @@ def test_tenant_isolation_integration(
     fresh_redis: RedisServer,
     start_apex: Callable[..., ApexServer],
     start_worker: Callable[..., ApexWorker],
+    payments: PaymentsServer,
 ) -> None:
-    server = start_apex(database_url, fresh_redis.url, session_cookie_secure="false")
-    start_worker(database_url, fresh_redis.url)
+    gateway = payments.apex_settings()
+    server = start_apex(database_url, fresh_redis.url, session_cookie_secure="false", **gateway)
+    start_worker(database_url, fresh_redis.url, **gateway)
+    payments.send_webhooks_to(server.base_url + f"{BILLING}/webhooks/stripe")
     client = server.client()
     db = database_name(database_url)
 
     def tenant() -> tuple[dict[str, str], set[str], dict[str, str]]:
         """An organisation with every kind of resource Apex stores: members, an API key, an
         invitation, a price override, usage records with metadata, a finished agent run with
-        its report, events, thread and messages, a browser session. Its owner's headers,
-        every identifier and email that belongs to it, and the ids by kind."""
+        its report, events, thread and messages, a browser session, a paid subscription with
+        its history, invoice and payment. Its owner's headers, every identifier and email
+        that belongs to it, and the ids by kind."""
         owner = signup(client).json()
-        set_tier(postgres, database_url, owner["organization_id"], "early")  # 5 seats
         auth = {"Authorization": f"Bearer {owner['access_token']}"}
+        bought = client.post(f"{BILLING}/checkout", headers=auth, json={"tier": "early"})
+        assert payments.pay_checkout(bought.json()["url"]).status_code == 303  # 5 seats
+
+        def paid_invoice() -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = client.get(f"{BILLING}/invoices", headers=auth).json()
+            return [invoice for invoice in found if invoice["status"] == "paid"]
+
+        assert wait_until(lambda: paid_invoice() != [], 30)
         extra = join_organization(client, auth, "member")
         extra_email = extra["email"]
         owner_email = _me(client, owner["access_token"]).json()["email"]
@@ -698,7 +772,7 @@ def test_tenant_isolation_integration(
             "member": extra["user_id"], "key": key.json()["id"],
             "invitation": invitation.json()["id"], "record": record_id, "run": run_id,
             "thread": thread_id, "session": browser.json()["id"],
-            "import": imported.json()["id"],
+            "import": imported.json()["id"], "invoice": paid_invoice()[0]["id"],
         }  # fmt: skip
         secrets_of_tenant = {owner_email, extra_email, key.json()["prefix"], negotiated, marker}
         secrets_of_tenant |= set(ids.values())
@@ -743,7 +817,7 @@ def test_tenant_isolation_integration(
                     response = client.get(path, headers=b_auth, params=query)
                     assert response.status_code == 200, (path, response.text)
                     assert not any(secret in response.text for secret in a_secrets), path
-                    if response.json() != []:
+                    if response.json() != [] and path not in SHARED_READS:
                         assert any(secret in response.text for secret in b_secrets), path
                     checked_lists += 1
             elif body is not None:

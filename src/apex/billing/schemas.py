@@ -1,0 +1,100 @@
+"""Billing's request and response bodies. Money is `Decimal` dollars, never a float."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PlanOut(BaseModel):
+    tier: str
+    monthly_fee_usd: Decimal
+    savings_share: Decimal
+    records_per_month: int | None
+    agent_runs_per_day: int | None
+    concurrent_agent_runs: int
+    api_requests_per_hour: int | None
+    websocket_messages_per_minute: int
+    seats: int | None
+    retention_days: int
+    trial_days: int
+
+
+class TierIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tier: str = Field(min_length=1, max_length=20, description="early, mid or enterprise.")
+
+
+class CheckoutOut(BaseModel):
+    id: str
+    url: str = Field(description="The gateway's hosted page where the customer enters a card.")
+
+
+class SubscriptionOut(BaseModel):
+    organization_id: uuid.UUID
+    tier: str
+    status: str
+    period_start: datetime | None
+    period_end: datetime | None
+    scheduled_tier: str | None
+    cancel_at_period_end: bool
+    card_on_file: bool
+    monthly_fee_usd: Decimal
+
+
+class InvoiceLineOut(BaseModel):
+    kind: str
+    description: str
+    amount_usd: Decimal
+
+
+class PaymentOut(BaseModel):
+    attempt: int
+    status: str
+    amount_usd: Decimal
+    failure_code: str | None
+    created_at: datetime
+
+
+class InvoiceOut(BaseModel):
+    id: uuid.UUID
+    number: int
+    reason: str
+    status: str
+    currency: str
+    period_start: datetime
+    period_end: datetime
+    subtotal_usd: Decimal
+    tax_rate: Decimal
+    tax_usd: Decimal
+    total_usd: Decimal
+    issued_at: datetime
+    paid_at: datetime | None
+    next_attempt_at: datetime | None
+    lines: list[InvoiceLineOut] = []
+    payments: list[PaymentOut] = []
+
+
+class PlanChangeOut(BaseModel):
+    subscription: SubscriptionOut
+    invoice: InvoiceOut | None
+
+
+class SubscriptionEventOut(BaseModel):
+    organization_id: uuid.UUID
+    kind: str
+    from_tier: str
+    to_tier: str
+    status: str
+    mrr_before_usd: Decimal
+    mrr_after_usd: Decimal
+    occurred_at: datetime
+
+
+class WebhookOut(BaseModel):
+    received: bool = True
+    duplicate: bool

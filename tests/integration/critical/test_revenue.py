@@ -1,0 +1,256 @@
+"""Tier 1, revenue: plans, subscriptions, invoices and payments on real `apex serve` and
+`apex worker` processes, PostgreSQL and Redis, with the production payment client (the
+`stripe` SDK) talking to a local gateway that speaks Stripe's API over HTTP
+(tests/harness/payments_server.py).
+
+Amounts expected here are written out from the published plan prices (Free $0, Early $99,
+Mid $499, Enterprise $2,500 a month), not read from Apex's catalogue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
+from tests.harness.payments import WEBHOOK_SECRET, PaymentsServer
+from tests.harness.procs import wait_until
+from tests.integration.critical.conftest import INVITATIONS, bearer, database_name, signup
+
+pytestmark = pytest.mark.timeout(300)
+
+BILLING = "/api/v1/billing"
+WEBHOOK = f"{BILLING}/webhooks/stripe"
+SUCCESS, DECLINE, NO_FUNDS, THREE_DS = (
+    "4242424242424242", "4000000000000002", "4000000000009995", "4000002760003184",
+)  # fmt: skip
+
+
+def signature(body: bytes, secret: str = WEBHOOK_SECRET, at: float | None = None) -> str:
+    """A `Stripe-Signature` header computed here, as Stripe documents it."""
+    stamp = int(time.time() if at is None else at)
+    mac = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={stamp},v1={mac}"
+
+
+def deliver(server: ApexServer, body: bytes, header: str | None = None) -> httpx.Response:
+    headers = {"Content-Type": "application/json", "Stripe-Signature": header or signature(body)}
+    return httpx.post(server.base_url + WEBHOOK, content=body, headers=headers, timeout=30)
+
+
+def event_body(event: dict[str, Any]) -> bytes:
+    """An event as the gateway sends it (without the double's delivery log)."""
+    return json.dumps({k: v for k, v in event.items() if k != "deliveries"}).encode()
+
+
+def events_of(payments: PaymentsServer, kind: str) -> list[dict[str, Any]]:
+    return [event for event in payments.events() if event["type"] == kind]
+
+
+def charges_of(payments: PaymentsServer, customer: str) -> list[dict[str, Any]]:
+    return [c for c in payments.ledger()["charges"] if c["customer"] == customer]
+
+
+def scalar(postgres: PostgresCluster, database_url: str, query: str) -> str:
+    return postgres.sql(query, database_name(database_url)).strip()
+
+
+def customer_of(postgres: PostgresCluster, database_url: str, organization_id: str) -> str:
+    query = "SELECT gateway_customer_id FROM subscriptions WHERE organization_id = '{}'"
+    return scalar(postgres, database_url, query.format(organization_id))
+
+
+def test_payment_webhook_idempotency_integration(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+    start_worker: Callable[..., ApexWorker],
+    payments: PaymentsServer,
+) -> None:
+    """The same webhook 10 times at once: one subscription change, one invoice, one charge.
+    A charge's success and failure delivered in the wrong order (and twice each): it ends
+    paid. A bad signature, a tampered body, a timestamp 301 s off either way: 400, nothing
+    stored."""
+    server = start_apex(database_url, redis_server.url, **payments.apex_settings())
+    start_worker(database_url, redis_server.url, **payments.apex_settings())  # collections
+    client = server.client()
+    owner = signup(client).json()
+    auth, org = bearer_of(owner), owner["organization_id"]
+
+    def count(table: str) -> int:
+        where = f"organization_id = '{org}'"
+        return int(scalar(postgres, database_url, f"SELECT count(*) FROM {table} WHERE {where}"))  # noqa: S608
+
+    # The gateway delivers nothing itself here (no endpoint configured): the test does.
+    checkout = client.post(f"{BILLING}/checkout", headers=auth, json={"tier": "mid"})
+    assert checkout.status_code == 200, checkout.text
+    assert payments.pay_checkout(checkout.json()["url"], SUCCESS).status_code == 303
+    (completed,) = events_of(payments, "checkout.session.completed")
+    body = event_body(completed)
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda _: deliver(server, body), range(10)))
+    assert [a.status_code for a in answers] == [200] * 10, [a.text for a in answers]
+    assert sorted(a.json()["duplicate"] for a in answers) == [False] + [True] * 9
+    assert count("subscription_events") == 1
+    assert count("invoices") == 1
+    stored = f"SELECT count(*) FROM gateway_events WHERE gateway_event_id = '{completed['id']}'"  # noqa: S608
+    assert scalar(postgres, database_url, stored) == "1"
+    customer = customer_of(postgres, database_url, org)
+    assert wait_until(lambda: latest_invoice(client, auth)["status"] == "paid", 30)
+    (charge,) = charges_of(payments, customer)  # one charge, not ten
+    assert (charge["amount"], charge["status"]) == (49_900, "succeeded")
+    subscription = client.get(f"{BILLING}/subscription", headers=auth).json()
+    assert (subscription["tier"], subscription["status"]) == ("mid", "active")
+
+    # 3-D Secure: the upgrade's charge is refused until the cardholder authenticates; the
+    # gateway then reports success — delivered before the earlier failure, each twice.
+    payments.change_card(customer, THREE_DS)
+    upgrade = client.post(f"{BILLING}/subscription/change", headers=auth,
+                          json={"tier": "enterprise"})  # fmt: skip
+    assert upgrade.status_code == 200, upgrade.text
+    proration = upgrade.json()["invoice"]
+    assert (proration["status"], proration["payments"][-1]["status"]) == ("open", "requires_action")
+    refused = [c for c in charges_of(payments, customer) if c["status"] != "succeeded"]
+    payments.authenticate(refused[0]["id"])
+    (failed,) = events_of(payments, "payment_intent.payment_failed")
+    succeeded = events_of(payments, "payment_intent.succeeded")[-1]
+    for event in (succeeded, failed, failed, succeeded):
+        assert deliver(server, event_body(event)).status_code == 200
+    invoice = client.get(f"{BILLING}/invoices/{proration['id']}", headers=auth).json()
+    assert invoice["status"] == "paid", invoice
+    subscription = client.get(f"{BILLING}/subscription", headers=auth).json()
+    assert (subscription["tier"], subscription["status"]) == ("enterprise", "active")
+
+    # Forged, tampered, stale and early deliveries change nothing.
+    before = (count("subscription_events"), count("invoices"), count("payments"),
+              scalar(postgres, database_url, "SELECT count(*) FROM gateway_events"))  # fmt: skip
+    forged = {**json.loads(body), "id": f"evt_{uuid.uuid4().hex}"}
+    forged["data"]["object"]["metadata"]["tier"] = "early"
+    forged_body = json.dumps(forged).encode()
+    now = time.time()
+    for header, sent in (
+        (signature(forged_body, secret="whsec_someone_else"), forged_body),
+        (signature(forged_body), forged_body.replace(b'"early"', b'"enterprise"')),
+        (signature(forged_body, at=now - 301), forged_body),
+        (signature(forged_body, at=now + 301), forged_body),
+        ("t=garbage", forged_body),
+    ):
+        refused_answer = deliver(server, sent, header)
+        assert refused_answer.status_code == 400, refused_answer.text
+        assert refused_answer.json()["field"] == "Stripe-Signature"
+    unsigned = httpx.post(server.base_url + WEBHOOK, content=forged_body, timeout=10,
+                          headers={"Content-Type": "application/json"})  # fmt: skip
+    assert unsigned.status_code == 400, unsigned.text
+    after = (count("subscription_events"), count("invoices"), count("payments"),
+             scalar(postgres, database_url, "SELECT count(*) FROM gateway_events"))  # fmt: skip
+    assert after == before
+    # Within the tolerance (298 s old when sent) an event is accepted.
+    harmless_event = json.dumps(
+        {
+            "id": f"evt_{uuid.uuid4().hex}",
+            "type": "customer.updated",
+            "created": int(now),
+            "data": {"object": {"id": customer}},
+        }
+    )
+    harmless = harmless_event.encode()
+    assert deliver(server, harmless, signature(harmless, at=time.time() - 298)).status_code == 200
+    client.close()
+
+
+def latest_invoice(client: httpx.Client, auth: dict[str, str]) -> dict[str, Any]:
+    invoices: list[dict[str, Any]] = client.get(f"{BILLING}/invoices", headers=auth).json()
+    return invoices[0]
+
+
+def bearer_of(account: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {account['access_token']}"}
+
+
+def test_free_to_paid_conversion_integration(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+    start_worker: Callable[..., ApexWorker],
+    payments: PaymentsServer,
+) -> None:
+    """A Free organisation meets its limits (one seat; 100 API requests an hour: a 429
+    naming the Early plan and where to buy it), buys Early through the gateway's page, and
+    the webhook makes it Early on both instances at once: more requests, more seats; the
+    first invoice ($99.00) is paid exactly once."""
+    settings = {"enforce_api_limits": "true", **payments.apex_settings()}
+    a = start_apex(database_url, redis_server.url, **settings)
+    b = start_apex(database_url, redis_server.url, **settings)
+    start_worker(database_url, redis_server.url, **payments.apex_settings())
+    payments.send_webhooks_to(a.base_url + WEBHOOK)
+    ca, cb = a.client(), b.client()
+    owner = signup(ca)
+    auth, org = bearer(owner), owner.json()["organization_id"]
+
+    seat = cb.post(INVITATIONS, headers=auth, json={"email": "first@example.test"})
+    assert seat.status_code == 429, seat.text
+    assert (seat.json()["upgrade"], seat.json()["checkout"]) == ("early", f"{BILLING}/checkout")
+    served = 1  # the invitation
+
+    def read_organization() -> httpx.Response:
+        return (ca, cb)[served % 2].get("/api/v1/organizations/current", headers=auth)
+
+    while (answer := read_organization()).status_code == 200:
+        served += 1
+        assert served <= 100, "the Free plan allows 100 API requests an hour"
+    assert served == 100, served
+    assert answer.status_code == 429
+    assert (answer.json()["upgrade"], answer.json()["checkout"]) == ("early", f"{BILLING}/checkout")
+    assert int(answer.headers["Retry-After"]) > 0
+
+    # At the limit, buying is still possible.
+    checkout = cb.post(f"{BILLING}/checkout", headers=auth, json={"tier": "early"})
+    assert checkout.status_code == 200, checkout.text
+    assert checkout.json()["url"].startswith(payments.url)
+    assert payments.pay_checkout(checkout.json()["url"], SUCCESS).status_code == 303
+
+    def on_early() -> bool:
+        subscription: dict[str, Any] = cb.get(f"{BILLING}/subscription", headers=auth).json()
+        return bool(subscription["tier"] == "early")
+
+    assert wait_until(on_early, 30)
+    for client in (ca, cb):  # the limit and the seats follow the plan on every instance
+        current = client.get("/api/v1/organizations/current", headers=auth)
+        assert current.status_code == 200, current.text
+        assert current.json()["tier"] == "early"
+        invited = client.post(INVITATIONS, headers=auth,
+                              json={"email": f"{uuid.uuid4().hex[:8]}@example.test"})  # fmt: skip
+        assert invited.status_code == 201, invited.text
+
+    def first_invoice() -> dict[str, Any]:
+        invoices = ca.get(f"{BILLING}/invoices", headers=auth).json()
+        assert len(invoices) == 1, invoices
+        found: dict[str, Any] = invoices[0]
+        return found
+
+    assert wait_until(lambda: first_invoice()["status"] == "paid", 30)
+    assert (first_invoice()["total_usd"], first_invoice()["reason"]) == (
+        "99.00",
+        "subscription_create",
+    )
+    customer = customer_of(postgres, database_url, org)
+    assert [(c["amount"], c["status"]) for c in charges_of(payments, customer)] == [
+        (9_900, "succeeded")
+    ]
+    history = ca.get(f"{BILLING}/subscription/events", headers=auth).json()
+    assert [(e["kind"], e["from_tier"], e["to_tier"], e["mrr_after_usd"]) for e in history] == [
+        ("subscribed", "free", "early", "99.00")
+    ]
+    ca.close()
+    cb.close()

@@ -52,7 +52,8 @@ class PaymentsServer(ServiceProcess):
             "stripe_webhook_secret": WEBHOOK_SECRET,
         }
 
-    def send_webhooks_to(self, url: str) -> None:
+    def send_webhooks_to(self, url: str | None) -> None:
+        """Where events are delivered (None: they are kept, not delivered)."""
         self._post("/_configure", {"webhook_url": url})
 
     def script(self, **behaviour: Any) -> None:

@@ -8,6 +8,7 @@ stored before and after it (see `apex.billing.collection`).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Annotated
 
@@ -16,7 +17,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.billing import collection, service, webhooks
-from apex.billing.gateway import BadSignature, PaymentGateway, verify_signature
+from apex.billing.gateway import BadSignature, GatewayUnavailable, PaymentGateway, verify_signature
 from apex.billing.invoices import invoice_html, invoice_out
 from apex.billing.models import PaymentStatus, Subscription
 from apex.billing.money import dollars
@@ -167,7 +168,9 @@ async def checkout(body: TierIn, request: Request, principal: Owner) -> Checkout
 @router.post("/subscription/change", response_model=PlanChangeOut)
 async def change_plan(body: TierIn, request: Request, principal: Owner) -> PlanChangeOut:
     """A higher plan applies at once and its prorated difference is charged now; a lower
-    one applies at the end of the period."""
+    one applies at the end of the period. The plan changes whatever the charge's outcome
+    (the invoice shows it; an unpaid one goes through dunning), and a gateway that does not
+    answer leaves the charge pending for the billing cycle to finish with the same key."""
     state = request.app.state
     async with state.database.unit_of_work() as session:
         subscription, invoice = await service.change_plan(
@@ -178,7 +181,8 @@ async def change_plan(body: TierIn, request: Request, principal: Owner) -> PlanC
     invoice_view = None
     if invoice is not None:
         if state.payments is not None:
-            await _collect(request, state.database, invoice.id, principal.organization_id)
+            with contextlib.suppress(GatewayUnavailable):
+                await _collect(request, state.database, invoice.id, principal.organization_id)
         invoice_view = await _invoice_view(state.database, principal.organization_id, invoice.id)
     return PlanChangeOut(subscription=current, invoice=invoice_view)
 

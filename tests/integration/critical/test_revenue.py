@@ -12,10 +12,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -24,6 +28,7 @@ import pytest
 from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
 from tests.harness.payments import WEBHOOK_SECRET, PaymentsServer
 from tests.harness.procs import wait_until
+from tests.integration.conftest import run_apex
 from tests.integration.critical.conftest import INVITATIONS, bearer, database_name, signup
 
 pytestmark = pytest.mark.timeout(300)
@@ -254,3 +259,110 @@ def test_free_to_paid_conversion_integration(
     ]
     ca.close()
     cb.close()
+
+
+def billing_cycle(
+    database_url: str, at: datetime, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """`apex billing cycle --at AT`, a real process, as the operator (or the worker) runs it."""
+    return run_apex(database_url, "billing", "cycle", "--at", at.isoformat(), **settings)
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def test_payment_processing_flow_integration(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+    payments: PaymentsServer,
+) -> None:
+    """One invoice through a decline, insufficient funds and 3-D Secure, then paid; an
+    answer lost after the gateway charged (timeout), then the retry: one charge. Then the
+    process collecting renewals is killed -9 between the gateway's charge and its commit, 20
+    times: every renewal is charged exactly once and Apex's ledger equals the gateway's."""
+    gateway = {**payments.apex_settings(), "stripe_timeout_seconds": "1",
+               "stripe_network_retries": "0"}  # fmt: skip
+    server = start_apex(database_url, redis_server.url, **gateway)  # no worker: the test collects
+    payments.send_webhooks_to(server.base_url + WEBHOOK)
+    client = server.client(timeout=30)
+    owner = signup(client)
+    auth, org = bearer(owner), owner.json()["organization_id"]
+    checkout = client.post(f"{BILLING}/checkout", headers=auth, json={"tier": "mid"})
+    assert payments.pay_checkout(checkout.json()["url"], DECLINE).status_code == 303
+    assert wait_until(lambda: client.get(f"{BILLING}/invoices", headers=auth).json() != [], 30)
+    invoice_id = latest_invoice(client, auth)["id"]
+    customer = customer_of(postgres, database_url, org)
+
+    outcomes = []
+    for card in (DECLINE, NO_FUNDS, THREE_DS, SUCCESS):
+        payments.change_card(customer, card)
+        paid = client.post(f"{BILLING}/invoices/{invoice_id}/pay", headers=auth)
+        outcomes.append((paid.status_code, paid.json().get("code"), paid.json().get("status")))
+        if card != SUCCESS:
+            assert (
+                client.get(f"{BILLING}/subscription", headers=auth).json()["status"] == "past_due"
+            )
+    assert outcomes == [
+        (402, "generic_decline", None),
+        (402, "insufficient_funds", None),
+        (402, "authentication_required", None),
+        (200, None, "paid"),
+    ]
+    invoice = client.get(f"{BILLING}/invoices/{invoice_id}", headers=auth).json()
+    assert [(p["attempt"], p["status"]) for p in invoice["payments"]] == [
+        (1, "failed"), (2, "failed"), (3, "requires_action"), (4, "succeeded"),
+    ]  # fmt: skip
+    assert client.get(f"{BILLING}/subscription", headers=auth).json()["status"] == "active"
+    charged = [c for c in charges_of(payments, customer) if c["status"] == "succeeded"]
+    assert [c["amount"] for c in charged] == [49_900]
+
+    # The gateway charges, then answers after Apex gave up (1 s): the upgrade is made, its
+    # charge pending; paying again sends the same key and the gateway replays its charge.
+    # Its webhooks are held back from here on, so only the retry can settle a charge.
+    payments.send_webhooks_to(None)
+    payments.script(delay_after_charge=3)
+    upgraded = client.post(
+        f"{BILLING}/subscription/change", headers=auth, json={"tier": "enterprise"}
+    )
+    assert upgraded.status_code == 200, upgraded.text
+    proration = upgraded.json()["invoice"]
+    assert (proration["status"], proration["payments"][-1]["status"]) == ("open", "pending")
+    retried = client.post(f"{BILLING}/invoices/{proration['id']}/pay", headers=auth)
+    assert retried.status_code == 200, retried.text
+    assert [(p["attempt"], p["status"]) for p in retried.json()["payments"]] == [(1, "succeeded")]
+    proration_charges = [c for c in charges_of(payments, customer)
+                         if c["metadata"]["invoice_id"] == proration["id"]]  # fmt: skip
+    assert len(proration_charges) == 1
+    assert proration_charges[0]["amount"] == round(Decimal(proration["total_usd"]) * 100)
+
+    # Renewals collected by a process killed -9 after the gateway charged, before it stored
+    # the outcome; the next run finds the pending attempt and sends the same key.
+    crash = {**payments.apex_settings(), "failpoints": "billing.crash_after_charge:1"}
+    for _ in range(20):
+        period_end = parse_time(
+            client.get(f"{BILLING}/subscription", headers=auth).json()["period_end"]
+        )
+        at = period_end + timedelta(minutes=1)
+        killed = billing_cycle(database_url, at, **crash)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        recovered = billing_cycle(database_url, at, **payments.apex_settings())
+        assert recovered.returncode == 0, recovered.stderr[-2000:]
+    invoices = client.get(f"{BILLING}/invoices", headers=auth).json()
+    renewals = [i for i in invoices if i["reason"] == "subscription_cycle"]
+    assert len(renewals) == 20
+    assert all((i["status"], i["total_usd"]) == ("paid", "2500.00") for i in renewals)
+    gateway_ledger = {(c["id"], c["amount"]) for c in charges_of(payments, customer)
+                      if c["status"] == "succeeded"}  # fmt: skip
+    ledger_query = (
+        "SELECT gateway_payment_id || '|' || amount_cents FROM payments "
+        "WHERE organization_id = '{}' AND status = 'succeeded'"
+    )
+    apex_ledger = postgres.sql(ledger_query.format(org), database_name(database_url)).split()
+    assert {
+        (pid, int(cents)) for pid, cents in (row.split("|") for row in apex_ledger)
+    } == gateway_ledger
+    assert len(gateway_ledger) == 1 + 1 + 20  # first invoice, proration, renewals: no double
+    client.close()

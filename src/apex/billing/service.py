@@ -471,10 +471,10 @@ async def settle(
     if payment is None:
         return None
     invoice = await InvoiceRepository(session).get_or_raise(payment.invoice_id, lock=True)
-    if payment.status == PaymentStatus.SUCCEEDED or payment.status == status:
-        return payment  # already known (a success never goes back)
+    if payment.status == status:
+        return payment  # already known
     if payment.status != PaymentStatus.PENDING and status != PaymentStatus.SUCCEEDED:
-        return payment  # a late failure after the attempt was settled changes nothing
+        return payment  # settled already: only a success (3-D Secure passed) changes it
     payment.status = status
     payment.gateway_payment_id = gateway_payment_id or payment.gateway_payment_id
     payment.failure_code = failure_code

@@ -133,6 +133,7 @@ def test_payment_webhook_idempotency_integration(
         assert deliver(server, event_body(event)).status_code == 200
     invoice = client.get(f"{BILLING}/invoices/{proration['id']}", headers=auth).json()
     assert invoice["status"] == "paid", invoice
+    assert [(p["attempt"], p["status"]) for p in invoice["payments"]] == [(1, "succeeded")]
     subscription = client.get(f"{BILLING}/subscription", headers=auth).json()
     assert (subscription["tier"], subscription["status"]) == ("enterprise", "active")
 

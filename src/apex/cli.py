@@ -361,9 +361,11 @@ def billing_cycle(
 
     from apex.billing.collection import CycleReport, run_cycle
     from apex.billing.gateway import build_gateway
+    from apex.kit.cache import TwoLevelCache
     from apex.kit.clock import Clock, FrozenClock, SystemClock
     from apex.kit.db import Database
     from apex.kit.failpoints import Failpoints
+    from apex.kit.redis import create_redis
 
     settings = _settings()
     if at is not None and settings.environment == "production":
@@ -372,12 +374,16 @@ def billing_cycle(
 
     async def run() -> CycleReport:
         database = Database(settings)
+        redis = create_redis(settings)
+        # Plan changes are seen by every `apex serve` at once (their cached organisations).
+        database.after_commit(TwoLevelCache(redis).after_commit)
         try:
             return await run_cycle(
                 database, build_gateway(settings), clock, tax_rate=settings.billing_tax_rate,
                 failpoints=Failpoints(settings.failpoints),
             )  # fmt: skip
         finally:
+            await redis.aclose()
             await database.dispose()
 
     report = asyncio.run(run())
@@ -481,6 +487,7 @@ def worker(
     from apex.billing.collection import keep_billing
     from apex.billing.gateway import build_gateway
     from apex.billing.tasks import BillingRuntime, register_billing_tasks
+    from apex.kit.cache import TwoLevelCache
     from apex.kit.clock import SystemClock
     from apex.kit.db import Database
     from apex.kit.failpoints import Failpoints
@@ -497,6 +504,9 @@ def worker(
     async def run() -> None:
         database = Database(settings)
         redis = create_redis(settings)
+        # What this process changes (plans, at a billing period's end) is seen at once by
+        # every `apex serve`: their cached copies are invalidated after each commit.
+        database.after_commit(TwoLevelCache(redis).after_commit)
         runtime = build_runtime(
             settings, database, redis, SystemClock(), Failpoints(settings.failpoints)
         )

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import httpx
@@ -263,10 +263,12 @@ def test_free_to_paid_conversion_integration(
 
 
 def billing_cycle(
-    database_url: str, at: datetime, **settings: str
+    database_url: str, redis_url: str, at: datetime, **settings: str
 ) -> subprocess.CompletedProcess[str]:
     """`apex billing cycle --at AT`, a real process, as the operator (or the worker) runs it."""
-    return run_apex(database_url, "billing", "cycle", "--at", at.isoformat(), **settings)
+    return run_apex(
+        database_url, "billing", "cycle", "--at", at.isoformat(), redis_url=redis_url, **settings
+    )
 
 
 def parse_time(value: str) -> datetime:
@@ -347,9 +349,9 @@ def test_payment_processing_flow_integration(
             client.get(f"{BILLING}/subscription", headers=auth).json()["period_end"]
         )
         at = period_end + timedelta(minutes=1)
-        killed = billing_cycle(database_url, at, **crash)
+        killed = billing_cycle(database_url, redis_server.url, at, **crash)
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-        recovered = billing_cycle(database_url, at, **payments.apex_settings())
+        recovered = billing_cycle(database_url, redis_server.url, at, **payments.apex_settings())
         assert recovered.returncode == 0, recovered.stderr[-2000:]
     invoices = client.get(f"{BILLING}/invoices", headers=auth).json()
     renewals = [i for i in invoices if i["reason"] == "subscription_cycle"]
@@ -367,3 +369,116 @@ def test_payment_processing_flow_integration(
     } == gateway_ledger
     assert len(gateway_ledger) == 1 + 1 + 20  # first invoice, proration, renewals: no double
     client.close()
+
+
+def half_up(value: Decimal) -> int:
+    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def test_tier_transition_workflow_integration(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+    payments: PaymentsServer,
+) -> None:
+    """Mid → Enterprise mid-period: the proration is exact to the cent and the run limit is
+    lifted at once on the other instance. Enterprise → Early: scheduled, Enterprise's limits
+    until the period ends, Early's after it, every run kept. Then a renewal the card
+    refuses: past due, retried after 1, 3 and 5 days, then back on Free."""
+    a = start_apex(database_url, redis_server.url, **payments.apex_settings())
+    b = start_apex(database_url, redis_server.url, **payments.apex_settings())
+    payments.send_webhooks_to(a.base_url + WEBHOOK)  # no worker: runs stay queued, holding slots
+    ca, cb = a.client(timeout=30), b.client(timeout=30)
+    owner = signup(ca)
+    auth, org = bearer(owner), owner.json()["organization_id"]
+    checkout = ca.post(f"{BILLING}/checkout", headers=auth, json={"tier": "mid"})
+    assert payments.pay_checkout(checkout.json()["url"], SUCCESS).status_code == 303
+    assert wait_until(lambda: ca.get(f"{BILLING}/invoices", headers=auth).json() != [], 30)
+    first = latest_invoice(ca, auth)
+    assert ca.post(f"{BILLING}/invoices/{first['id']}/pay", headers=auth).status_code == 200
+    customer = customer_of(postgres, database_url, org)
+
+    def start_run(client: httpx.Client) -> httpx.Response:
+        return client.post("/api/v1/agents/runs", headers=auth, json={"question": "Where?"})
+
+    assert [start_run(ca).status_code for _ in range(5)] == [202] * 5  # Mid: 5 at a time
+    refused = start_run(cb)
+    assert (refused.status_code, refused.json()["upgrade"]) == (429, "enterprise")
+
+    subscription = cb.get(f"{BILLING}/subscription", headers=auth).json()
+    start, end = parse_time(subscription["period_start"]), parse_time(subscription["period_end"])
+    upgraded = cb.post(f"{BILLING}/subscription/change", headers=auth, json={"tier": "enterprise"})
+    assert upgraded.status_code == 200, upgraded.text
+    proration = upgraded.json()["invoice"]
+    moment = parse_time(proration["issued_at"])
+    left = Decimal(int((end - moment).total_seconds())) / Decimal(
+        int((end - start).total_seconds())
+    )
+    credit, charge = -half_up(49_900 * left), half_up(250_000 * left)  # cents, each line rounded
+    assert [Decimal(line["amount_usd"]) * 100 for line in proration["lines"]] == [credit, charge]
+    assert Decimal(proration["total_usd"]) * 100 == credit + charge
+    assert proration["status"] == "paid", proration
+    assert charges_of(payments, customer)[-1]["amount"] == credit + charge
+    assert start_run(ca).status_code == 202  # the sixth, at once, on the other instance
+
+    downgrade = ca.post(f"{BILLING}/subscription/change", headers=auth, json={"tier": "early"})
+    assert downgrade.status_code == 200, downgrade.text
+    scheduled = downgrade.json()
+    assert (scheduled["subscription"]["tier"], scheduled["subscription"]["scheduled_tier"],
+            scheduled["invoice"]) == ("enterprise", "early", None)  # fmt: skip
+    assert start_run(cb).status_code == 202  # still Enterprise until the period ends: 7 runs
+
+    cycled = billing_cycle(
+        database_url, redis_server.url, end + timedelta(minutes=1), **payments.apex_settings()
+    )
+    assert cycled.returncode == 0, cycled.stderr[-2000:]
+    for client in (ca, cb):
+        assert client.get("/api/v1/organizations/current", headers=auth).json()["tier"] == "early"
+        assert start_run(client).status_code == 429  # Early: 2 at a time, 7 are queued
+    runs = ca.get("/api/v1/agents/runs", headers=auth).json()
+    assert len(runs) == 7  # data kept
+    renewal = latest_invoice(ca, auth)
+    assert (renewal["reason"], renewal["total_usd"], renewal["status"]) == (
+        "subscription_cycle",
+        "99.00",
+        "paid",
+    )
+
+    # The next renewal: the card is refused, then retried on the dunning schedule. The
+    # cycles run weeks ahead of the servers' clocks, so the gateway's webhooks (which the
+    # servers would date today) are held back: the cycles' own answers settle each attempt.
+    payments.send_webhooks_to(None)
+    payments.change_card(customer, DECLINE)
+    period_end = parse_time(ca.get(f"{BILLING}/subscription", headers=auth).json()["period_end"])
+    at = period_end + timedelta(minutes=1)
+    seen: list[object] = []
+    for _ in range(4):
+        cycled = billing_cycle(database_url, redis_server.url, at, **payments.apex_settings())
+        assert cycled.returncode == 0, cycled.stderr[-2000:]
+        dunned = latest_invoice(ca, auth)
+        state = ca.get(f"{BILLING}/subscription", headers=auth).json()["status"]
+        seen.append((dunned["status"], state))
+        if dunned["next_attempt_at"]:
+            retry = parse_time(dunned["next_attempt_at"])
+            seen.append(round((retry - at).total_seconds() / 86_400))
+            at = retry + timedelta(minutes=1)
+    assert seen == [
+        ("open", "past_due"), 1, ("open", "past_due"), 3, ("open", "past_due"), 5,
+        ("uncollectible", "canceled"),
+    ]  # fmt: skip
+    for client in (ca, cb):
+        assert client.get("/api/v1/organizations/current", headers=auth).json()["tier"] == "free"
+    history = ca.get(f"{BILLING}/subscription/events", headers=auth).json()
+    assert [(e["kind"], e["from_tier"], e["to_tier"], e["mrr_after_usd"]) for e in history] == [
+        ("subscribed", "free", "mid", "499.00"),
+        ("upgraded", "mid", "enterprise", "2500.00"),
+        ("downgrade_scheduled", "enterprise", "enterprise", "2500.00"),
+        ("downgraded", "enterprise", "early", "99.00"),
+        ("renewed", "early", "early", "99.00"),
+        ("past_due", "early", "early", "99.00"),
+        ("canceled", "early", "early", "0.00"),
+    ]
+    assert len(ca.get("/api/v1/agents/runs", headers=auth).json()) == 7  # still all there
+    ca.close()
+    cb.close()

@@ -21,6 +21,7 @@ from apex.agents.runner import build_runtime
 from apex.agents.tasks import register_agent_tasks
 from apex.billing import endpoints as billing_endpoints
 from apex.billing.collection import keep_billing
+from apex.billing.feed import RevenueFeed
 from apex.billing.gateway import build_gateway
 from apex.billing.tasks import BillingRuntime, register_billing_tasks
 from apex.chat import endpoints as chat_endpoints
@@ -153,6 +154,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.keyring = keyring
     app.state.denylist = Denylist(redis, leeway=settings.token_leeway_seconds)
     app.state.channels = Channels(redis)
+    database.after_commit(RevenueFeed(app.state.channels).after_commit)
     app.state.hub = Hub(redis)
     app.state.mailer = app.state.mailer or create_mailer(settings)
     app.state.mail_limit = MailLimit(redis, settings.mails_per_address_per_hour)
@@ -308,6 +310,7 @@ def create_app(
     app.include_router(agent_endpoints.router)
     app.include_router(chat_endpoints.router)
     app.include_router(billing_endpoints.router)
+    app.include_router(billing_endpoints.operator_router)
     app.include_router(gateway.router)
     return app
 

@@ -360,8 +360,10 @@ def billing_cycle(
     from datetime import UTC
 
     from apex.billing.collection import CycleReport, run_cycle
+    from apex.billing.feed import RevenueFeed
     from apex.billing.gateway import build_gateway
     from apex.kit.cache import TwoLevelCache
+    from apex.kit.channels import Channels
     from apex.kit.clock import Clock, FrozenClock, SystemClock
     from apex.kit.db import Database
     from apex.kit.failpoints import Failpoints
@@ -375,8 +377,10 @@ def billing_cycle(
     async def run() -> CycleReport:
         database = Database(settings)
         redis = create_redis(settings)
-        # Plan changes are seen by every `apex serve` at once (their cached organisations).
+        # Plan changes are seen by every `apex serve` at once (their cached organisations),
+        # and by operators following the revenue feed.
         database.after_commit(TwoLevelCache(redis).after_commit)
+        database.after_commit(RevenueFeed(Channels(redis)).after_commit)
         try:
             return await run_cycle(
                 database, build_gateway(settings), clock, tax_rate=settings.billing_tax_rate,
@@ -485,9 +489,11 @@ def worker(
     from apex.agents.runner import build_runtime
     from apex.agents.tasks import register_agent_tasks
     from apex.billing.collection import keep_billing
+    from apex.billing.feed import RevenueFeed
     from apex.billing.gateway import build_gateway
     from apex.billing.tasks import BillingRuntime, register_billing_tasks
     from apex.kit.cache import TwoLevelCache
+    from apex.kit.channels import Channels
     from apex.kit.clock import SystemClock
     from apex.kit.db import Database
     from apex.kit.failpoints import Failpoints
@@ -505,8 +511,10 @@ def worker(
         database = Database(settings)
         redis = create_redis(settings)
         # What this process changes (plans, at a billing period's end) is seen at once by
-        # every `apex serve`: their cached copies are invalidated after each commit.
+        # every `apex serve` (their cached copies are invalidated after each commit) and by
+        # operators following the revenue feed.
         database.after_commit(TwoLevelCache(redis).after_commit)
+        database.after_commit(RevenueFeed(Channels(redis)).after_commit)
         runtime = build_runtime(
             settings, database, redis, SystemClock(), Failpoints(settings.failpoints)
         )

@@ -272,6 +272,11 @@ class Settings(BaseSettings):
         gt=0,
         description="How often the worker closes ended periods and collects due invoices.",
     )
+    operator_emails: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="People who run this installation (comma-separated addresses): they see "
+        "revenue analytics, over REST and live.",
+    )
     public_url: str = Field(
         default="http://127.0.0.1:8000",
         description="Where people reach Apex (the checkout returns them there).",
@@ -328,6 +333,11 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("operator_emails")
+    @classmethod
+    def _lower_emails(cls, value: list[str]) -> list[str]:
+        return [email.strip().lower() for email in value]
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
@@ -337,6 +347,7 @@ class Settings(BaseSettings):
         "database_replica_urls",
         "cors_origins",
         "failpoints",
+        "operator_emails",
         "migration_extra_locations",
         mode="before",
     )

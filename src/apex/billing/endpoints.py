@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from datetime import timedelta
+from decimal import Decimal
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from apex.billing import collection, service, webhooks
+from apex.billing import analytics, collection, service, webhooks
 from apex.billing.gateway import BadSignature, GatewayUnavailable, PaymentGateway, verify_signature
 from apex.billing.invoices import invoice_html, invoice_out
 from apex.billing.models import PaymentStatus, Subscription
@@ -30,18 +32,27 @@ from apex.billing.repository import (
 from apex.billing.schemas import (
     CheckoutOut,
     InvoiceOut,
+    MovementsOut,
     PlanChangeOut,
     PlanOut,
+    RevenueOut,
     SubscriptionEventOut,
     SubscriptionOut,
     TierIn,
     WebhookOut,
 )
 from apex.billing.tasks import COLLECT_TASK
-from apex.identity.deps import Principal, RequirePermission
+from apex.identity.deps import CurrentOperator, Principal, RequirePermission
 from apex.identity.repository import OrganizationRepository, UserRepository
+from apex.kit.clock import UtcInstant
 from apex.kit.db import Database, SessionDep
-from apex.kit.errors import BadRequest, NotFound, PaymentFailed, ServiceUnavailable
+from apex.kit.errors import (
+    BadRequest,
+    NotFound,
+    PaymentFailed,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 from apex.kit.queue import JobQueue
 
 router = APIRouter(prefix="/api/v1/billing", tags=["billing"])
@@ -303,3 +314,43 @@ async def gateway_webhook(
         for invoice_id in outcome.collect:
             JobQueue.enqueue_after_commit(session.info, COLLECT_TASK, str(invoice_id))
     return WebhookOut(duplicate=outcome.duplicate)
+
+
+operator_router = APIRouter(prefix="/api/v1/operator", tags=["operator"])
+
+
+@operator_router.get("/revenue", response_model=RevenueOut)
+async def revenue(
+    request: Request,
+    _: CurrentOperator,
+    session: SessionDep,
+    start: Annotated[UtcInstant | None, Query(description="Default: 30 days before `end`.")] = None,
+    end: Annotated[UtcInstant | None, Query(description="Default: now.")] = None,
+) -> RevenueOut:
+    """MRR, ARR, ARPA, the MRR movements of [start, end) and trial conversion, computed from
+    the subscription history (operators only; live updates: follow `operator:revenue` on
+    the WebSocket)."""
+    end = end or request.app.state.clock.now()
+    start = start or end - timedelta(days=30)
+    if start >= end:
+        raise ValidationFailed(
+            "The period is empty.", errors=[{"field": "start", "message": "must be before end"}]
+        )
+    metrics = analytics.revenue(
+        await SubscriptionEventRepository(session).all_until(end), start, end
+    )
+    moved = metrics.movements
+    net = moved.new + moved.reactivation + moved.expansion - moved.contraction - moved.churn
+    return RevenueOut(
+        start=start, end=end, mrr_start_usd=dollars(metrics.mrr_start_cents),
+        mrr_usd=dollars(metrics.mrr_end_cents), arr_usd=dollars(metrics.arr_cents),
+        paying_accounts=metrics.paying_accounts,
+        arpa_usd=(metrics.arpa_cents / 100).quantize(Decimal("0.01")),
+        movements=MovementsOut(
+            new_usd=dollars(moved.new), reactivation_usd=dollars(moved.reactivation),
+            expansion_usd=dollars(moved.expansion), contraction_usd=dollars(moved.contraction),
+            churn_usd=dollars(moved.churn), net_new_usd=dollars(net), counts=moved.counts,
+        ),
+        trials_started=metrics.trials_started, trials_converted=metrics.trials_converted,
+        trial_conversion_rate=metrics.conversion_rate,
+    )  # fmt: skip

@@ -98,3 +98,27 @@ class SubscriptionEventOut(BaseModel):
 class WebhookOut(BaseModel):
     received: bool = True
     duplicate: bool
+
+
+class MovementsOut(BaseModel):
+    new_usd: Decimal
+    reactivation_usd: Decimal
+    expansion_usd: Decimal
+    contraction_usd: Decimal
+    churn_usd: Decimal
+    net_new_usd: Decimal = Field(description="new + reactivation + expansion - contraction - churn")
+    counts: dict[str, int]
+
+
+class RevenueOut(BaseModel):
+    start: datetime
+    end: datetime
+    mrr_start_usd: Decimal
+    mrr_usd: Decimal = Field(description="At `end`.")
+    arr_usd: Decimal
+    paying_accounts: int
+    arpa_usd: Decimal
+    movements: MovementsOut
+    trials_started: int
+    trials_converted: int
+    trial_conversion_rate: Decimal | None

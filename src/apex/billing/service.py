@@ -21,6 +21,7 @@ from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apex.billing.feed import publish_after_commit
 from apex.billing.models import (
     Invoice,
     InvoiceLine,
@@ -108,6 +109,7 @@ async def _record(
         occurred_at=now,
     )
     await SubscriptionEventRepository(session).add(event)
+    publish_after_commit(session, event)
     await _set_tier(
         session,
         subscription.organization_id,

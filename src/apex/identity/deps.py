@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from apex.billing.plans import plan_for
 from apex.identity import apikeys
 from apex.identity.policy import LEAST_ROLE, allows
-from apex.identity.service import organization_view, role_in
+from apex.identity.service import is_operator, organization_view, role_in
 from apex.identity.sessions import (
     COOKIE,
     CSRF_HEADER,
@@ -223,3 +223,17 @@ def RequirePermission(permission: str, *, person_only: bool = False) -> Any:
 
     check.permission = permission  # type: ignore[attr-defined]
     return Depends(check)
+
+
+async def get_operator(
+    request: Request, principal: CurrentPerson, session: SessionDep
+) -> Principal:
+    if not await is_operator(
+        session, principal.user_id, request.app.state.settings.operator_emails
+    ):
+        raise Forbidden("This is for the operators of this installation.")
+    return principal
+
+
+# A person who runs this installation (APEX_OPERATOR_EMAILS), never an API key.
+CurrentOperator = Annotated[Principal, Depends(get_operator)]

@@ -215,3 +215,13 @@ def check_may_grant(actor_role: str, role: Role) -> None:
     """Only owners grant, change or take away the owner role."""
     if role == Role.OWNER and actor_role != Role.OWNER:
         raise Forbidden("Only an owner can grant, change or remove the owner role.")
+
+
+async def is_operator(
+    session: AsyncSession, user_id: uuid.UUID, operator_emails: list[str]
+) -> bool:
+    """Whether the person runs this installation (their address is in APEX_OPERATOR_EMAILS)."""
+    if not operator_emails:
+        return False
+    user = await UserRepository(session).get(user_id)
+    return user is not None and user.email.lower() in operator_emails

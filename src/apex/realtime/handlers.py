@@ -9,11 +9,12 @@ from typing import Any
 from apex.agents import service as agents
 from apex.agents.limits import RunSlots
 from apex.agents.schemas import RunIn
+from apex.billing.feed import REVENUE_CHANNEL
 from apex.billing.plans import plan_for
 from apex.chat import service as chat
 from apex.chat.models import Message, Thread
 from apex.identity.policy import allows
-from apex.identity.service import organization_view, role_in
+from apex.identity.service import is_operator, organization_view, role_in
 from apex.kit.channels import envelope, thread_channel, user_channel
 from apex.kit.errors import UPGRADE_CHECKOUT, Forbidden, NotFound
 from apex.realtime import protocol
@@ -84,9 +85,15 @@ async def _resume(connection: Connection, frame: ClientFrame) -> None:
 
 
 async def _may_follow(connection: Connection, channel: str) -> None:
-    """Only the person's own channel and their organisation's threads."""
+    """Only the person's own channel, their organisation's threads, and for the operators of
+    the installation the revenue feed."""
     if channel == user_channel(connection.user_id):
         return
+    if channel == REVENUE_CHANNEL:
+        state = connection.websocket.app.state
+        async with state.database.unit_of_work() as session:
+            if await is_operator(session, connection.user_id, state.settings.operator_emails):
+                return
     kind, _, ident = channel.partition(":")
     if kind == "thread":
         with contextlib.suppress(ValueError):

@@ -9,21 +9,26 @@ Mid $499, Enterprise $2,500 a month), not read from Apex's catalogue.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import hmac
 import json
 import signal
 import subprocess
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 
 from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
 from tests.harness.payments import WEBHOOK_SECRET, PaymentsServer
@@ -482,3 +487,169 @@ def test_tier_transition_workflow_integration(
     assert len(ca.get("/api/v1/agents/runs", headers=auth).json()) == 7  # still all there
     ca.close()
     cb.close()
+
+
+class RevenueWatcher(threading.Thread):
+    """An operator's WebSocket connection following the revenue feed, in its own thread."""
+
+    def __init__(self, server: ApexServer, token: str) -> None:
+        super().__init__(daemon=True)
+        self.url = server.base_url.replace("http://", "ws://") + "/ws"
+        self.token = token
+        self.frames: list[dict[str, Any]] = []
+        self.answers: list[dict[str, Any]] = []
+        self.ready = threading.Event()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        asyncio.run(self.watch())
+
+    async def watch(self) -> None:
+        async with connect(self.url) as ws:
+            await ws.send(json.dumps({"type": "auth", "token": self.token}))
+            await ws.send(json.dumps({"type": "resume", "payload": {
+                "channels": {"operator:revenue": {"seq": 0}}}}))  # fmt: skip
+            while not self.done.is_set():
+                try:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 0.2))
+                except TimeoutError:
+                    continue
+                if frame["type"] == "revenue_event":
+                    self.frames.append(frame)
+                else:
+                    self.answers.append(frame)
+                    if frame["type"] in ("resumed", "error"):
+                        self.ready.set()
+
+
+def test_revenue_analytics_integration(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+    start_worker: Callable[..., ApexWorker],
+    payments: PaymentsServer,
+) -> None:
+    """Three of each kind of customer (grows, shrinks, churns, converts a trial, lets a
+    trial lapse, cancels then stays, recovers from a refused card): 66 subscription events
+    across two billing cycles. MRR, ARR, ARPA, every movement and the trial conversion equal
+    figures worked out here from the plan prices; an operator's WebSocket receives every
+    event live, in order; a customer cannot read or follow any of it."""
+    operator_email = f"operator-{uuid.uuid4().hex[:8]}@example.test"
+    settings = {**payments.apex_settings(), "operator_emails": operator_email}
+    server = start_apex(database_url, redis_server.url, **settings)
+    start_worker(database_url, redis_server.url, **payments.apex_settings())
+    payments.send_webhooks_to(server.base_url + WEBHOOK)
+    client = server.client(timeout=30)
+    operator = signup(client, email=operator_email)
+    watcher = RevenueWatcher(server, operator.json()["access_token"])
+    watcher.start()
+    assert watcher.ready.wait(10)
+    assert [a["type"] for a in watcher.answers] == ["connection_established", "resumed"]
+    started = datetime.now(UTC) - timedelta(minutes=5)
+
+    def customer(tier: str | None, card: str = SUCCESS, trial: bool = False) -> dict[str, str]:
+        account = signup(client)
+        auth = bearer(account) | {"X-Organization": account.json()["organization_id"]}
+        if trial:
+            assert client.post(f"{BILLING}/trial", headers=auth).status_code == 201
+        if tier:
+            checkout = client.post(f"{BILLING}/checkout", headers=auth, json={"tier": tier})
+            assert payments.pay_checkout(checkout.json()["url"], card).status_code == 303
+            assert wait_until(
+                lambda: client.get(f"{BILLING}/invoices", headers=auth).json() != [], 30
+            )
+        return auth
+
+    def paid(auth: dict[str, str]) -> bool:
+        return bool(latest_invoice(client, auth)["status"] == "paid")
+
+    def status_is(auth: dict[str, str], status: str) -> bool:
+        return bool(client.get(f"{BILLING}/subscription", headers=auth).json()["status"] == status)
+
+    def revenue_report(start: datetime, end: datetime) -> dict[str, Any]:
+        period = {"start": start.isoformat(), "end": end.isoformat()}
+        found = client.get("/api/v1/operator/revenue", headers=bearer(operator), params=period)
+        assert found.status_code == 200, found.text
+        report: dict[str, Any] = found.json()
+        return report
+
+    for _ in range(3):
+        grows = customer("early")
+        assert client.post(f"{BILLING}/subscription/change", headers=grows,
+                           json={"tier": "mid"}).status_code == 200  # fmt: skip
+        shrinks = customer("enterprise")
+        assert client.post(f"{BILLING}/subscription/change", headers=shrinks,
+                           json={"tier": "early"}).status_code == 200  # fmt: skip
+        churns = customer("mid")
+        assert client.post(f"{BILLING}/subscription/cancel", headers=churns).status_code == 200
+        converts = customer(None, trial=True)
+        checkout = client.post(f"{BILLING}/checkout", headers=converts, json={"tier": "early"})
+        assert payments.pay_checkout(checkout.json()["url"], SUCCESS).status_code == 303
+        customer(None, trial=True)  # lapses
+        wavers = customer("early")
+        assert client.post(f"{BILLING}/subscription/cancel", headers=wavers).status_code == 200
+        assert client.post(f"{BILLING}/subscription/reactivate", headers=wavers).status_code == 200
+        recovers = customer("mid", card=DECLINE)
+        assert wait_until(functools.partial(status_is, recovers, "past_due"), 30)
+        for auth in (grows, shrinks, churns, converts, wavers):
+            assert wait_until(functools.partial(paid, auth), 30)
+        # The customer puts a working card on the gateway's page, then pays.
+        card_holder = customer_of(postgres, database_url, recovers["X-Organization"])
+        payments.change_card(card_holder, SUCCESS)
+        refused_invoice = latest_invoice(client, recovers)["id"]
+        retried = client.post(f"{BILLING}/invoices/{refused_invoice}/pay", headers=recovers)
+        assert retried.status_code == 200, retried.text
+
+    mid_point = datetime.now(UTC) + timedelta(minutes=5)
+    # Trials end after 14 days; every paid period after a month.
+    for days in (15, 32):
+        cycled = billing_cycle(database_url, redis_server.url, started + timedelta(days=days),
+                               **payments.apex_settings())  # fmt: skip
+        assert cycled.returncode == 0, cycled.stderr[-2000:]
+    end = started + timedelta(days=33)
+
+    # Worked out from the prices: per set of seven customers, at the end Mid (grows) +
+    # Early (shrinks) + Early (converts) + Early (wavers) + Mid (recovers) = $1,295.
+    report = revenue_report(started, end)
+    moves = report["movements"]
+    assert (report["mrr_start_usd"], report["mrr_usd"], report["arr_usd"]) == (
+        "0.00", "3885.00", "46620.00")  # fmt: skip
+    assert (report["paying_accounts"], report["arpa_usd"]) == (15, "259.00")
+    assert (moves["new_usd"], moves["expansion_usd"], moves["contraction_usd"],
+            moves["churn_usd"], moves["reactivation_usd"], moves["net_new_usd"]) == (
+        "11385.00", "1200.00", "7203.00", "1497.00", "0.00", "3885.00")  # fmt: skip
+    assert moves["counts"] == {"new": 18, "expansion": 3, "contraction": 3, "churn": 3}
+    assert (report["trials_started"], report["trials_converted"],
+            report["trial_conversion_rate"]) == (6, 3, "0.5")  # fmt: skip
+    # Before the cycles: grows $499 + shrinks $2,500 + churns $499 + converts $99 + wavers
+    # $99 + recovers $499 = $4,195 a set.
+    assert revenue_report(started, mid_point)["mrr_usd"] == "12585.00"
+
+    # 22 events a set, every one pushed to the operator, in order, exactly once.
+    assert wait_until(lambda: len(watcher.frames) >= 66, 30), len(watcher.frames)
+    time.sleep(0.5)
+    watcher.done.set()
+    watcher.join(5)
+    assert [f["seq"] for f in watcher.frames] == list(range(1, 67))
+    kinds = Counter(f["payload"]["kind"] for f in watcher.frames)
+    assert kinds == {
+        "subscribed": 18, "upgraded": 3, "downgrade_scheduled": 3, "downgraded": 3,
+        "cancel_scheduled": 6, "canceled": 6, "reactivated": 3, "trial_started": 6,
+        "past_due": 3, "recovered": 3, "renewed": 12,
+    }  # fmt: skip
+
+    # A customer's owner can neither read nor follow any of it.
+    someone = signup(client)
+    refused = client.get("/api/v1/operator/revenue", headers=bearer(someone))
+    assert refused.status_code == 403
+    outsider = RevenueWatcher(server, someone.json()["access_token"])
+    outsider.start()
+    assert outsider.ready.wait(10)
+    outsider.done.set()
+    outsider.join(5)
+    assert [(a["type"], a["payload"]["field"]) for a in outsider.answers[1:]] == [
+        ("error", "channels")
+    ]
+    assert outsider.frames == []
+    client.close()

@@ -31,7 +31,13 @@ def invoice_out(
         next_attempt_at=invoice.next_attempt_at,
         lines=[
             InvoiceLineOut(
-                kind=line.kind, description=line.description, amount_usd=dollars(line.amount_cents)
+                kind=line.kind,
+                description=line.description,
+                amount_usd=dollars(line.amount_cents),
+                quantity=line.quantity,
+                unit_price_usd=None if line.unit_price is None else Decimal(line.unit_price),
+                usage_start=line.usage_start,
+                usage_end=line.usage_end,
             )
             for line in lines
         ],

@@ -133,6 +133,12 @@ class InvoiceLine(RecordModel):
     kind: Mapped[str] = mapped_column(String(30))
     description: Mapped[str] = mapped_column(Text)
     amount_cents: Mapped[int] = mapped_column(BigInteger)
+    # Metered lines (usage, usage_adjustment): how many tokens, at what price a million, for
+    # which window of usage (whole UTC hours).
+    quantity: Mapped[int | None] = mapped_column(BigInteger)
+    unit_price: Mapped[str | None] = mapped_column(String(20))
+    usage_start: Mapped[datetime | None]
+    usage_end: Mapped[datetime | None]
 
 
 class PaymentStatus(enum.StrEnum):

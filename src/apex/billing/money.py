@@ -13,10 +13,16 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 CENT = Decimal("0.01")
+MILLION = Decimal(1_000_000)
 
 
 def to_cents(amount: Decimal) -> int:
     return int((amount / CENT).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def half_up_cents(amount_usd: Decimal) -> int:
+    """Dollars (any precision) to whole cents, half up."""
+    return int((amount_usd * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 def dollars(cents: int) -> Decimal:

@@ -38,6 +38,9 @@ class Plan:
     trial_days: int
     # Findings shown in full in a report; the rest are counted and valued (None: all).
     findings_shown: int | None = None
+    # Metered: the tokens of the usage records Apex analyses (every category), billed for
+    # each period in arrears from the first token (the base fee is the platform).
+    analysed_tokens_per_million_usd: Decimal = Decimal(0)
 
     @property
     def next_tier(self) -> Tier | None:
@@ -53,15 +56,16 @@ PLANS: dict[Tier, Plan] = {
     ),
     Tier.EARLY: Plan(
         Tier.EARLY, Decimal(99), Decimal("0.15"), 5_000_000, 100, 2, 1_000, 100, 5, 180,
-        ALL_ANALYSES, 14,
+        ALL_ANALYSES, 14, analysed_tokens_per_million_usd=Decimal("0.50"),
     ),
     Tier.MID: Plan(
         Tier.MID, Decimal(499), Decimal("0.20"), 50_000_000, 1_000, 5, 10_000, 300, 25, 365,
-        ALL_ANALYSES, 14,
+        ALL_ANALYSES, 14, analysed_tokens_per_million_usd=Decimal("0.40"),
     ),
     Tier.ENTERPRISE: Plan(
         Tier.ENTERPRISE, Decimal(2500), Decimal("0.10"), UNLIMITED, UNLIMITED, 20, UNLIMITED,
         1_000, UNLIMITED, 7 * 365, ALL_ANALYSES, 0,
+        analysed_tokens_per_million_usd=Decimal("0.25"),
     ),
 }  # fmt: skip
 

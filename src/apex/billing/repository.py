@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -23,6 +26,7 @@ from apex.billing.models import (
 )
 from apex.kit.ids import new_id
 from apex.kit.repository import Repository
+from apex.usage.spend import Window
 
 
 class SubscriptionRepository(Repository[Subscription]):
@@ -69,6 +73,14 @@ class SubscriptionEventRepository(Repository[SubscriptionEvent]):
         return (await self.session.scalars(statement)).all()
 
 
+@dataclass(frozen=True, slots=True)
+class MeteredWindow:
+    window: Window
+    price: Decimal
+    tokens: int
+    cents: int
+
+
 class InvoiceRepository(Repository[Invoice]):
     model = Invoice
 
@@ -112,6 +124,26 @@ class InvoiceRepository(Repository[Invoice]):
             .limit(limit)
         )
         return (await self.session.scalars(statement)).all()
+
+    async def metered_windows(self, organization_id: uuid.UUID) -> list[MeteredWindow]:
+        """What was billed for each window of usage (its usage line and any adjustments since),
+        for the last 12 windows."""
+        statement = (
+            select(
+                InvoiceLine.usage_start, InvoiceLine.usage_end, InvoiceLine.unit_price,
+                func.sum(InvoiceLine.quantity), func.sum(InvoiceLine.amount_cents),
+            )
+            .join(Invoice, Invoice.id == InvoiceLine.invoice_id)
+            .where(Invoice.organization_id == organization_id, InvoiceLine.usage_start.is_not(None))
+            .group_by(InvoiceLine.usage_start, InvoiceLine.usage_end, InvoiceLine.unit_price)
+            .order_by(InvoiceLine.usage_start.desc())
+            .limit(12)
+        )  # fmt: skip
+        rows: Sequence[Any] = (await self.session.execute(statement)).all()
+        return [
+            MeteredWindow(Window(start, end), Decimal(price), int(tokens), int(cents))
+            for start, end, price, tokens, cents in rows
+        ]
 
     async def open_count(self, organization_id: uuid.UUID) -> int:
         count = await self.session.scalar(

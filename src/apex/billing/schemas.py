@@ -47,9 +47,16 @@ class SubscriptionOut(BaseModel):
 
 
 class InvoiceLineOut(BaseModel):
-    kind: str
+    kind: str = Field(
+        description="base_fee, proration, usage (analysed tokens of the window, in arrears) or "
+        "usage_adjustment (tokens of an earlier window that arrived after it was invoiced)"
+    )
     description: str
     amount_usd: Decimal
+    quantity: int | None = Field(default=None, description="Tokens, for metered lines.")
+    unit_price_usd: Decimal | None = Field(default=None, description="A million tokens.")
+    usage_start: datetime | None = None
+    usage_end: datetime | None = None
 
 
 class PaymentOut(BaseModel):

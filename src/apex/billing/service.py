@@ -33,7 +33,14 @@ from apex.billing.models import (
     SubscriptionEventKind,
     SubscriptionStatus,
 )
-from apex.billing.money import add_month, prorated_cents, tax_cents, to_cents
+from apex.billing.money import (
+    MILLION,
+    add_month,
+    half_up_cents,
+    prorated_cents,
+    tax_cents,
+    to_cents,
+)
 from apex.billing.plans import PLANS, plan_for
 from apex.billing.repository import (
     InvoiceRepository,
@@ -46,6 +53,8 @@ from apex.identity.repository import OrganizationRepository
 from apex.identity.service import organization_key
 from apex.kit.cache import invalidate_after_commit
 from apex.kit.errors import Conflict, NotFound, ValidationFailed
+from apex.usage.rollups import MeterRepository
+from apex.usage.spend import Window, hour_floor
 
 # Days after a failed collection at which it is tried again; a failure after the last one
 # gives up: the invoice is uncollectible and the organisation goes back to Free.
@@ -68,6 +77,9 @@ class Line:
     kind: str
     description: str
     amount_cents: int
+    quantity: int | None = None
+    unit_price: Decimal | None = None
+    usage: Window | None = None
 
 
 async def subscription_of(session: AsyncSession, organization_id: uuid.UUID) -> Subscription | None:
@@ -157,6 +169,10 @@ async def issue_invoice(
                 kind=line.kind,
                 description=line.description,
                 amount_cents=line.amount_cents,
+                quantity=line.quantity,
+                unit_price=None if line.unit_price is None else str(line.unit_price),
+                usage_start=line.usage.start if line.usage else None,
+                usage_end=line.usage.end if line.usage else None,
             )
         )
     await session.flush()
@@ -365,6 +381,52 @@ async def _end(session: AsyncSession, subscription: Subscription, now: datetime)
     return subscription
 
 
+def usage_window(start: datetime, end: datetime) -> Window:
+    """The usage a period bills: whole UTC hours (the rollups' grain), from the hour the
+    period starts in to the hour it ends in, so consecutive periods tile without overlap."""
+    return Window(hour_floor(start), hour_floor(end))
+
+
+def metered_cents(tokens: int, price_per_million: Decimal) -> int:
+    return half_up_cents(Decimal(tokens) * price_per_million / MILLION)
+
+
+async def _usage_lines(
+    session: AsyncSession, organization_id: uuid.UUID, tier: str, window: Window
+) -> list[Line]:
+    """The period's analysed tokens (read from the rollups), at the plan's price; then,
+    for every earlier period billed before, the records that arrived after its invoice (an
+    adjustment: what the period's tokens cost now minus what was billed for it)."""
+    lines: list[Line] = []
+    price = plan_for(tier).analysed_tokens_per_million_usd
+    tokens = (await MeterRepository(session).read(organization_id, window)).tokens.total
+    if tokens and price:
+        lines.append(Line(
+            "usage", f"{tokens:,} analysed tokens, {_span(window)}, at ${price} a million",
+            metered_cents(tokens, price), tokens, price, window,
+        ))  # fmt: skip
+    for billed in await InvoiceRepository(session).metered_windows(organization_id):
+        if billed.window == window:
+            continue
+        now_tokens = (
+            await MeterRepository(session).read(organization_id, billed.window)
+        ).tokens.total
+        if now_tokens == billed.tokens:
+            continue
+        amount = metered_cents(now_tokens, billed.price) - billed.cents
+        lines.append(Line(
+            "usage_adjustment",
+            f"{now_tokens - billed.tokens:+,} analysed tokens that arrived after "
+            f"{_span(billed.window)} was invoiced, at ${billed.price} a million",
+            amount, now_tokens - billed.tokens, billed.price, billed.window,
+        ))  # fmt: skip
+    return lines
+
+
+def _span(window: Window) -> str:
+    return f"{window.start:%Y-%m-%d %H:%M} to {window.end:%Y-%m-%d %H:%M} UTC"
+
+
 async def close_period(
     session: AsyncSession, organization_id: uuid.UUID, *, tax_rate: Decimal, now: datetime
 ) -> Invoice | None:
@@ -385,9 +447,19 @@ async def close_period(
             session, organization_id, subscription.tier, subscription.gateway_customer_id,
             tax_rate=tax_rate, now=subscription.period_end,
         )  # fmt: skip
+    usage = await _usage_lines(
+        session, organization_id, subscription.tier,
+        usage_window(subscription.period_start, subscription.period_end),
+    )  # fmt: skip
     if subscription.cancel_at_period_end:
         await _end(session, subscription, subscription.period_end)
-        return None
+        if not usage:
+            return None
+        final = (subscription.period_start, subscription.period_end)
+        return await issue_invoice(
+            session, organization_id, "subscription_final", usage,
+            period=final, tax_rate=tax_rate, now=now,
+        )  # fmt: skip
     old_tier, status = subscription.tier, subscription.status
     start, end = subscription.period_end, add_month(subscription.period_end)
     subscription.period_start, subscription.period_end = start, end
@@ -397,8 +469,9 @@ async def close_period(
         kind = SubscriptionEventKind.DOWNGRADED
     await session.flush()
     await _record(session, subscription, kind, from_tier=old_tier, from_status=status, now=start)
+    lines = [_base_fee(subscription.tier, start, end), *usage]
     return await issue_invoice(
-        session, organization_id, "subscription_cycle", [_base_fee(subscription.tier, start, end)],
+        session, organization_id, "subscription_cycle", lines,
         period=(start, end), tax_rate=tax_rate, now=now,
     )  # fmt: skip
 

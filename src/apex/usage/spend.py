@@ -27,12 +27,12 @@ class Window:
 
     def whole_hours(self) -> Window:
         """The smallest window of whole UTC hours that covers this one: the rollups' grain."""
-        return Window(_hour_floor(self.start), _hour_ceiling(self.end))
+        return Window(hour_floor(self.start), _hour_ceiling(self.end))
 
 
 def month_start(instant: datetime) -> datetime:
     """The start of the UTC calendar month `instant` falls in."""
-    return _hour_floor(instant).replace(day=1, hour=0)
+    return hour_floor(instant).replace(day=1, hour=0)
 
 
 def next_month(start: datetime) -> datetime:
@@ -40,12 +40,13 @@ def next_month(start: datetime) -> datetime:
     return (start + timedelta(days=32)).replace(day=1)
 
 
-def _hour_floor(instant: datetime) -> datetime:
+def hour_floor(instant: datetime) -> datetime:
+    """The start of the UTC hour `instant` falls in."""
     return instant.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def _hour_ceiling(instant: datetime) -> datetime:
-    floor = _hour_floor(instant)
+    floor = hour_floor(instant)
     return floor if floor == instant else floor + timedelta(hours=1)
 
 

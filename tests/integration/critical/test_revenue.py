@@ -14,6 +14,7 @@ import functools
 import hashlib
 import hmac
 import json
+import random
 import signal
 import subprocess
 import threading
@@ -653,3 +654,97 @@ def test_revenue_analytics_integration(
     ]
     assert outsider.frames == []
     client.close()
+
+
+EARLY_PER_MILLION = Decimal("0.50")  # the Early plan's price of a million analysed tokens
+
+
+def record(tokens: int, at: datetime, record_id: str | None = None) -> dict[str, Any]:
+    """A usage record of `tokens` analysed tokens (input and output)."""
+    return {"id": record_id or uuid.uuid4().hex, "timestamp": at.isoformat(),
+            "provider": "openai", "model": "gpt-4o-mini",
+            "input_tokens": tokens - tokens // 3, "output_tokens": tokens // 3}  # fmt: skip
+
+
+def test_usage_billing_accuracy_integration(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+    start_worker: Callable[..., ApexWorker],
+    payments: PaymentsServer,
+) -> None:
+    """100 records of 100,000 tokens on Early ($0.50 a million): $0.05 each, exactly $5.00
+    on the renewal. 10,000 records of random sizes sent to 3 instances at once, with
+    retried batches and duplicates: the renewal bills their sum to the cent. A record of a
+    period already invoiced: an adjustment on the next invoice, not lost."""
+    servers = [start_apex(database_url, redis_server.url, **payments.apex_settings())
+               for _ in range(3)]  # fmt: skip
+    start_worker(database_url, redis_server.url, **payments.apex_settings())
+    payments.send_webhooks_to(servers[0].base_url + WEBHOOK)
+    clients = [server.client(timeout=60) for server in servers]
+    client = clients[0]
+
+    def subscribed() -> dict[str, str]:
+        auth = bearer(signup(client))
+        checkout = client.post(f"{BILLING}/checkout", headers=auth, json={"tier": "early"})
+        assert payments.pay_checkout(checkout.json()["url"], SUCCESS).status_code == 303
+        assert wait_until(lambda: client.get(f"{BILLING}/invoices", headers=auth).json() != [], 30)
+        return auth
+
+    small, large = subscribed(), subscribed()
+    time.sleep(1)  # every record below is after both subscriptions began
+    now = datetime.now(UTC)
+    sent = client.post("/api/v1/usage/events", headers=small,
+                       json={"records": [record(100_000, now) for _ in range(100)]})  # fmt: skip
+    assert sent.json()["accepted"] == 100, sent.text
+
+    rng = random.Random(20261126)
+    records = [record(rng.randint(1, 250_000), now) for _ in range(10_000)]
+    batches = [records[i : i + 500] for i in range(0, len(records), 500)]
+    retried = [rng.choice(batches) for _ in range(4)]  # sent again, whole, to another instance
+    repeats = [rng.sample(records, 300)]  # single records sent again inside a batch
+    sends = [(n % 3, batch) for n, batch in enumerate(batches + retried + repeats)]
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda s: clients[s[0]].post(
+            "/api/v1/usage/events", headers=large, json={"records": s[1]}), sends))  # fmt: skip
+    assert all(a.status_code == 200 for a in answers), [
+        a.text for a in answers if a.status_code != 200
+    ]
+    assert sum(a.json()["accepted"] for a in answers) == 10_000
+    tokens = sum(r["input_tokens"] + r["output_tokens"] for r in records)
+
+    def usage_lines(auth: dict[str, str]) -> list[dict[str, Any]]:
+        invoice = latest_invoice(client, auth)
+        detail = client.get(f"{BILLING}/invoices/{invoice['id']}", headers=auth).json()
+        return [line for line in detail["lines"] if line["kind"].startswith("usage")]
+
+    period_end = parse_time(
+        client.get(f"{BILLING}/subscription", headers=large).json()["period_end"]
+    )
+    cycled = billing_cycle(database_url, redis_server.url, period_end + timedelta(minutes=5),
+                           **payments.apex_settings())  # fmt: skip
+    assert cycled.returncode == 0, cycled.stderr[-2000:]
+    (five,) = usage_lines(small)
+    assert (five["quantity"], five["amount_usd"]) == (10_000_000, "5.00")
+    (metered,) = usage_lines(large)
+    expected = half_up(Decimal(tokens) * EARLY_PER_MILLION * 100 / 1_000_000)
+    assert (metered["quantity"], int(Decimal(metered["amount_usd"]) * 100)) == (tokens, expected)
+    total = Decimal(latest_invoice(client, large)["total_usd"])
+    assert total * 100 == 9_900 + expected  # the base fee and the usage, nothing else
+
+    # A record of the invoiced period arrives late: billed on the next invoice.
+    late = client.post("/api/v1/usage/events", headers=large,
+                       json={"records": [record(123_457, datetime.now(UTC))]})  # fmt: skip
+    assert late.json()["accepted"] == 1, late.text
+    next_end = parse_time(client.get(f"{BILLING}/subscription", headers=large).json()["period_end"])
+    cycled = billing_cycle(database_url, redis_server.url, next_end + timedelta(minutes=5),
+                           **payments.apex_settings())  # fmt: skip
+    assert cycled.returncode == 0, cycled.stderr[-2000:]
+    (adjustment,) = usage_lines(large)
+    owed = half_up(Decimal(tokens + 123_457) * EARLY_PER_MILLION * 100 / 1_000_000) - expected
+    assert (adjustment["kind"], adjustment["quantity"]) == ("usage_adjustment", 123_457)
+    assert Decimal(adjustment["amount_usd"]) * 100 == owed
+    assert usage_lines(small) == []  # nothing new for the other organisation
+    for each in clients:
+        each.close()

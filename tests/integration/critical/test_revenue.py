@@ -700,7 +700,10 @@ def test_usage_billing_accuracy_integration(
     assert sent.json()["accepted"] == 100, sent.text
 
     rng = random.Random(20261126)
-    records = [record(rng.randint(1, 250_000), now) for _ in range(10_000)]
+    sizes = [rng.randint(1, 250_000) for _ in range(10_000)]
+    # A total 3/4 of the way between two cents (a cent is 20,000 tokens): rounding shows.
+    sizes[-1] += (15_000 - sum(sizes) % 20_000) % 20_000
+    records = [record(size, now) for size in sizes]
     batches = [records[i : i + 500] for i in range(0, len(records), 500)]
     retried = [rng.choice(batches) for _ in range(4)]  # sent again, whole, to another instance
     repeats = [rng.sample(records, 300)]  # single records sent again inside a batch

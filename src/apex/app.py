@@ -137,8 +137,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     queue = JobQueue(settings)
     register_agent_tasks(queue, runtime)
     payments = build_gateway(settings)
+    app.state.mailer = app.state.mailer or create_mailer(settings)
     billing = (
-        BillingRuntime(database, payments, app.state.clock, app.state.failpoints)
+        BillingRuntime(database, payments, app.state.clock, app.state.failpoints, app.state.mailer)
         if runtime is not None
         else None
     )
@@ -156,7 +157,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.channels = Channels(redis)
     database.after_commit(RevenueFeed(app.state.channels).after_commit)
     app.state.hub = Hub(redis)
-    app.state.mailer = app.state.mailer or create_mailer(settings)
     app.state.mail_limit = MailLimit(redis, settings.mails_per_address_per_hour)
     app.state.api_limiter = FixedWindow(redis)
     app.state.quota = Quota(redis)
@@ -216,6 +216,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 settings.billing_cycle_seconds,
                 maintenance_stop,
                 tax_rate=settings.billing_tax_rate,
+                mailer=app.state.mailer,
             ),
             name="billing-cycle",
         )

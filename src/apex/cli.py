@@ -367,6 +367,7 @@ def billing_cycle(
     from apex.kit.clock import Clock, FrozenClock, SystemClock
     from apex.kit.db import Database
     from apex.kit.failpoints import Failpoints
+    from apex.kit.mail import create_mailer, drain
     from apex.kit.redis import create_redis
 
     settings = _settings()
@@ -384,9 +385,10 @@ def billing_cycle(
         try:
             return await run_cycle(
                 database, build_gateway(settings), clock, tax_rate=settings.billing_tax_rate,
-                failpoints=Failpoints(settings.failpoints),
+                failpoints=Failpoints(settings.failpoints), mailer=create_mailer(settings),
             )  # fmt: skip
         finally:
+            await drain()
             await redis.aclose()
             await database.dispose()
 
@@ -497,6 +499,8 @@ def worker(
     from apex.kit.clock import SystemClock
     from apex.kit.db import Database
     from apex.kit.failpoints import Failpoints
+    from apex.kit.mail import create_mailer
+    from apex.kit.mail import drain as drain_mail
     from apex.kit.queue import JobQueue, serve_jobs
     from apex.kit.redis import create_redis
     from apex.observability.logging import configure_logging
@@ -522,7 +526,9 @@ def worker(
         register_agent_tasks(queue, runtime)
         payments = build_gateway(settings)
         failpoints = Failpoints(settings.failpoints)
-        register_billing_tasks(queue, BillingRuntime(database, payments, SystemClock(), failpoints))
+        mailer = create_mailer(settings)
+        billing_runtime = BillingRuntime(database, payments, SystemClock(), failpoints, mailer)
+        register_billing_tasks(queue, billing_runtime)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -534,7 +540,7 @@ def worker(
         billing = asyncio.create_task(
             keep_billing(
                 database, payments, SystemClock(), settings.billing_cycle_seconds, stop,
-                tax_rate=settings.billing_tax_rate,
+                tax_rate=settings.billing_tax_rate, mailer=mailer,
             )
         )  # fmt: skip
         try:
@@ -543,6 +549,7 @@ def worker(
             stop.set()
             await maintenance
             await billing
+            await drain_mail()
             await queue.broker.shutdown()
             await redis.aclose()
             await database.dispose()

@@ -444,7 +444,7 @@ def test_findings_hold_on_a_month_nobody_tuned_them_to(
     assert free["total_monthly_savings_usd"] == total
     withheld = free["withheld"]
     assert withheld["findings"] == len(expected) - 1
-    assert withheld["upgrade"] == "early"
+    assert (withheld["upgrade"], withheld["checkout"]) == ("early", "/api/v1/billing/checkout")
     assert Decimal(withheld["monthly_savings_usd"]) == Decimal(total) - Decimal(top[1][2])
 
     # On Mid: every planted finding, to the cent; nothing on the look-alikes.

@@ -14,6 +14,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import ignored_auth
 
 from tests.harness import ApexServer, PostgresCluster, RedisServer
+from tests.harness.payments import PaymentsServer
 from tests.integration.conftest import apex_env
 from tests.integration.critical.conftest import bearer, signup
 
@@ -31,13 +32,16 @@ def api_schema(
     postgres: PostgresCluster, template_database: str, redis_server: RedisServer
 ) -> Iterator[Any]:
     name = postgres.create_database(template=template_database)
-    server = ApexServer(apex_env(postgres.url(name), redis_server.url)).start()
+    payments = PaymentsServer().start()  # billing as configured in production
+    env = apex_env(postgres.url(name), redis_server.url, **payments.apex_settings())
+    server = ApexServer(env).start()
     with httpx.Client(base_url=server.base_url, timeout=10) as client:
         _server["auth"] = bearer(signup(client))
     schema = schemathesis.openapi.from_url(f"{server.base_url}/openapi.json")
     # Logging out would revoke the token the other generated requests use.
     yield schema.exclude(path_regex="logout")
     server.stop()
+    payments.stop()
     postgres.drop_database(name)
 
 

@@ -31,6 +31,7 @@ from apex.agents.tools.analyses import (
 )
 from apex.billing.plans import Plan, upgrade_for_findings
 from apex.kit.db import Database
+from apex.kit.errors import UPGRADE_CHECKOUT
 from apex.kit.failpoints import Failpoints
 from apex.usage.pricing import Catalogue
 from apex.usage.rollups import SpendRepository
@@ -240,6 +241,7 @@ def _plan_view(
         "findings": count,
         "monthly_savings_usd": str(value),
         "upgrade": upgrade.tier.value if upgrade else None,
+        "checkout": UPGRADE_CHECKOUT,
         "message": f"{count} more finding{'s' if count != 1 else ''} worth ${value}/month "
         f"on the {plan_name} plan.",
     }
@@ -374,7 +376,8 @@ def _report_coverage(ctx: StepContext, withheld: dict[str, Any] | None) -> dict[
                 "cost_usd": None,
                 "monthly_savings_usd": withheld["monthly_savings_usd"],
                 "explanation": withheld["message"],
-                "fix": f"Upgrade to the {withheld['upgrade'] or 'next'} plan to see them.",
+                "fix": f"Upgrade to the {withheld['upgrade'] or 'next'} plan to see them "
+                f"(POST {withheld['checkout']}).",
             }
         )
     covered["excluded"] = left_out

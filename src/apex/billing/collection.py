@@ -26,6 +26,7 @@ from apex.billing.repository import InvoiceRepository, SubscriptionRepository
 from apex.kit.clock import Clock
 from apex.kit.db import Database
 from apex.kit.failpoints import NO_FAILPOINTS, Failpoints
+from apex.kit.mail import Mailer
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +39,7 @@ async def collect(
     *,
     organization_id: uuid.UUID | None = None,
     failpoints: Failpoints = NO_FAILPOINTS,
+    mailer: Mailer | None = None,
 ) -> Payment | None:
     """Try to collect the invoice once; the attempt as stored (None: nothing to collect).
     `GatewayUnavailable` leaves the attempt pending for the next try, with the same key."""
@@ -64,6 +66,7 @@ async def collect(
         payment = await service.settle(
             session, attempt.idempotency_key, charge.status,
             gateway_payment_id=charge.id, failure_code=charge.failure_code, now=clock.now(),
+            mailer=mailer,
         )  # fmt: skip
     log.info("invoice_collection", invoice_id=str(invoice_id), status=charge.status,
              code=charge.failure_code)  # fmt: skip
@@ -83,6 +86,7 @@ async def run_cycle(
     *,
     tax_rate: Decimal,
     failpoints: Failpoints = NO_FAILPOINTS,
+    mailer: Mailer | None = None,
 ) -> CycleReport:
     """Close every period that has ended (renewals, trial ends, scheduled changes), then
     collect every invoice whose attempt is due (new ones and the dunning retries)."""
@@ -100,7 +104,9 @@ async def run_cycle(
             invoices = await InvoiceRepository(session).due_for_collection(now)
         for invoice_id in invoices:
             try:
-                await collect(database, gateway, invoice_id, clock, failpoints=failpoints)
+                await collect(
+                    database, gateway, invoice_id, clock, failpoints=failpoints, mailer=mailer
+                )
             except Exception:  # one customer's failure must not stop the others
                 log.exception("invoice_collection_failed", invoice_id=str(invoice_id))
                 continue
@@ -116,11 +122,12 @@ async def keep_billing(
     stop: asyncio.Event,
     *,
     tax_rate: Decimal,
+    mailer: Mailer | None = None,
 ) -> None:
     """The worker's loop: a cycle every `interval` seconds until `stop`."""
     while not stop.is_set():
         try:
-            await run_cycle(database, gateway, clock, tax_rate=tax_rate)
+            await run_cycle(database, gateway, clock, tax_rate=tax_rate, mailer=mailer)
         except Exception:
             log.exception("billing_cycle_failed")
         try:

@@ -156,8 +156,8 @@ async def checkout(body: TierIn, request: Request, principal: Owner) -> Checkout
     """A hosted page of the payment gateway where the owner saves a card for `tier`; once
     the gateway reports it complete (webhook), the plan applies on every instance."""
     state = request.app.state
-    gateway = _gateway(request)
     tier = service.paid_tier(body.tier)
+    gateway = _gateway(request)
     async with state.database.unit_of_work() as session:
         subscription = await service.subscription_of(session, principal.organization_id)
         customer = subscription.gateway_customer_id if subscription else None
@@ -263,7 +263,7 @@ async def _collect(
     state = request.app.state
     await collection.collect(
         database, _gateway(request), invoice_id, state.clock,
-        organization_id=organization_id, failpoints=state.failpoints,
+        organization_id=organization_id, failpoints=state.failpoints, mailer=state.mailer,
     )  # fmt: skip
 
 
@@ -309,8 +309,9 @@ async def gateway_webhook(
     event = webhooks.parse_event(body)
     async with state.database.unit_of_work() as session:
         outcome = await webhooks.apply(
-            session, event, tax_rate=state.settings.billing_tax_rate, now=state.clock.now()
-        )
+            session, event, tax_rate=state.settings.billing_tax_rate, now=state.clock.now(),
+            mailer=state.mailer,
+        )  # fmt: skip
         for invoice_id in outcome.collect:
             JobQueue.enqueue_after_commit(session.info, COLLECT_TASK, str(invoice_id))
     return WebhookOut(duplicate=outcome.duplicate)

@@ -21,6 +21,7 @@ from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apex.billing import mails
 from apex.billing.feed import publish_after_commit
 from apex.billing.models import (
     Invoice,
@@ -53,6 +54,7 @@ from apex.identity.repository import OrganizationRepository
 from apex.identity.service import organization_key
 from apex.kit.cache import invalidate_after_commit
 from apex.kit.errors import Conflict, NotFound, ValidationFailed
+from apex.kit.mail import Mailer
 from apex.usage.rollups import MeterRepository
 from apex.usage.spend import Window, hour_floor
 
@@ -538,6 +540,7 @@ async def settle(
     gateway_payment_id: str | None,
     failure_code: str | None,
     now: datetime,
+    mailer: Mailer | None = None,
 ) -> Payment | None:
     """Store what the gateway said about an attempt (from its answer or from a webhook,
     whichever comes first, any number of times): a success is final; a failure moves the
@@ -555,8 +558,10 @@ async def settle(
     payment.failure_code = failure_code
     if status == PaymentStatus.SUCCEEDED:
         await _paid(session, invoice, now)
+        await mails.receipt(session, mailer, invoice)
     elif invoice.status == InvoiceStatus.OPEN and payment.attempt == invoice.attempts:
         await _failed(session, invoice, now)
+        await mails.payment_refused(session, mailer, invoice, failure_code)
     await session.flush()
     return payment
 

@@ -11,6 +11,7 @@ from apex.billing.gateway import PaymentGateway
 from apex.kit.clock import Clock
 from apex.kit.db import Database
 from apex.kit.failpoints import Failpoints
+from apex.kit.mail import Mailer
 from apex.kit.queue import JobQueue
 
 COLLECT_TASK = "apex.billing.collect_invoice"
@@ -22,6 +23,7 @@ class BillingRuntime:
     gateway: PaymentGateway | None
     clock: Clock
     failpoints: Failpoints
+    mailer: Mailer | None = None
 
 
 def register_billing_tasks(queue: JobQueue, runtime: BillingRuntime | None) -> None:
@@ -34,7 +36,7 @@ def register_billing_tasks(queue: JobQueue, runtime: BillingRuntime | None) -> N
             return  # no payments configured: the invoice stays open
         await collect(
             runtime.database, runtime.gateway, uuid.UUID(invoice_id), runtime.clock,
-            failpoints=runtime.failpoints,
+            failpoints=runtime.failpoints, mailer=runtime.mailer,
         )  # fmt: skip
 
     queue.register(COLLECT_TASK, collect_invoice)

@@ -22,6 +22,7 @@ from apex.billing import service
 from apex.billing.models import PaymentStatus
 from apex.billing.repository import GatewayEventRepository
 from apex.kit.errors import BadRequest
+from apex.kit.mail import Mailer
 
 
 @dataclass(slots=True)
@@ -43,7 +44,12 @@ def parse_event(body: bytes) -> dict[str, Any]:
 
 
 async def apply(
-    session: AsyncSession, event: dict[str, Any], *, tax_rate: Decimal, now: datetime
+    session: AsyncSession,
+    event: dict[str, Any],
+    *,
+    tax_rate: Decimal,
+    now: datetime,
+    mailer: Mailer | None = None,
 ) -> Outcome:
     created = datetime.fromtimestamp(int(event["created"]), UTC)
     if not await GatewayEventRepository(session).record_once(event["id"], event["type"], created):
@@ -53,7 +59,7 @@ async def apply(
     if kind == "checkout.session.completed":
         return await _checkout_completed(session, obj, created, tax_rate=tax_rate, now=now)
     if kind in ("payment_intent.succeeded", "payment_intent.payment_failed"):
-        return await _payment_intent(session, obj, kind, now)
+        return await _payment_intent(session, obj, kind, now, mailer)
     return Outcome()  # stored (so it is never processed twice), nothing to do
 
 
@@ -81,17 +87,22 @@ async def _checkout_completed(
 
 
 async def _payment_intent(
-    session: AsyncSession, obj: dict[str, Any], kind: str, now: datetime
+    session: AsyncSession, obj: dict[str, Any], kind: str, now: datetime, mailer: Mailer | None
 ) -> Outcome:
     key = (obj.get("metadata") or {}).get("idempotency_key")
     if not key:
         return Outcome()
     error = obj.get("last_payment_error") or {}
-    status = PaymentStatus.SUCCEEDED if kind == "payment_intent.succeeded" else PaymentStatus.FAILED
-    code = None if status == PaymentStatus.SUCCEEDED else (
+    code = None if kind == "payment_intent.succeeded" else (
         error.get("decline_code") or error.get("code") or "card_declined"
     )  # fmt: skip
+    status = (
+        PaymentStatus.SUCCEEDED if code is None
+        else PaymentStatus.REQUIRES_ACTION if error.get("code") == "authentication_required"
+        else PaymentStatus.FAILED
+    )  # fmt: skip
     payment = await service.settle(
-        session, key, status, gateway_payment_id=obj.get("id"), failure_code=code, now=now
-    )
+        session, key, status, gateway_payment_id=obj.get("id"), failure_code=code, now=now,
+        mailer=mailer,
+    )  # fmt: skip
     return Outcome(applied=payment is not None)

@@ -23,6 +23,7 @@ from apex.billing import endpoints as billing_endpoints
 from apex.billing.collection import keep_billing
 from apex.billing.feed import RevenueFeed
 from apex.billing.gateway import build_gateway
+from apex.billing.mails import MailedQuotaWarnings
 from apex.billing.tasks import BillingRuntime, register_billing_tasks
 from apex.chat import endpoints as chat_endpoints
 from apex.identity import endpoints as identity_endpoints
@@ -160,6 +161,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.mail_limit = MailLimit(redis, settings.mails_per_address_per_hour)
     app.state.api_limiter = FixedWindow(redis)
     app.state.quota = Quota(redis)
+    app.state.quota_warnings = MailedQuotaWarnings(redis, database, app.state.mailer)
     app.state.login_throttle = LoginThrottle(
         redis,
         per_address_per_minute=settings.login_attempts_per_minute,

@@ -20,6 +20,7 @@ from apex.usage.files import checkpoint_path
 from apex.usage.schemas import MAX_BATCH
 from tests.harness import ApexServer, PostgresCluster, RedisServer
 from tests.harness.procs import ManagedProcess, wait_until
+from tests.integration.conftest import SharedMail
 from tests.integration.critical.conftest import bearer, database_name, signup
 
 # gpt-4o: $2.50 input, $1.25 cached input, $10.00 output per million tokens (pricing.json).
@@ -378,6 +379,48 @@ def test_duplicates_use_no_monthly_quota_on_postgresql(
     assert (report["accepted"], report["duplicates"], report["rejected"]) == (5, 10, 5)
     verdicts = [r["status"] for r in report["results"]]
     assert verdicts == ["duplicate"] * 10 + ["accepted"] * 5 + ["rejected"] * 5
+
+
+def test_owners_are_warned_once_at_80_and_100_percent_of_the_records_quota(
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    """Free: 100,000 records a month. The batch that takes the month's count to 80% mails
+    the owner once, the one that reaches 100% once more; later batches, on another instance
+    too, mail nothing more."""
+    servers = [start_apex(database_url, redis_server.url) for _ in range(2)]
+    mail = SharedMail.get()
+    with servers[0].client() as client:
+        signed_up = signup(client)
+        headers = bearer(signed_up)
+        owner = client.get("/api/v1/users/me", headers=headers).json()["email"]
+    seen = mail.keys()
+    key = f"apex:quota:records:{signed_up.json()['organization_id']}:{datetime.now(UTC):%Y-%m}"
+    store = redis.Redis.from_url(redis_server.url)
+
+    def send(server: ApexServer, first: int, used_before: int | None = None) -> int:
+        if used_before is not None:
+            store.set(key, used_before, ex=3600)
+        with server.client() as http:
+            batch = [_record(n) for n in range(first, first + 10)]
+            answer = http.post("/api/v1/usage/events", headers=headers, json={"records": batch})
+        accepted: int = answer.json()["accepted"]
+        return accepted
+
+    try:
+        assert send(servers[0], 0, used_before=79_995) == 10  # 79,995 → 80,005
+        assert send(servers[1], 10) == 10
+        assert send(servers[1], 20, used_before=99_995) == 5  # 100,000: the rest refused
+        assert send(servers[0], 30) == 0
+    finally:
+        store.close()
+    time.sleep(1)  # anything more would have been sent by now
+    subjects = [str(m["Subject"]) for _, m in mail.mails_since(seen) if m["To"] == owner]
+    assert subjects == [
+        "Apex: 80% of this month's usage records used",
+        "Apex: 100% of this month's usage records used",
+    ]
 
 
 def test_meter_reads_a_month_from_the_rollups(

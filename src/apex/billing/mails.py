@@ -1,17 +1,24 @@
 """What billing tells an organisation's owners by mail, once the change is committed: a
-receipt when an invoice is paid, and a notice when a payment is refused (with the next try)."""
+receipt when an invoice is paid, a notice when a payment is refused (with the next try),
+and a warning when the month's usage records reach 80% and 100% of the plan's quota."""
 
 from __future__ import annotations
 
 import uuid
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.billing.models import Invoice
 from apex.billing.money import dollars
+from apex.billing.plans import Plan
 from apex.identity.models import Role
 from apex.identity.repository import MemberRepository
+from apex.kit.db import Database
+from apex.kit.errors import UPGRADE_CHECKOUT
 from apex.kit.mail import Mailer, send_after_commit
+
+WARNING_TTL_SECONDS = 40 * 86_400  # longer than a month
 
 
 async def _mail_owners(
@@ -55,3 +62,47 @@ async def payment_refused(
         session, mailer, invoice.organization_id,
         f"Payment refused for Apex invoice {invoice.number}", text,
     )  # fmt: skip
+
+
+async def quota_reached(
+    session: AsyncSession, mailer: Mailer, organization_id: uuid.UUID, plan: Plan, percent: int
+) -> None:
+    limit = plan.records_per_month or 0
+    upgrade = plan.next_tier
+    offer = (
+        f"The {upgrade.value.capitalize()} plan includes more: POST {UPGRADE_CHECKOUT}.\n"
+        if upgrade
+        else ""
+    )
+    state = (
+        "Records past it are refused until the month ends."
+        if percent >= 100
+        else "Records past it will be refused until the month ends."
+    )
+    text = (
+        f"Your organisation has used {percent}% of its {limit:,} usage records this month "
+        f"on the {plan.tier.value.capitalize()} plan. {state}\n{offer}"
+    )
+    await _mail_owners(
+        session, mailer, organization_id,
+        f"Apex: {percent}% of this month's usage records used", text,
+    )  # fmt: skip
+
+
+class MailedQuotaWarnings:
+    """`usage.quota.QuotaWarnings` that mails the owners, once per organisation, month and
+    threshold across every instance (the first to claim it in Redis sends it)."""
+
+    def __init__(self, redis: Redis, database: Database, mailer: Mailer) -> None:
+        self.redis = redis
+        self.database = database
+        self.mailer = mailer
+
+    async def reached(
+        self, organization_id: uuid.UUID, plan: Plan, period: str, percent: int
+    ) -> None:
+        key = f"apex:quota-warning:records:{organization_id}:{period}:{percent}"
+        if not await self.redis.set(key, "1", nx=True, ex=WARNING_TTL_SECONDS):
+            return
+        async with self.database.unit_of_work() as session:
+            await quota_reached(session, self.mailer, organization_id, plan, percent)

@@ -67,6 +67,7 @@ async def _record_quota(
         plan_for(organization["tier"] if organization else "free"),
         principal.organization_id,
         request.app.state.clock.now(),
+        warnings=request.app.state.quota_warnings,
     )
 
 

@@ -8,8 +8,9 @@ from the database."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 import structlog
 from redis.exceptions import RedisError
@@ -21,6 +22,21 @@ MONTH_TTL_SECONDS = 32 * 86_400
 log = structlog.get_logger(__name__)
 
 
+WARN_AT_PERCENT = (80, 100)
+
+
+def thresholds_crossed(before: int, after: int, limit: int) -> list[int]:
+    """The warning thresholds (percent of `limit`) that a count going from `before` to
+    `after` reached."""
+    return [pct for pct in WARN_AT_PERCENT if before * 100 < pct * limit <= after * 100]
+
+
+class QuotaWarnings(Protocol):
+    async def reached(
+        self, organization_id: uuid.UUID, plan: Plan, period: str, percent: int
+    ) -> None: ...
+
+
 @dataclass
 class RecordQuota:
     quota: Quota
@@ -28,6 +44,8 @@ class RecordQuota:
     organization_id: uuid.UUID
     now: datetime
     granted: int = 0
+    warnings: QuotaWarnings | None = None
+    crossed: list[int] = field(default_factory=list, init=False)  # thresholds this batch reached
 
     @property
     def period(self) -> str:
@@ -42,7 +60,7 @@ class RecordQuota:
         if self.limit is None:
             return wanted
         try:
-            granted, _ = await self.quota.take(
+            granted, used = await self.quota.take(
                 "records", str(self.organization_id), self.period,
                 limit=self.limit, wanted=wanted, ttl_seconds=MONTH_TTL_SECONDS,
             )  # fmt: skip
@@ -50,7 +68,18 @@ class RecordQuota:
             log.warning("record_quota_unavailable", error=type(exc).__name__)
             return wanted
         self.granted += granted
+        self.crossed += thresholds_crossed(used - granted, used, self.limit)
         return granted
+
+    async def warn(self) -> None:
+        """Tell the organisation about the thresholds this batch reached (after its commit)."""
+        if self.warnings is None:
+            return
+        for percent in self.crossed:
+            try:
+                await self.warnings.reached(self.organization_id, self.plan, self.period, percent)
+            except RedisError as exc:
+                log.warning("record_quota_warning_unavailable", error=type(exc).__name__)
 
     async def give_back(self, units: int) -> None:
         if self.limit is None or units <= 0:

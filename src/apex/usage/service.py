@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.billing.plans import Plan, plan_for
 from apex.identity.repository import OrganizationRepository
-from apex.kit.db import call_after_rollback
+from apex.kit.db import call_after_commit, call_after_rollback
 from apex.kit.errors import NotFound, ValidationFailed
 from apex.kit.ids import new_id
 from apex.usage.models import CostSource, PriceOverride, nanos_to_usd, usd_to_nanos
@@ -206,6 +206,8 @@ async def _within_quota(
     granted = await quota.take(len(new))
     # On rollback, whatever is still held goes back (not what duplicates already returned).
     call_after_rollback(session, lambda: quota.give_back(quota.granted))
+    if quota.crossed:
+        call_after_commit(session, quota.warn)
     for row in new[granted:]:
         position = pending.pop(row["record_id"])
         results[position] = RecordResult(

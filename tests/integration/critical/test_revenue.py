@@ -150,14 +150,16 @@ def test_payment_webhook_idempotency_integration(
     forged = {**json.loads(body), "id": f"evt_{uuid.uuid4().hex}"}
     forged["data"]["object"]["metadata"]["tier"] = "early"
     forged_body = json.dumps(forged).encode()
-    now = time.time()
-    for header, sent in (
-        (signature(forged_body, secret="whsec_someone_else"), forged_body),
-        (signature(forged_body), forged_body.replace(b'"early"', b'"enterprise"')),
-        (signature(forged_body, at=now - 301), forged_body),
-        (signature(forged_body, at=now + 301), forged_body),
-        ("t=garbage", forged_body),
-    ):
+    # Signed as each is sent (whole seconds: 301 s before the send, 301 s after it at least).
+    forgeries: list[Callable[[], tuple[str, bytes]]] = [
+        lambda: (signature(forged_body, secret="whsec_someone_else"), forged_body),
+        lambda: (signature(forged_body), forged_body.replace(b'"early"', b'"enterprise"')),
+        lambda: (signature(forged_body, at=int(time.time()) - 301), forged_body),
+        lambda: (signature(forged_body, at=int(time.time()) + 302), forged_body),
+        lambda: ("t=garbage", forged_body),
+    ]
+    for forge in forgeries:
+        header, sent = forge()
         refused_answer = deliver(server, sent, header)
         assert refused_answer.status_code == 400, refused_answer.text
         assert refused_answer.json()["field"] == "Stripe-Signature"
@@ -172,7 +174,7 @@ def test_payment_webhook_idempotency_integration(
         {
             "id": f"evt_{uuid.uuid4().hex}",
             "type": "customer.updated",
-            "created": int(now),
+            "created": int(time.time()),
             "data": {"object": {"id": customer}},
         }
     )

@@ -2,7 +2,7 @@
 
 - Once: the event id is stored in the transaction that applies it (`gateway_events`,
   unique); a redelivery, concurrent or later, finds it and changes nothing.
-- Order: a checkout older than the subscription's last change is not applied over it (an
+- Order: a checkout completed before the last one applied is not applied over it (an
   upgrade is not undone by its predecessor arriving late), and a payment's success is
   final (a failure event that arrives after it changes nothing).
 """
@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.billing import service
-from apex.billing.models import PaymentStatus
+from apex.billing.models import InvoiceStatus, PaymentStatus
 from apex.billing.repository import GatewayEventRepository
 from apex.kit.errors import BadRequest
 from apex.kit.mail import Mailer
@@ -28,7 +28,6 @@ from apex.kit.mail import Mailer
 @dataclass(slots=True)
 class Outcome:
     duplicate: bool = False
-    applied: bool = False
     collect: list[uuid.UUID] = field(default_factory=list)
 
 
@@ -81,9 +80,7 @@ async def _checkout_completed(
     invoice = await service.complete_checkout(
         session, organization_id, tier, customer, tax_rate=tax_rate, now=now, completed_at=created
     )
-    return Outcome(
-        applied=True, collect=[invoice.id] if invoice and invoice.status == "open" else []
-    )
+    return Outcome(collect=[invoice.id] if invoice and invoice.status == InvoiceStatus.OPEN else [])
 
 
 async def _payment_intent(
@@ -101,8 +98,8 @@ async def _payment_intent(
         else PaymentStatus.REQUIRES_ACTION if error.get("code") == "authentication_required"
         else PaymentStatus.FAILED
     )  # fmt: skip
-    payment = await service.settle(
+    await service.settle(
         session, key, status, gateway_payment_id=obj.get("id"), failure_code=code, now=now,
         mailer=mailer,
     )  # fmt: skip
-    return Outcome(applied=payment is not None)
+    return Outcome()

@@ -578,9 +578,12 @@ def test_revenue_analytics_integration(
     assert [a["type"] for a in watcher.answers] == ["connection_established", "resumed"]
     started = datetime.now(UTC) - timedelta(minutes=5)
 
+    organization_of: dict[str, str] = {}  # an owner's Authorization header → organisation
+
     def customer(tier: str | None, card: str = SUCCESS, trial: bool = False) -> dict[str, str]:
         account = signup(client)
-        auth = bearer(account) | {"X-Organization": account.json()["organization_id"]}
+        auth = bearer(account)
+        organization_of[auth["Authorization"]] = account.json()["organization_id"]
         if trial:
             assert client.post(f"{BILLING}/trial", headers=auth).status_code == 201
         if tier:
@@ -625,7 +628,9 @@ def test_revenue_analytics_integration(
         for auth in (grows, shrinks, churns, converts, wavers):
             assert wait_until(functools.partial(paid, auth), 30)
         # The customer puts a working card on the gateway's page, then pays.
-        card_holder = customer_of(postgres, database_url, recovers["X-Organization"])
+        card_holder = customer_of(
+            postgres, database_url, organization_of[recovers["Authorization"]]
+        )
         payments.change_card(card_holder, SUCCESS)
         refused_invoice = latest_invoice(client, recovers)["id"]
         retried = client.post(f"{BILLING}/invoices/{refused_invoice}/pay", headers=recovers)

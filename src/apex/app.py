@@ -26,6 +26,7 @@ from apex.billing.gateway import build_gateway
 from apex.billing.mails import MailedQuotaWarnings
 from apex.billing.tasks import BillingRuntime, register_billing_tasks
 from apex.chat import endpoints as chat_endpoints
+from apex.findings import endpoints as findings_endpoints
 from apex.identity import endpoints as identity_endpoints
 from apex.identity.denylist import Denylist
 from apex.identity.keys import KeyRing
@@ -313,6 +314,7 @@ def create_app(
     app.include_router(agent_endpoints.router)
     app.include_router(chat_endpoints.router)
     app.include_router(billing_endpoints.router)
+    app.include_router(findings_endpoints.router)
     app.include_router(billing_endpoints.operator_router)
     app.include_router(gateway.router)
     return app

@@ -394,6 +394,7 @@ def billing_cycle(
 
     report = asyncio.run(run())
     console.print(
+        f"Findings decided: {report.findings_decided}. "
         f"Periods closed: {report.periods_closed}. Invoices collected: {report.collected}."
     )
 

@@ -14,6 +14,7 @@ from apex.billing.models import (
     SubscriptionEvent,
 )
 from apex.chat.models import Message, Thread
+from apex.findings.models import Finding, SavingsMeasurement
 from apex.identity.models import (
     ApiKey,
     Invitation,
@@ -34,6 +35,7 @@ __all__ = [
     "AgentStep",
     "ApiKey",
     "Base",
+    "Finding",
     "GatewayEvent",
     "Invitation",
     "Invoice",
@@ -45,6 +47,7 @@ __all__ = [
     "Payment",
     "PriceOverride",
     "RefreshToken",
+    "SavingsMeasurement",
     "SigningKey",
     "Subscription",
     "SubscriptionEvent",

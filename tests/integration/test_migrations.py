@@ -49,6 +49,8 @@ CORE_TABLES = {
     "invoice_lines",
     "payments",
     "gateway_events",
+    "findings",
+    "savings_measurements",
 }
 
 

@@ -36,6 +36,7 @@ from apex.agents.sandbox import AnalysisSandbox
 from apex.billing.plans import plan_for
 from apex.chat.models import Message, MessageRole
 from apex.chat.repository import MessageRepository
+from apex.findings.service import record_findings
 from apex.identity.repository import OrganizationRepository
 from apex.kit.clock import Clock
 from apex.kit.db import Database
@@ -258,6 +259,7 @@ async def _finish_step(
             run.report = output["report"]
             run.report_markdown = output["markdown"]
             await _answer_in_thread(session, run, output["markdown"])
+            await record_findings(session, run)
     return True
 
 

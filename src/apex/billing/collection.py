@@ -23,6 +23,8 @@ from apex.billing import service
 from apex.billing.gateway import Charge, PaymentGateway
 from apex.billing.models import Payment
 from apex.billing.repository import InvoiceRepository, SubscriptionRepository
+from apex.findings import service as findings
+from apex.findings.repository import FindingRepository
 from apex.kit.clock import Clock
 from apex.kit.db import Database
 from apex.kit.failpoints import NO_FAILPOINTS, Failpoints
@@ -75,6 +77,7 @@ async def collect(
 
 @dataclass(frozen=True, slots=True)
 class CycleReport:
+    findings_decided: int
     periods_closed: int
     collected: int
 
@@ -88,9 +91,15 @@ async def run_cycle(
     failpoints: Failpoints = NO_FAILPOINTS,
     mailer: Mailer | None = None,
 ) -> CycleReport:
-    """Close every period that has ended (renewals, trial ends, scheduled changes), then
-    collect every invoice whose attempt is due (new ones and the dunning retries)."""
+    """Decide every finding whose verification window is over, close every period that
+    has ended (renewals, trial ends, scheduled changes; their savings need those verdicts),
+    then collect every invoice whose attempt is due (new ones and the dunning retries)."""
     now = clock.now()
+    async with database.unit_of_work() as session:
+        verifying = await FindingRepository(session).due_for_verdict(now)
+    for finding_id in verifying:
+        async with database.unit_of_work() as session:
+            await findings.decide(session, finding_id)
     closed = 0
     async with database.unit_of_work() as session:
         due = await SubscriptionRepository(session).due(now)
@@ -111,7 +120,7 @@ async def run_cycle(
                 log.exception("invoice_collection_failed", invoice_id=str(invoice_id))
                 continue
             collected += 1
-    return CycleReport(periods_closed=closed, collected=collected)
+    return CycleReport(findings_decided=len(verifying), periods_closed=closed, collected=collected)
 
 
 async def keep_billing(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -35,6 +35,7 @@ from apex.billing.models import (
     SubscriptionStatus,
 )
 from apex.billing.money import (
+    CENT,
     MILLION,
     add_month,
     half_up_cents,
@@ -49,12 +50,15 @@ from apex.billing.repository import (
     SubscriptionEventRepository,
     SubscriptionRepository,
 )
+from apex.findings.models import SavingsMeasurement
+from apex.findings.service import bill_savings
 from apex.identity.models import Organization, Tier
 from apex.identity.repository import OrganizationRepository
 from apex.identity.service import organization_key
 from apex.kit.cache import invalidate_after_commit
 from apex.kit.errors import Conflict, NotFound, ValidationFailed
 from apex.kit.mail import Mailer
+from apex.usage.models import nanos_to_usd
 from apex.usage.rollups import MeterRepository
 from apex.usage.spend import Window, hour_floor
 
@@ -449,19 +453,18 @@ async def close_period(
             session, organization_id, subscription.tier, subscription.gateway_customer_id,
             tax_rate=tax_rate, now=subscription.period_end,
         )  # fmt: skip
-    usage = await _usage_lines(
-        session, organization_id, subscription.tier,
-        usage_window(subscription.period_start, subscription.period_end),
-    )  # fmt: skip
+    arrears, measurements = await _arrears(session, subscription)
     if subscription.cancel_at_period_end:
         await _end(session, subscription, subscription.period_end)
-        if not usage:
+        if not arrears:
             return None
         final = (subscription.period_start, subscription.period_end)
-        return await issue_invoice(
-            session, organization_id, "subscription_final", usage,
+        invoice = await issue_invoice(
+            session, organization_id, "subscription_final", arrears,
             period=final, tax_rate=tax_rate, now=now,
         )  # fmt: skip
+        _billed_on(invoice, measurements)
+        return invoice
     old_tier, status = subscription.tier, subscription.status
     start, end = subscription.period_end, add_month(subscription.period_end)
     subscription.period_start, subscription.period_end = start, end
@@ -471,11 +474,48 @@ async def close_period(
         kind = SubscriptionEventKind.DOWNGRADED
     await session.flush()
     await _record(session, subscription, kind, from_tier=old_tier, from_status=status, now=start)
-    lines = [_base_fee(subscription.tier, start, end), *usage]
-    return await issue_invoice(
+    lines = [_base_fee(subscription.tier, start, end), *arrears]
+    invoice = await issue_invoice(
         session, organization_id, "subscription_cycle", lines,
         period=(start, end), tax_rate=tax_rate, now=now,
     )  # fmt: skip
+    _billed_on(invoice, measurements)
+    return invoice
+
+
+async def _arrears(
+    session: AsyncSession, subscription: Subscription
+) -> tuple[list[Line], list[SavingsMeasurement]]:
+    """What the period that ended owes beyond its base fee (billed in arrears, at the
+    period's plan): metered usage, its adjustments, the share of verified savings."""
+    window = usage_window(subscription.period_start, subscription.period_end)
+    lines = await _usage_lines(session, subscription.organization_id, subscription.tier, window)
+    share = plan_for(subscription.tier).savings_share
+    if not share:
+        return lines, []
+    billed = await bill_savings(session, subscription.organization_id, window, share)
+    percent = format((share * 100).normalize(), "f")
+    for saving in billed:
+        measured = saving.measurement
+        if measured.amount_cents <= 0:
+            continue  # kept as evidence: a saving that did not materialise bills nothing
+        lines.append(Line(
+            "savings_share",
+            f"{percent}% of the saving verified on \u201c{saving.finding.title}\u201d: "
+            f"${_to_cent(measured.saving_nanos)} over {measured.calls:,} calls, "
+            f"{_span(Window(measured.window_start, measured.window_end))}",
+            measured.amount_cents,
+        ))  # fmt: skip
+    return lines, [saving.measurement for saving in billed]
+
+
+def _to_cent(nanos: int) -> Decimal:
+    return nanos_to_usd(nanos).quantize(CENT, ROUND_HALF_UP)
+
+
+def _billed_on(invoice: Invoice, measurements: list[SavingsMeasurement]) -> None:
+    for measurement in measurements:
+        measurement.invoice_id = invoice.id
 
 
 @dataclass(frozen=True, slots=True)

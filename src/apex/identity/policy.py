@@ -19,6 +19,7 @@ LEAST_ROLE: dict[str, Role] = {
     "usage:write": Role.MEMBER,
     "agents:run": Role.MEMBER,
     "reports:read": Role.VIEWER,
+    "findings:act": Role.ADMIN,  # adopt (its verified saving is billed) or dismiss
     "threads:write": Role.MEMBER,  # create, rename, delete threads; post without a run
 }
 

@@ -31,6 +31,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     cast,
     delete,
     distinct,
@@ -690,3 +691,48 @@ class MeterRepository:
             tokens=Tokens(*(int(value) for value in row[1:6])),
             cost_nanos=int(row[6]),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadUsage:
+    """One workload over a window, every model it used: what verifying a saving compares.
+    Cost per call counts priced calls only (an unpriced call's cost is not known)."""
+
+    window: Window
+    calls: int
+    priced_calls: int
+    cost_nanos: int
+    failed_calls: int
+    ok_output_tokens: int
+
+    @property
+    def ok_calls(self) -> int:
+        return self.calls - self.failed_calls
+
+
+class WorkloadMeterRepository:
+    """A workload's calls, cost, failures and output over a window, from the hourly rollups."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def read(
+        self, organization_id: uuid.UUID, workload: str, window: Window
+    ) -> WorkloadUsage:
+        window = window.whole_hours()
+        priced = R.cost_source != CostSource.UNPRICED.value
+        failed = R.status != CallStatus.OK.value
+
+        def total(column: Any, *where: ColumnElement[bool]) -> Any:
+            value = case((and_(*where), column), else_=0) if where else column
+            return func.coalesce(func.sum(value), 0)
+
+        statement = select(
+            total(R.calls),
+            total(R.calls, priced),
+            total(R.cost_nanos, priced),
+            total(R.calls, failed),
+            total(R.output_tokens, ~failed),
+        ).where(*_in(organization_id, window), R.workload == workload)
+        row = (await self.session.execute(statement)).one()
+        return WorkloadUsage(window, *(int(value) for value in row))

@@ -27,7 +27,7 @@ class Window:
 
     def whole_hours(self) -> Window:
         """The smallest window of whole UTC hours that covers this one: the rollups' grain."""
-        return Window(hour_floor(self.start), _hour_ceiling(self.end))
+        return Window(hour_floor(self.start), hour_ceiling(self.end))
 
 
 def month_start(instant: datetime) -> datetime:
@@ -45,7 +45,8 @@ def hour_floor(instant: datetime) -> datetime:
     return instant.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def _hour_ceiling(instant: datetime) -> datetime:
+def hour_ceiling(instant: datetime) -> datetime:
+    """The start of the first whole UTC hour at or after `instant`."""
     floor = hour_floor(instant)
     return floor if floor == instant else floor + timedelta(hours=1)
 

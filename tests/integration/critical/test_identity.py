@@ -300,6 +300,7 @@ WRITERS = frozenset({"owner", "admin", "member"})
 MANAGERS = frozenset({"owner", "admin"})
 OWNER = frozenset({"owner"})
 BILLING = "/api/v1/billing"
+FINDINGS = "/api/v1/findings"
 _ORG = "/api/v1/organizations/current"
 EXPECTED_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", _ORG): EVERYONE,
@@ -331,6 +332,11 @@ EXPECTED_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", RUNS + "/{run_id}/cancel"): WRITERS,
     ("GET", "/api/v1/threads"): EVERYONE,
     ("GET", "/api/v1/threads/{thread_id}/messages"): EVERYONE,
+    ("GET", FINDINGS): EVERYONE,
+    ("GET", FINDINGS + "/{finding_id}"): EVERYONE,
+    # Adopting a finding makes its verified saving billable: managers decide.
+    ("POST", FINDINGS + "/{finding_id}/adopt"): MANAGERS,
+    ("POST", FINDINGS + "/{finding_id}/dismiss"): MANAGERS,
     # Billing is the owner's alone (it spends the organisation's money).
     ("GET", f"{BILLING}/subscription"): OWNER,
     ("GET", f"{BILLING}/subscription/events"): OWNER,
@@ -376,7 +382,16 @@ def test_rbac_enforcement_integration(
         assert made.status_code == 202, made.text
         return str(made.json()["id"])
 
-    # One finished run to read; then no worker, so later runs stay queued (cancellable).
+    # One finished run to read, whose findings (short calls of nine workloads on gpt-4o, each
+    # worth moving to a smaller model) are read, adopted and dismissed below (a sample per
+    # role); then no worker, so later runs stay queued (cancellable).
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    short_calls = [{"id": f"rbac-{workload}-{i}", "provider": "openai", "model": "gpt-4o",
+                    "timestamp": (yesterday + timedelta(minutes=i)).isoformat(),
+                    "workload": workload, "input_tokens": 500, "output_tokens": 20}
+                   for workload in "abcdefghi" for i in range(60)]  # fmt: skip
+    sent = ca.post("/api/v1/usage/events", headers=as_owner, json={"records": short_calls})
+    assert sent.json()["accepted"] == len(short_calls), sent.text
     worker = start_worker(database_url, fresh_redis.url)
     finished = new_run()
     assert wait_until(
@@ -385,6 +400,9 @@ def test_rbac_enforcement_integration(
     )
     worker.stop()
     finished_thread = ca.get(f"{RUNS}/{finished}", headers=as_owner).json()["thread_id"]
+    findings = [f["id"] for f in ca.get(FINDINGS, headers=as_owner).json()]
+    unused = iter(findings[1:])  # the first is only read; each of the others is acted on once
+    assert len(findings) >= 9, findings
 
     def join(role: str) -> tuple[str, dict[str, str]]:
         """A new account that accepted the owner's invitation with `role`; its id and the
@@ -533,6 +551,19 @@ def test_rbac_enforcement_integration(
                 None,
                 path.replace("{thread_id}", finished_thread),
             ),
+            ("GET", FINDINGS): lambda: (None, path),
+            ("GET", FINDINGS + "/{finding_id}"): lambda: (
+                None,
+                path.replace("{finding_id}", findings[0]),
+            ),
+            ("POST", FINDINGS + "/{finding_id}/adopt"): lambda: (
+                None,
+                path.replace("{finding_id}", next(unused)),
+            ),
+            ("POST", FINDINGS + "/{finding_id}/dismiss"): lambda: (
+                {"reason": "not now"},
+                path.replace("{finding_id}", next(unused)),
+            ),
             ("GET", f"{BILLING}/subscription"): lambda: (None, path),
             ("GET", f"{BILLING}/subscription/events"): lambda: (None, path),
             ("GET", f"{BILLING}/invoices"): lambda: (None, path),
@@ -655,7 +686,7 @@ TENANT_TABLES = (
     "organizations", "memberships", "api_keys", "invitations", "price_overrides",
     "usage_records", "usage_rollups", "usage_hash_rollups", "usage_hash_totals", "usage_imports",
     "usage_import_problems", "agent_runs", "threads", "subscriptions", "subscription_events",
-    "invoices", "payments",
+    "invoices", "payments", "findings",
 )  # fmt: skip
 # Reads that are the same for everyone (the plan catalogue): they must not leak A's data,
 # and hold no one's.
@@ -707,9 +738,9 @@ def test_tenant_isolation_integration(
     def tenant() -> tuple[dict[str, str], set[str], dict[str, str]]:
         """An organisation with every kind of resource Apex stores: members, an API key, an
         invitation, a price override, usage records with metadata, a finished agent run with
-        its report, events, thread and messages, a browser session, a paid subscription with
-        its history, invoice and payment. Its owner's headers, every identifier and email
-        that belongs to it, and the ids by kind."""
+        its report, events, thread and messages and an adopted finding, a browser session, a
+        paid subscription with its history, invoice and payment. Its owner's headers, every
+        identifier and email that belongs to it, and the ids by kind."""
         owner = signup(client).json()
         auth = {"Authorization": f"Bearer {owner['access_token']}"}
         bought = client.post(f"{BILLING}/checkout", headers=auth, json={"tier": "early"})
@@ -748,6 +779,13 @@ def test_tenant_isolation_integration(
              "prompt_hash": marker, "prefix_hash": marker, "prefix_tokens": 50},
         ]})  # fmt: skip
         assert usage.json()["accepted"] == 2, usage.text
+        # Short calls on a big model: the run finds them a smaller model (a finding).
+        shorts = client.post("/api/v1/usage/events", headers=auth, json={"records": [
+            {"id": f"{record_id}-short-{i}", "timestamp": f"2026-11-21T10:{i:02}:00Z",
+             "provider": "openai", "model": "gpt-4o", "workload": f"triage-{marker}",
+             "input_tokens": 500, "output_tokens": 20} for i in range(60)
+        ]})  # fmt: skip
+        assert shorts.json()["accepted"] == 60, shorts.text
         upload = b"\n".join([
             json.dumps({"id": f"{record_id}-import", "timestamp": "2026-11-20T12:00:00Z",
                         "provider": "openai", "model": "gpt-4o", "metadata": {"n": marker}}
@@ -764,6 +802,9 @@ def test_tenant_isolation_integration(
             lambda: client.get(f"{RUNS}/{run_id}", headers=auth).json()["status"] == "succeeded",
             60,
         )
+        (finding, *_) = client.get(FINDINGS, headers=auth).json()
+        adopted = client.post(f"{FINDINGS}/{finding['id']}/adopt", headers=auth)
+        assert adopted.status_code == 200, adopted.text
         browser = client.post("/api/v1/auth/session",
                               json={"email": owner_email, "password": PASSWORD})  # fmt: skip
         assert browser.status_code == 200, browser.text
@@ -773,6 +814,7 @@ def test_tenant_isolation_integration(
             "invitation": invitation.json()["id"], "record": record_id, "run": run_id,
             "thread": thread_id, "session": browser.json()["id"],
             "import": imported.json()["id"], "invoice": paid_invoice()[0]["id"],
+            "finding": finding["id"],
         }  # fmt: skip
         secrets_of_tenant = {owner_email, extra_email, key.json()["prefix"], negotiated, marker}
         secrets_of_tenant |= set(ids.values())

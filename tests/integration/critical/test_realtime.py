@@ -339,8 +339,9 @@ def test_websocket_rate_limiting_integration(
     database = database_name(database_url)
 
     async def one_tier(tier: str, person: dict[str, Any]) -> dict[str, Any]:
-        here = await open_session(a, person["access_token"])
-        there = await open_session(b, person["access_token"])
+        # Bursts of up to 1,000 frames each: no client keepalive (see open_session).
+        here = await open_session(a, person["access_token"], keepalive=False)
+        there = await open_session(b, person["access_token"], keepalive=False)
         thread_id, _ = await follow_new_thread(here)
         await switch(there, thread_id)
         return {"tier": tier, "sockets": (here, there), "thread_id": thread_id}
@@ -358,7 +359,7 @@ def test_websocket_rate_limiting_integration(
 
     async def scenario() -> dict[str, Any]:
         setups = [await one_tier(tier, person) for tier, person in people.items()]
-        abusive = await open_session(b, abuser["access_token"])
+        abusive = await open_session(b, abuser["access_token"], keepalive=False)
         abuse_thread, _ = await follow_new_thread(abusive)
         await next_minute()
         # Twice the limit, half through each instance, every tier at once.

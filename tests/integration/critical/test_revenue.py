@@ -785,3 +785,164 @@ def test_usage_billing_accuracy_integration(
     assert usage_lines(small) == []  # nothing new for the other organisation
     for each in clients:
         each.close()
+
+
+FINDINGS = "/api/v1/findings"
+RUNS = "/api/v1/agents/runs"
+# Published prices, $ a million tokens (input, output): gpt-4o 2.50 / 10.00, gpt-4.1-nano
+# 0.10 / 0.40. Each call below reports its cost, computed here from them.
+PRICES = {"gpt-4o": (Decimal("2.50"), Decimal("10.00")),
+          "gpt-4.1-nano": (Decimal("0.10"), Decimal("0.40"))}  # fmt: skip
+EARLY_SAVINGS_SHARE = Decimal("0.15")
+
+
+def priced_call(
+    workload: str, model: str, at: datetime, input_tokens: int, output_tokens: int,
+    status: str = "ok",
+) -> dict[str, Any]:  # fmt: skip
+    price_in, price_out = PRICES[model]
+    cost = (input_tokens * price_in + output_tokens * price_out) / 1_000_000
+    return {"id": uuid.uuid4().hex, "timestamp": at.isoformat(), "provider": "openai",
+            "model": model, "workload": workload, "input_tokens": input_tokens,
+            "output_tokens": output_tokens, "status": status, "cost_usd": str(cost)}  # fmt: skip
+
+
+def spread(start: datetime, end: datetime, count: int) -> list[datetime]:
+    step = (end - start) / count
+    return [start + step * i for i in range(count)]
+
+
+def test_verified_savings_billing_integration(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+    start_worker: Callable[..., ApexWorker],
+    payments: PaymentsServer,
+) -> None:
+    """A run's findings are kept; three are adopted. Over the week after adoption one
+    workload's cost per call falls (verified), one does not move (not realised: no
+    saving), one falls but fails more (not realised: quality). The renewal bills Early's
+    15 % of the saving measured after verification, computed here from the calls sent, and
+    nothing for the other two."""
+    server = start_apex(database_url, redis_server.url, **payments.apex_settings())
+    start_worker(database_url, redis_server.url, **payments.apex_settings())
+    payments.send_webhooks_to(server.base_url + WEBHOOK)
+    client = server.client(timeout=60)
+    auth = bearer(signup(client))
+    checkout = client.post(f"{BILLING}/checkout", headers=auth, json={"tier": "early"})
+    assert payments.pay_checkout(checkout.json()["url"], SUCCESS).status_code == 303
+    assert wait_until(lambda: client.get(f"{BILLING}/invoices", headers=auth).json() != [], 30)
+
+    def send(records: list[dict[str, Any]]) -> None:
+        for i in range(0, len(records), 1000):
+            batch = records[i : i + 1000]
+            answer = client.post("/api/v1/usage/events", headers=auth, json={"records": batch})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["accepted"] == len(batch), answer.text
+
+    # Ten days before adoption: four workloads of short calls on gpt-4o.
+    now = datetime.now(UTC)
+    before = spread(now - timedelta(days=10), now - timedelta(hours=2), 200)
+    shapes = {"triage": (1500, 40), "tagger": (400, 10), "classifier": (300, 15),
+              "legacy": (600, 30)}  # fmt: skip
+    send([priced_call(w, "gpt-4o", at, *shape) for w, shape in shapes.items() for at in before])
+    run = client.post(RUNS, headers=auth, json={
+        "question": "Where are we wasting money on LLMs?",
+        "period_start": (now - timedelta(days=11)).isoformat(), "period_end": now.isoformat(),
+    })  # fmt: skip
+    assert run.status_code == 202, run.text
+    run_url = f"{RUNS}/{run.json()['id']}"
+    assert wait_until(
+        lambda: client.get(run_url, headers=auth).json()["status"] == "succeeded", 120
+    ), client.get(run_url, headers=auth).json()
+    findings = client.get(FINDINGS, headers=auth).json()
+    right_sizing = {f["workload"]: f for f in findings if f["kind"] == "model_right_sizing"}
+    assert set(right_sizing) == set(shapes), findings
+    assert {f["status"] for f in findings} == {"open"}
+    triage, tagger, classifier, legacy = (right_sizing[w]["id"] for w in shapes)
+
+    # Dismissed with a reason (required, named when missing); a dismissed one is not adopted.
+    missing = client.post(f"{FINDINGS}/{legacy}/dismiss", headers=auth, json={})
+    assert missing.status_code == 422, missing.text
+    assert missing.json()["errors"][0]["field"].endswith("reason"), missing.text
+    dismissed = client.post(f"{FINDINGS}/{legacy}/dismiss", headers=auth,
+                            json={"reason": "retired next month"})  # fmt: skip
+    assert (dismissed.json()["status"], dismissed.json()["status_reason"]) == (
+        "dismissed", "retired next month",
+    )  # fmt: skip
+    assert client.post(f"{FINDINGS}/{legacy}/adopt", headers=auth).status_code == 409
+
+    adopted = {}
+    for finding in (triage, tagger, classifier):
+        answer = client.post(f"{FINDINGS}/{finding}/adopt", headers=auth)
+        assert answer.status_code == 200, answer.text
+        adopted[finding] = answer.json()
+    assert client.post(f"{FINDINGS}/{triage}/adopt", headers=auth).status_code == 409
+    baseline = adopted[triage]["baseline"]
+    assert (baseline["priced_calls"], baseline["cost_per_call_usd"]) == (200, "0.004150")
+    verify_until = parse_time(adopted[triage]["verify_until"])
+    verify_from = verify_until - timedelta(days=7)
+    adopted_at = parse_time(adopted[triage]["adopted_at"])
+    assert verify_from - timedelta(hours=1) < adopted_at <= verify_from  # the next whole hour
+
+    # The verification week: triage moved to gpt-4.1-nano; tagger did not change; classifier
+    # moved too, but 20 of its 100 calls now fail.
+    week = spread(verify_from + timedelta(hours=1), verify_until - timedelta(hours=1), 100)
+    send([priced_call("triage", "gpt-4.1-nano", at, 1500, 40) for at in week]
+         + [priced_call("tagger", "gpt-4o", at, 400, 10) for at in week]
+         + [priced_call("classifier", "gpt-4.1-nano", at, 300, 0 if i % 5 == 0 else 15,
+                        "error" if i % 5 == 0 else "ok") for i, at in enumerate(week)])  # fmt: skip
+    decided = billing_cycle(database_url, redis_server.url, verify_until + timedelta(minutes=5),
+                            **payments.apex_settings())  # fmt: skip
+    assert decided.returncode == 0, decided.stderr[-2000:]
+    assert "Findings decided: 3." in decided.stderr, decided.stderr
+
+    def finding(finding_id: str) -> dict[str, Any]:
+        answer = client.get(f"{FINDINGS}/{finding_id}", headers=auth)
+        assert answer.status_code == 200, answer.text
+        found: dict[str, Any] = answer.json()
+        return found
+
+    assert finding(triage)["status"] == "verified", finding(triage)
+    assert finding(triage)["verification"]["cost_per_call_usd"] == "0.000166"
+    assert (finding(tagger)["status"], finding(tagger)["status_reason"].split(":")[0]) == (
+        "not_realised", "no_saving",
+    )  # fmt: skip
+    assert finding(classifier)["status"] == "not_realised"
+    assert finding(classifier)["status_reason"].startswith("quality_regressed: the error rate")
+
+    # After verification, until the period ends: 3,000 calls on nano and 50 still on gpt-4o.
+    subscription = client.get(f"{BILLING}/subscription", headers=auth).json()
+    period_end = parse_time(subscription["period_end"])
+    last_hour = period_end.replace(minute=0, second=0, microsecond=0)
+    billed_span = spread(
+        verify_until + timedelta(minutes=1), last_hour - timedelta(minutes=1), 3050
+    )
+    after = [priced_call("triage", "gpt-4.1-nano" if i % 61 else "gpt-4o", at, 1500, 40)
+             for i, at in enumerate(billed_span)]  # fmt: skip
+    after += [priced_call("tagger", "gpt-4o", at, 400, 10) for at in billed_span[:100]]
+    send(after)
+    triage_after = [r for r in after if r["workload"] == "triage"]
+    saving = sum(Decimal("0.00415") - Decimal(r["cost_usd"]) for r in triage_after)
+    expected_cents = half_up(saving * EARLY_SAVINGS_SHARE * 100)
+    assert expected_cents > 100  # the figures above make a visible line
+
+    for _ in range(2):  # a second cycle at the same moment bills nothing more
+        renewed = billing_cycle(database_url, redis_server.url, period_end + timedelta(minutes=5),
+                                **payments.apex_settings())  # fmt: skip
+        assert renewed.returncode == 0, renewed.stderr[-2000:]
+    invoices = client.get(f"{BILLING}/invoices", headers=auth).json()
+    assert [i["reason"] for i in invoices] == ["subscription_cycle", "subscription_create"]
+    detail = client.get(f"{BILLING}/invoices/{invoices[0]['id']}", headers=auth).json()
+    shares = [line for line in detail["lines"] if line["kind"] == "savings_share"]
+    assert len(shares) == 1, detail["lines"]
+    assert Decimal(shares[0]["amount_usd"]) * 100 == expected_cents, (shares, saving)
+    assert "Move triage" in shares[0]["description"]
+    billed = finding(triage)["savings"]
+    assert [(Decimal(s["saving_usd"]), s["invoice_id"], s["calls"]) for s in billed] == [
+        (saving, invoices[0]["id"], 3050)
+    ]
+    assert finding(tagger)["savings"] == []
+    assert finding(classifier)["savings"] == []
+    client.close()

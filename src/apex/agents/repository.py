@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from apex.agents.models import AgentRun, AgentStep
+from apex.agents.models import AgentRun, AgentStep, RunStatus
 from apex.kit.repository import Repository
 
 
@@ -28,6 +28,17 @@ class RunRepository(Repository[AgentRun]):
     async def started_since(self, organization_id: uuid.UUID, since: datetime) -> int:
         return await self.count(
             AgentRun.organization_id == organization_id, AgentRun.created_at >= since
+        )
+
+    async def succeeded_between(
+        self, organization_id: uuid.UUID, start: datetime, end: datetime
+    ) -> int:
+        """Runs that finished with a report in [start, end): the billing meter of runs."""
+        return await self.count(
+            AgentRun.organization_id == organization_id,
+            AgentRun.status == RunStatus.SUCCEEDED.value,
+            AgentRun.finished_at >= start,
+            AgentRun.finished_at < end,
         )
 
     async def recent(self, organization_id: uuid.UUID, limit: int = 50) -> Sequence[AgentRun]:

@@ -19,7 +19,7 @@ from decimal import Decimal
 
 import structlog
 
-from apex.billing import service
+from apex.billing import mails, service
 from apex.billing.gateway import Charge, PaymentGateway
 from apex.billing.models import Payment
 from apex.billing.repository import InvoiceRepository, SubscriptionRepository
@@ -105,7 +105,11 @@ async def run_cycle(
         due = await SubscriptionRepository(session).due(now)
     for organization_id in due:
         async with database.unit_of_work() as session:
-            await service.close_period(session, organization_id, tax_rate=tax_rate, now=now)
+            invoice = await service.close_period(
+                session, organization_id, tax_rate=tax_rate, now=now
+            )
+            if invoice is not None:
+                await mails.invoice_issued(session, mailer, invoice)
         closed += 1
     collected = 0
     if gateway is not None:

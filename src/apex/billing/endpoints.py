@@ -106,6 +106,8 @@ async def plans() -> list[PlanOut]:
             tier=plan.tier.value,
             monthly_fee_usd=plan.base_fee_usd,
             savings_share=plan.savings_share,
+            analysed_tokens_per_million_usd=plan.analysed_tokens_per_million_usd,
+            agent_run_usd=plan.agent_run_usd,
             records_per_month=plan.records_per_month,
             agent_runs_per_day=plan.agent_runs_per_day,
             concurrent_agent_runs=plan.concurrent_agent_runs,

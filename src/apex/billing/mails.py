@@ -1,6 +1,7 @@
 """What billing tells an organisation's owners by mail, once the change is committed: a
-receipt when an invoice is paid, a notice when a payment is refused (with the next try),
-and a warning when the month's usage records reach 80% and 100% of the plan's quota."""
+renewal's invoice when it is issued, a receipt when an invoice is paid, a notice when a
+payment is refused (with the next try), and a warning when the month's usage records
+reach 80% and 100% of the plan's quota."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from apex.billing.models import Invoice
 from apex.billing.money import dollars
 from apex.billing.plans import Plan
+from apex.billing.repository import InvoiceRepository
 from apex.identity.models import Role
 from apex.identity.repository import MemberRepository
 from apex.kit.db import Database
@@ -27,6 +29,24 @@ async def _mail_owners(
     for membership, email in await MemberRepository(session, organization_id).all():
         if membership.role == Role.OWNER:
             send_after_commit(session, mailer, email, subject, text)
+
+
+async def invoice_issued(session: AsyncSession, mailer: Mailer | None, invoice: Invoice) -> None:
+    """A renewal's invoice, line by line, before it is charged."""
+    if mailer is None or invoice.total_cents <= 0:
+        return
+    lines = await InvoiceRepository(session).lines(invoice.id)
+    listed = "".join(f"- {line.description}: ${dollars(line.amount_cents):,}\n" for line in lines)
+    tax = f"- tax: ${dollars(invoice.tax_cents):,}\n" if invoice.tax_cents else ""
+    text = (
+        f"Apex invoice {invoice.number}, {invoice.period_start:%Y-%m-%d} to "
+        f"{invoice.period_end:%Y-%m-%d}: ${dollars(invoice.total_cents):,}.\n\n{listed}{tax}\n"
+        "It is charged to the card on file now; a receipt follows once it is paid.\n"
+        f"The invoice: GET /api/v1/billing/invoices/{invoice.id}/html\n"
+    )
+    await _mail_owners(
+        session, mailer, invoice.organization_id, f"Apex invoice {invoice.number}", text
+    )
 
 
 async def receipt(session: AsyncSession, mailer: Mailer | None, invoice: Invoice) -> None:

@@ -133,8 +133,8 @@ class InvoiceLine(RecordModel):
     kind: Mapped[str] = mapped_column(String(30))
     description: Mapped[str] = mapped_column(Text)
     amount_cents: Mapped[int] = mapped_column(BigInteger)
-    # Metered lines (usage, usage_adjustment): how many tokens, at what price a million, for
-    # which window of usage (whole UTC hours).
+    # Metered lines: how many tokens (usage, usage_adjustment: at a price a million) or runs
+    # (agent_runs: at a price each), for which window of usage (whole UTC hours).
     quantity: Mapped[int | None] = mapped_column(BigInteger)
     unit_price: Mapped[str | None] = mapped_column(String(20))
     usage_start: Mapped[datetime | None]

@@ -41,6 +41,8 @@ class Plan:
     # Metered: the tokens of the usage records Apex analyses (every category), billed for
     # each period in arrears from the first token (the base fee is the platform).
     analysed_tokens_per_million_usd: Decimal = Decimal(0)
+    # Metered: each agent run that finished with a report, billed in arrears.
+    agent_run_usd: Decimal = Decimal(0)
 
     @property
     def next_tier(self) -> Tier | None:
@@ -57,15 +59,17 @@ PLANS: dict[Tier, Plan] = {
     Tier.EARLY: Plan(
         Tier.EARLY, Decimal(99), Decimal("0.15"), 5_000_000, 100, 2, 1_000, 100, 5, 180,
         ALL_ANALYSES, 14, analysed_tokens_per_million_usd=Decimal("0.50"),
+        agent_run_usd=Decimal("0.20"),
     ),
     Tier.MID: Plan(
         Tier.MID, Decimal(499), Decimal("0.20"), 50_000_000, 1_000, 5, 10_000, 300, 25, 365,
         ALL_ANALYSES, 14, analysed_tokens_per_million_usd=Decimal("0.40"),
+        agent_run_usd=Decimal("0.15"),
     ),
     Tier.ENTERPRISE: Plan(
         Tier.ENTERPRISE, Decimal(2500), Decimal("0.10"), UNLIMITED, UNLIMITED, 20, UNLIMITED,
         1_000, UNLIMITED, 7 * 365, ALL_ANALYSES, 0,
-        analysed_tokens_per_million_usd=Decimal("0.25"),
+        analysed_tokens_per_million_usd=Decimal("0.25"), agent_run_usd=Decimal("0.10"),
     ),
 }  # fmt: skip
 

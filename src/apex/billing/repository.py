@@ -73,6 +73,9 @@ class SubscriptionEventRepository(Repository[SubscriptionEvent]):
         return (await self.session.scalars(statement)).all()
 
 
+TOKEN_LINES = ("usage", "usage_adjustment")  # the lines that bill analysed tokens
+
+
 @dataclass(frozen=True, slots=True)
 class MeteredWindow:
     window: Window
@@ -134,7 +137,8 @@ class InvoiceRepository(Repository[Invoice]):
                 func.sum(InvoiceLine.quantity), func.sum(InvoiceLine.amount_cents),
             )
             .join(Invoice, Invoice.id == InvoiceLine.invoice_id)
-            .where(Invoice.organization_id == organization_id, InvoiceLine.usage_start.is_not(None))
+            .where(Invoice.organization_id == organization_id,
+                   InvoiceLine.kind.in_(TOKEN_LINES), InvoiceLine.usage_start.is_not(None))
             .group_by(InvoiceLine.usage_start, InvoiceLine.usage_end, InvoiceLine.unit_price)
             .order_by(InvoiceLine.usage_start.desc())
             .limit(12)

@@ -13,6 +13,8 @@ class PlanOut(BaseModel):
     tier: str
     monthly_fee_usd: Decimal
     savings_share: Decimal
+    analysed_tokens_per_million_usd: Decimal
+    agent_run_usd: Decimal
     records_per_month: int | None
     agent_runs_per_day: int | None
     concurrent_agent_runs: int
@@ -48,13 +50,17 @@ class SubscriptionOut(BaseModel):
 
 class InvoiceLineOut(BaseModel):
     kind: str = Field(
-        description="base_fee, proration, usage (analysed tokens of the window, in arrears) or "
-        "usage_adjustment (tokens of an earlier window that arrived after it was invoiced)"
+        description="base_fee, proration, usage (analysed tokens of the window, in arrears), "
+        "usage_adjustment (tokens of an earlier window that arrived after it was invoiced), "
+        "agent_runs (runs that finished with a report in the window) or savings_share (the "
+        "plan's share of a verified finding's measured saving)"
     )
     description: str
     amount_usd: Decimal
-    quantity: int | None = Field(default=None, description="Tokens, for metered lines.")
-    unit_price_usd: Decimal | None = Field(default=None, description="A million tokens.")
+    quantity: int | None = Field(default=None, description="Tokens or runs, for metered lines.")
+    unit_price_usd: Decimal | None = Field(
+        default=None, description="A million tokens (usage lines), a run (agent_runs)."
+    )
     usage_start: datetime | None = None
     usage_end: datetime | None = None
 

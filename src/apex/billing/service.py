@@ -21,6 +21,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apex.agents.repository import RunRepository
 from apex.billing import mails
 from apex.billing.feed import publish_after_commit
 from apex.billing.models import (
@@ -400,7 +401,8 @@ def metered_cents(tokens: int, price_per_million: Decimal) -> int:
 async def _usage_lines(
     session: AsyncSession, organization_id: uuid.UUID, tier: str, window: Window
 ) -> list[Line]:
-    """The period's analysed tokens (read from the rollups), at the plan's price; then,
+    """The period's analysed tokens (read from the rollups), at the plan's price, and its
+    agent runs that finished with a report, at the plan's price each; then,
     for every earlier period billed before, the records that arrived after its invoice (an
     adjustment: what the period's tokens cost now minus what was billed for it)."""
     lines: list[Line] = []
@@ -410,6 +412,13 @@ async def _usage_lines(
         lines.append(Line(
             "usage", f"{tokens:,} analysed tokens, {_span(window)}, at ${price} a million",
             metered_cents(tokens, price), tokens, price, window,
+        ))  # fmt: skip
+    runs = await RunRepository(session).succeeded_between(organization_id, window.start, window.end)
+    run_price = plan_for(tier).agent_run_usd
+    if runs and run_price:
+        lines.append(Line(
+            "agent_runs", f"{runs:,} agent runs, {_span(window)}, at ${run_price} each",
+            half_up_cents(runs * run_price), runs, run_price, window,
         ))  # fmt: skip
     for billed in await InvoiceRepository(session).metered_windows(organization_id):
         if billed.window == window:

@@ -284,7 +284,9 @@ def test_free_to_paid_conversion_integration(
 def billing_cycle(
     database_url: str, redis_url: str, at: datetime, **settings: str
 ) -> subprocess.CompletedProcess[str]:
-    """`apex billing cycle --at AT`, a real process, as the operator (or the worker) runs it."""
+    """`apex billing cycle --at AT`, a real process, as the operator (or the worker) runs it,
+    mailing the session's SMTP server."""
+    settings = {"smtp_url": SharedMail.get().url, **settings}
     return run_apex(
         database_url, "billing", "cycle", "--at", at.isoformat(), redis_url=redis_url, **settings
     )
@@ -874,10 +876,10 @@ def test_verified_savings_billing_integration(
     assert client.post(f"{FINDINGS}/{legacy}/adopt", headers=auth).status_code == 409
 
     adopted = {}
-    for finding in (triage, tagger, classifier):
-        answer = client.post(f"{FINDINGS}/{finding}/adopt", headers=auth)
+    for chosen in (triage, tagger, classifier):
+        answer = client.post(f"{FINDINGS}/{chosen}/adopt", headers=auth)
         assert answer.status_code == 200, answer.text
-        adopted[finding] = answer.json()
+        adopted[chosen] = answer.json()
     assert client.post(f"{FINDINGS}/{triage}/adopt", headers=auth).status_code == 409
     baseline = adopted[triage]["baseline"]
     assert (baseline["priced_calls"], baseline["cost_per_call_usd"]) == (200, "0.004150")
@@ -928,6 +930,8 @@ def test_verified_savings_billing_integration(
     expected_cents = half_up(saving * EARLY_SAVINGS_SHARE * 100)
     assert expected_cents > 100  # the figures above make a visible line
 
+    mail = SharedMail.get()
+    before = mail.keys()
     for _ in range(2):  # a second cycle at the same moment bills nothing more
         renewed = billing_cycle(database_url, redis_server.url, period_end + timedelta(minutes=5),
                                 **payments.apex_settings())  # fmt: skip
@@ -939,6 +943,20 @@ def test_verified_savings_billing_integration(
     assert len(shares) == 1, detail["lines"]
     assert Decimal(shares[0]["amount_usd"]) * 100 == expected_cents, (shares, saving)
     assert "Move triage" in shares[0]["description"]
+    # The one run of the period, at Early's $0.20 a run.
+    runs = [(line["quantity"], line["amount_usd"]) for line in detail["lines"]
+            if line["kind"] == "agent_runs"]  # fmt: skip
+    assert runs == [(1, "0.20")], detail["lines"]
+    # The owner is mailed the invoice, line by line, when it is issued.
+    owner_email = client.get("/api/v1/users/me", headers=auth).json()["email"]
+    assert wait_until(
+        lambda: any(m["Subject"] == "Apex invoice 2" for _, m in mail.mails_since(before)), 30
+    )
+    (issued,) = [m for _, m in mail.mails_since(before) if m["Subject"] == "Apex invoice 2"]
+    assert issued["To"] == owner_email
+    text = mail_text(issued)
+    assert f"${Decimal(invoices[0]['total_usd']):,}." in text, text
+    assert f"{shares[0]['description']}: ${shares[0]['amount_usd']}" in text, text
     billed = finding(triage)["savings"]
     assert [(Decimal(s["saving_usd"]), s["invoice_id"], s["calls"]) for s in billed] == [
         (saving, invoices[0]["id"], 3050)

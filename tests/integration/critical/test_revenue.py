@@ -931,7 +931,7 @@ def test_verified_savings_billing_integration(
     assert expected_cents > 100  # the figures above make a visible line
 
     mail = SharedMail.get()
-    before = mail.keys()
+    seen_mail = mail.keys()
     for _ in range(2):  # a second cycle at the same moment bills nothing more
         renewed = billing_cycle(database_url, redis_server.url, period_end + timedelta(minutes=5),
                                 **payments.apex_settings())  # fmt: skip
@@ -950,9 +950,9 @@ def test_verified_savings_billing_integration(
     # The owner is mailed the invoice, line by line, when it is issued.
     owner_email = client.get("/api/v1/users/me", headers=auth).json()["email"]
     assert wait_until(
-        lambda: any(m["Subject"] == "Apex invoice 2" for _, m in mail.mails_since(before)), 30
+        lambda: any(m["Subject"] == "Apex invoice 2" for _, m in mail.mails_since(seen_mail)), 30
     )
-    (issued,) = [m for _, m in mail.mails_since(before) if m["Subject"] == "Apex invoice 2"]
+    (issued,) = [m for _, m in mail.mails_since(seen_mail) if m["Subject"] == "Apex invoice 2"]
     assert issued["To"] == owner_email
     text = mail_text(issued)
     assert f"${Decimal(invoices[0]['total_usd']):,}." in text, text

@@ -10,6 +10,7 @@ from apex.billing.models import (
     Invoice,
     InvoiceLine,
     Payment,
+    Refund,
     Subscription,
     SubscriptionEvent,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "Payment",
     "PriceOverride",
     "RefreshToken",
+    "Refund",
     "SavingsMeasurement",
     "SigningKey",
     "Subscription",

@@ -20,7 +20,8 @@ t=..,v1=..` (HMAC-SHA256 of `t.body`), retried until a 2xx (at least once); `/_s
 make it deliver copies and shuffle the order.
 
 Test controls: POST /_configure {webhook_url, webhook_secret, api_key}; POST /_script
-{delay_after_charge: s (the next charge is made, then answered late), copies: n,
+{delay_after_charge / delay_after_refund: s (the next charge or refund is made, then answered
+late), copies: n,
 shuffle: bool}; POST /_customers/{id}/card {number} (the customer changes their card on the
 gateway's page); POST /_intents/{id}/authenticate (the cardholder passes 3-D Secure);
 GET /_ledger (every charge made); GET /_events; GET /_requests.
@@ -300,11 +301,18 @@ class Gateway:
         intent = self.intents.get(params.get("payment_intent", ""))
         if intent is None or intent["status"] != "succeeded":
             return self.found(None, "payment_intent")
-        amount = int(params.get("amount", intent["amount"]))
+        refunded = sum(r["amount"] for r in self.refunds.values()
+                       if r["payment_intent"] == intent["id"])  # fmt: skip
+        amount = int(params.get("amount", intent["amount"] - refunded))
+        if amount > intent["amount"] - refunded:  # as Stripe answers it
+            code = "charge_already_refunded" if refunded >= intent["amount"] else "amount_too_large"
+            return 400, {"error": {"type": "invalid_request_error", "code": code,
+                                   "message": "The refund exceeds what is left."}}, 0  # fmt: skip
         refund = {"id": self.new_id("re"), "object": "refund", "payment_intent": intent["id"],
-                  "amount": amount, "status": "succeeded"}  # fmt: skip
+                  "amount": amount, "status": "succeeded", "failure_reason": None,
+                  "metadata": params.get("metadata", {})}  # fmt: skip
         self.refunds[refund["id"]] = refund
-        return 200, refund, 0
+        return 200, refund, float(self.script.pop("delay_after_refund", 0))
 
     # --- the hosted page --------------------------------------------------------------------
     async def page(self, request: Request) -> Response:

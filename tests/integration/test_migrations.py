@@ -51,6 +51,7 @@ CORE_TABLES = {
     "gateway_events",
     "findings",
     "savings_measurements",
+    "refunds",
 }
 
 

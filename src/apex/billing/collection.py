@@ -20,7 +20,7 @@ from decimal import Decimal
 import structlog
 
 from apex.billing import mails, service
-from apex.billing.gateway import Charge, PaymentGateway
+from apex.billing.gateway import Charge, PaymentGateway, metadata_for
 from apex.billing.models import Payment
 from apex.billing.repository import InvoiceRepository, SubscriptionRepository
 from apex.findings import service as findings
@@ -57,11 +57,9 @@ async def collect(
             attempt.amount_cents,
             attempt.currency,
             idempotency_key=attempt.idempotency_key,
-            metadata={
-                "organization_id": str(attempt.organization_id),
-                "invoice_id": str(attempt.invoice_id),
-                "idempotency_key": attempt.idempotency_key,
-            },
+            metadata=metadata_for(
+                attempt.organization_id, attempt.invoice_id, attempt.idempotency_key
+            ),
         )
     failpoints.kill("billing.crash_after_charge")
     async with database.unit_of_work() as session:

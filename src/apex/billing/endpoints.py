@@ -18,15 +18,16 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from apex.billing import analytics, collection, service, webhooks
+from apex.billing import analytics, collection, refunds, service, webhooks
 from apex.billing.gateway import BadSignature, GatewayUnavailable, PaymentGateway, verify_signature
-from apex.billing.invoices import invoice_html, invoice_out
-from apex.billing.models import PaymentStatus, Subscription
-from apex.billing.money import dollars
+from apex.billing.invoices import invoice_html, invoice_out, refund_out
+from apex.billing.models import PaymentStatus, RefundStatus, Subscription
+from apex.billing.money import dollars, to_cents
 from apex.billing.plans import PLANS
 from apex.billing.repository import (
     InvoiceRepository,
     PaymentRepository,
+    RefundRepository,
     SubscriptionEventRepository,
 )
 from apex.billing.schemas import (
@@ -35,6 +36,8 @@ from apex.billing.schemas import (
     MovementsOut,
     PlanChangeOut,
     PlanOut,
+    RefundIn,
+    RefundOut,
     RevenueOut,
     SubscriptionEventOut,
     SubscriptionOut,
@@ -48,6 +51,7 @@ from apex.kit.clock import UtcInstant
 from apex.kit.db import Database, SessionDep
 from apex.kit.errors import (
     BadRequest,
+    Conflict,
     NotFound,
     PaymentFailed,
     ServiceUnavailable,
@@ -241,6 +245,7 @@ async def _invoice_in(
         invoice,
         await repository.lines(invoice.id),
         await PaymentRepository(session).of_invoice(invoice.id),
+        await RefundRepository(session).of_invoice(invoice.id),
     )
 
 
@@ -357,3 +362,23 @@ async def revenue(
         trials_started=metrics.trials_started, trials_converted=metrics.trials_converted,
         trial_conversion_rate=metrics.conversion_rate,
     )  # fmt: skip
+
+
+@operator_router.post("/invoices/{invoice_id}/refunds", status_code=201, response_model=RefundOut)
+async def refund_invoice(
+    invoice_id: uuid.UUID, body: RefundIn, request: Request, operator: CurrentOperator
+) -> RefundOut:
+    """Give money back on a paid invoice of any organisation (operators only): the amount,
+    or what is left. Sent to the gateway with a key derived from the invoice; a request
+    repeated after a timeout (503) completes the same refund, never a second one."""
+    amount = None if body.amount_usd is None else to_cents(body.amount_usd)
+    stored = await refunds.refund(
+        request.app.state.database, _gateway(request), invoice_id, amount, body.reason,
+        operator.user_id,
+    )  # fmt: skip
+    if stored.status == RefundStatus.FAILED:
+        raise Conflict(
+            f"The gateway refused the refund ({stored.failure_code or 'no reason given'}).",
+            refund_id=str(stored.id),
+        )
+    return refund_out(stored)

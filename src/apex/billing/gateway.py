@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -50,6 +51,20 @@ class Charge:
     message: str | None = None
 
 
+def metadata_for(organization_id: uuid.UUID, invoice_id: uuid.UUID, key: str) -> dict[str, str]:
+    """What every charge and refund carries at the gateway: whose, for which invoice, and
+    the idempotency key (so the gateway's dashboard leads back to Apex's rows)."""
+    return {"organization_id": str(organization_id), "invoice_id": str(invoice_id),
+            "idempotency_key": key}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Refunded:
+    id: str | None
+    status: str  # succeeded | failed (pending at the gateway counts as succeeded: it was accepted)
+    failure_code: str | None = None
+
+
 class PaymentGateway(Protocol):
     async def customer(self, organization_id: str, email: str, name: str) -> str: ...
 
@@ -66,6 +81,10 @@ class PaymentGateway(Protocol):
         idempotency_key: str,
         metadata: dict[str, str],
     ) -> Charge: ...
+
+    async def refund(
+        self, payment_id: str, amount_cents: int, *, idempotency_key: str, metadata: dict[str, str]
+    ) -> Refunded: ...
 
 
 class StripeGateway:
@@ -156,6 +175,23 @@ class StripeGateway:
         if status not in {"succeeded", "requires_action"}:
             return Charge(intent.id, "failed", intent.status, None)
         return Charge(intent.id, status)
+
+    async def refund(
+        self, payment_id: str, amount_cents: int, *, idempotency_key: str, metadata: dict[str, str]
+    ) -> Refunded:
+        import stripe
+
+        try:
+            refund = await self.client.v1.refunds.create_async(
+                {"payment_intent": payment_id, "amount": amount_cents, "metadata": metadata},
+                {"idempotency_key": idempotency_key},
+            )
+        except stripe.InvalidRequestError as exc:  # refused (already refunded, too much)
+            return Refunded(None, "failed", exc.code or "invalid_request")
+        except stripe.StripeError as exc:
+            raise _unavailable(exc) from exc
+        failed = refund.status in ("failed", "canceled")
+        return Refunded(str(refund.id), "failed" if failed else "succeeded", refund.failure_reason)
 
 
 def _refused(exc: stripe.CardError) -> Charge:

@@ -6,14 +6,31 @@ from collections.abc import Sequence
 from decimal import Decimal
 from html import escape
 
-from apex.billing.models import Invoice, InvoiceLine, Payment
+from apex.billing.models import Invoice, InvoiceLine, Payment, Refund, RefundStatus
 from apex.billing.money import dollars
-from apex.billing.schemas import InvoiceLineOut, InvoiceOut, PaymentOut
+from apex.billing.schemas import InvoiceLineOut, InvoiceOut, PaymentOut, RefundOut
+
+
+def refund_out(refund: Refund) -> RefundOut:
+    return RefundOut(
+        id=refund.id,
+        invoice_id=refund.invoice_id,
+        number=refund.number,
+        amount_usd=dollars(refund.amount_cents),
+        reason=refund.reason,
+        status=refund.status,
+        failure_code=refund.failure_code,
+        created_at=refund.created_at,
+    )
 
 
 def invoice_out(
-    invoice: Invoice, lines: Sequence[InvoiceLine] = (), payments: Sequence[Payment] = ()
+    invoice: Invoice,
+    lines: Sequence[InvoiceLine] = (),
+    payments: Sequence[Payment] = (),
+    refunds: Sequence[Refund] = (),
 ) -> InvoiceOut:
+    refunded = sum(r.amount_cents for r in refunds if r.status == RefundStatus.SUCCEEDED)
     return InvoiceOut(
         id=invoice.id,
         number=invoice.number,
@@ -51,6 +68,8 @@ def invoice_out(
             )
             for payment in payments
         ],
+        refunded_usd=dollars(refunded),
+        refunds=[refund_out(refund) for refund in refunds],
     )
 
 

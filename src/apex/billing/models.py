@@ -173,6 +173,42 @@ class Payment(RecordModel):
     failure_code: Mapped[str | None] = mapped_column(String(100))
 
 
+class RefundStatus(enum.StrEnum):
+    PENDING = "pending"  # stored before the gateway is called; its outcome unknown
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Refund(RecordModel):
+    """Money given back on a paid invoice, by an operator. Stored (pending, with its
+    idempotency key) before the gateway is called, like a payment: a retry after a crash
+    sends the same key and the gateway refunds at most once."""
+
+    __tablename__ = "refunds"
+    __table_args__ = (
+        CheckConstraint(enum_check("status", RefundStatus), name="status"),
+        UniqueConstraint("invoice_id", "number"),
+    )
+
+    invoice_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("invoices.id", ondelete="CASCADE"), index=True
+    )
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    number: Mapped[int] = mapped_column(comment="1, 2, ... per invoice.")
+    idempotency_key: Mapped[str] = mapped_column(String(100), unique=True)
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20))
+    gateway_payment_id: Mapped[str] = mapped_column(String(100))
+    gateway_refund_id: Mapped[str | None] = mapped_column(String(100))
+    failure_code: Mapped[str | None] = mapped_column(String(100))
+    requested_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+
+
 class GatewayEvent(RecordModel):
     """A webhook event from the payment gateway, stored once by its id: a redelivery finds
     it and changes nothing."""

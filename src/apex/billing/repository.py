@@ -20,6 +20,7 @@ from apex.billing.models import (
     InvoiceStatus,
     Payment,
     PaymentStatus,
+    Refund,
     Subscription,
     SubscriptionEvent,
     SubscriptionStatus,
@@ -200,3 +201,11 @@ class GatewayEventRepository(Repository[GatewayEvent]):
             .returning(GatewayEvent.gateway_event_id)
         )
         return (await self.session.scalar(statement)) is not None
+
+
+class RefundRepository(Repository[Refund]):
+    model = Refund
+
+    async def of_invoice(self, invoice_id: uuid.UUID) -> Sequence[Refund]:
+        statement = select(Refund).where(Refund.invoice_id == invoice_id).order_by(Refund.number)
+        return (await self.session.scalars(statement)).all()

@@ -73,6 +73,29 @@ class PaymentOut(BaseModel):
     created_at: datetime
 
 
+class RefundIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount_usd: Decimal | None = Field(
+        default=None, gt=0, max_digits=12, decimal_places=2,
+        description="Default: what is left of the invoice.",
+    )  # fmt: skip
+    reason: str = Field(min_length=1, max_length=500, description="Kept with the refund.")
+
+
+class RefundOut(BaseModel):
+    id: uuid.UUID
+    invoice_id: uuid.UUID
+    number: int
+    amount_usd: Decimal
+    reason: str
+    status: str = Field(
+        description="pending (the gateway did not answer: repeat), succeeded, failed"
+    )
+    failure_code: str | None
+    created_at: datetime
+
+
 class InvoiceOut(BaseModel):
     id: uuid.UUID
     number: int
@@ -90,6 +113,8 @@ class InvoiceOut(BaseModel):
     next_attempt_at: datetime | None
     lines: list[InvoiceLineOut] = []
     payments: list[PaymentOut] = []
+    refunded_usd: Decimal = Decimal(0)
+    refunds: list[RefundOut] = []
 
 
 class PlanChangeOut(BaseModel):

@@ -71,7 +71,7 @@ async def list_findings(
         FindingStatus | None, Query(description="Only findings in this state.")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[FindingOut]:
     """The organisation's findings, newest run first, in report order."""
     found = await FindingRepository(session).of_organization(

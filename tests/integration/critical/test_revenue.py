@@ -964,3 +964,70 @@ def test_verified_savings_billing_integration(
     assert finding(tagger)["savings"] == []
     assert finding(classifier)["savings"] == []
     client.close()
+
+
+def test_refund_integration(
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+    start_worker: Callable[..., ApexWorker],
+    payments: PaymentsServer,
+) -> None:
+    """An operator refunds part of a paid $99.00 invoice, then the rest after the gateway's
+    answer was lost (a timeout: the retry sends the same key, the gateway refunds once).
+    Nothing beyond what was paid; owners cannot refund; a refused refund says why."""
+    operator_email = f"operator-{uuid.uuid4().hex[:8]}@example.test"
+    settings = {**payments.apex_settings(), "operator_emails": operator_email,
+                "stripe_timeout_seconds": "1", "stripe_network_retries": "0"}  # fmt: skip
+    server = start_apex(database_url, redis_server.url, **settings)
+    start_worker(database_url, redis_server.url, **payments.apex_settings())
+    payments.send_webhooks_to(server.base_url + WEBHOOK)
+    client = server.client(timeout=30)
+    owner = bearer(signup(client))
+    operator = bearer(signup(client, email=operator_email))
+    checkout = client.post(f"{BILLING}/checkout", headers=owner, json={"tier": "early"})
+    assert payments.pay_checkout(checkout.json()["url"], SUCCESS).status_code == 303
+
+    def paid() -> list[str]:
+        found = client.get(f"{BILLING}/invoices", headers=owner).json()
+        return [i["id"] for i in found if i["status"] == "paid"]
+
+    assert wait_until(lambda: paid() != [], 30)
+    (invoice,) = paid()
+    refunds = f"/api/v1/operator/invoices/{invoice}/refunds"
+    (charge,) = [c for c in payments.ledger()["charges"] if c["status"] == "succeeded"
+                 and c["metadata"]["invoice_id"] == invoice]  # fmt: skip
+
+    def gateway_refunds() -> list[tuple[str, int]]:
+        return [(r["payment_intent"], r["amount"]) for r in payments.ledger()["refunds"]
+                if r["payment_intent"] == charge["id"]]  # fmt: skip
+
+    assert client.post(refunds, headers=owner, json={"reason": "x"}).status_code == 403
+    too_much = client.post(refunds, headers=operator,
+                           json={"amount_usd": "99.01", "reason": "goodwill"})  # fmt: skip
+    assert too_much.status_code == 422, too_much.text
+    assert too_much.json()["errors"][0]["field"] == "amount_usd"
+    part = client.post(refunds, headers=operator, json={"amount_usd": "30.00", "reason": "outage"})
+    assert part.status_code == 201, part.text
+    assert (part.json()["status"], part.json()["amount_usd"]) == ("succeeded", "30.00")
+    assert gateway_refunds() == [(charge["id"], 3_000)]
+
+    # The gateway refunds the rest but its answer comes after Apex gave up: 503, pending.
+    payments.script(delay_after_refund=3)
+    lost = client.post(refunds, headers=operator, json={"reason": "cancelled in week one"})
+    assert lost.status_code == 503, lost.text
+    assert gateway_refunds() == [(charge["id"], 3_000), (charge["id"], 6_900)]
+    detail = client.get(f"{BILLING}/invoices/{invoice}", headers=owner).json()
+    assert [(r["amount_usd"], r["status"]) for r in detail["refunds"]] == [
+        ("30.00", "succeeded"), ("69.00", "pending"),
+    ]  # fmt: skip
+    # Asking again completes that refund (same key): no third refund at the gateway.
+    again = client.post(refunds, headers=operator, json={"reason": "cancelled in week one"})
+    assert again.status_code == 201, again.text
+    assert (again.json()["status"], again.json()["number"]) == ("succeeded", 2)
+    assert gateway_refunds() == [(charge["id"], 3_000), (charge["id"], 6_900)]
+    detail = client.get(f"{BILLING}/invoices/{invoice}", headers=owner).json()
+    assert (detail["refunded_usd"], detail["total_usd"]) == ("99.00", "99.00")
+    done = client.post(refunds, headers=operator, json={"reason": "again"})
+    assert done.status_code == 409, done.text
+    client.close()

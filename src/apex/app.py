@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from redis.asyncio import Redis
 from sqlalchemy import text
+from starlette.types import ASGIApp
 
 from apex import __version__
 from apex.agents import endpoints as agent_endpoints
@@ -320,6 +321,17 @@ def create_app(
     return app
 
 
-def create_app_from_env() -> FastAPI:
-    """Factory for `uvicorn --factory` (each worker process reads the environment)."""
-    return create_app(load_settings())
+def create_app_from_env() -> ASGIApp:
+    """Factory for `uvicorn --factory` (each worker process reads the environment); with
+    the demo checkout's gateway beside the app when the settings turn it on."""
+    settings = load_settings()
+    app = create_app(settings)
+    if not settings.payments_sandbox or settings.stripe_webhook_secret is None:
+        return app
+    from apex.billing.sandbox import with_sandbox
+
+    secret = settings.stripe_webhook_secret.get_secret_value()
+    return with_sandbox(
+        app, public_url=settings.public_url, loopback_url=settings.loopback_url,
+        webhook_secret=secret,
+    )  # fmt: skip

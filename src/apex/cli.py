@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -85,6 +86,10 @@ def serve(
     """Run the HTTP and WebSocket server."""
     import uvicorn
 
+    # The app (built in each worker from the environment) knows where it listens.
+    for name, value in (("HOST", host), ("PORT", port), ("WORKERS", workers)):
+        if value is not None:
+            os.environ[f"APEX_{name}"] = str(value)
     settings = _settings()
     uvicorn.run(
         "apex.app:create_app_from_env",

@@ -28,6 +28,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+# The demo checkout's gateway (apex.billing.sandbox), served by Apex itself.
+SANDBOX_PATH = "/sandbox/payments"
+SANDBOX_API_KEY = "sk_test_apex_sandbox"
 ENV_PREFIX = "APEX_"
 
 _DRIVERS = {
@@ -257,6 +260,12 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr | None = Field(
         default=None, description="The secret the gateway signs its webhooks with (whsec_...)."
     )
+    payments_sandbox: bool | None = Field(
+        default=None,
+        description="Serve a local gateway speaking Stripe's API under /sandbox/payments and "
+        "pay through it (test cards, nothing charged): the demo checkout. Default: on for the "
+        "embedded default without APEX_STRIPE_API_KEY; refused in production.",
+    )
     stripe_timeout_seconds: float = Field(default=20.0, gt=0, le=120)
     stripe_network_retries: int = Field(
         default=2,
@@ -279,7 +288,8 @@ class Settings(BaseSettings):
     )
     public_url: str = Field(
         default="http://127.0.0.1:8000",
-        description="Where people reach Apex (the checkout returns them there).",
+        description="Where people reach Apex (the checkout returns them there). Default: "
+        "this server's own address (APEX_HOST, APEX_PORT).",
     )
 
     # --- server and operations ------------------------------------------------------------
@@ -412,6 +422,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "APEX_FAILPOINTS are for tests and refused when APEX_ENVIRONMENT=production"
             )
+        if "public_url" not in self.model_fields_set:
+            host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+            object.__setattr__(self, "public_url", f"http://{host}:{self.port}")
+        self._resolve_payments_sandbox()
         if self.queue_redelivery_seconds <= self.agent_step_timeout_seconds:
             raise ValueError(
                 "APEX_QUEUE_REDELIVERY_SECONDS must be longer than "
@@ -420,7 +434,40 @@ class Settings(BaseSettings):
             )
         return self
 
+    def _resolve_payments_sandbox(self) -> None:
+        """The demo checkout: on by default for the embedded default without a real gateway;
+        it then *is* the gateway (its address, key and webhook secret)."""
+        sandbox = self.payments_sandbox
+        if sandbox is None:
+            sandbox = (
+                self.database_url is None
+                and self.stripe_api_key is None
+                and self.environment == "development"
+            )
+        if sandbox and self.environment == "production":
+            raise ValueError("APEX_PAYMENTS_SANDBOX is a rehearsal, refused in production")
+        if sandbox and self.stripe_api_key is not None:
+            raise ValueError("APEX_PAYMENTS_SANDBOX and APEX_STRIPE_API_KEY exclude each other")
+        if sandbox and self.workers > 1:
+            raise ValueError("APEX_PAYMENTS_SANDBOX keeps its state in one process: APEX_WORKERS=1")
+        resolved: dict[str, Any] = {"payments_sandbox": sandbox}
+        if sandbox:
+            secret = self.stripe_webhook_secret or SecretStr(f"whsec_{secrets.token_hex(16)}")
+            resolved |= {
+                "stripe_api_key": SecretStr(SANDBOX_API_KEY),
+                # Apex calls it on its own loopback address, whatever the public one.
+                "stripe_api_base": f"{self.loopback_url}{SANDBOX_PATH}",
+                "stripe_webhook_secret": secret,
+            }
+        for name, value in resolved.items():  # the model is frozen once validated
+            object.__setattr__(self, name, value)
+
     # --- derived --------------------------------------------------------------------------
+    @property
+    def loopback_url(self) -> str:
+        """This server, as a process on the same machine reaches it."""
+        return f"http://127.0.0.1:{self.port}"
+
     @property
     def effective_database_url(self) -> str:
         if self.database_url is not None:

@@ -1,4 +1,5 @@
-"""Start the local payment gateway (tests/harness/payments_server.py) as a process."""
+"""Start the local payment gateway (`apex.billing.sandbox`, through
+tests/harness/payments_server.py) as a process of its own."""
 
 from __future__ import annotations
 

@@ -188,7 +188,7 @@ def start_apex() -> Iterator[Callable[..., ApexServer]]:
 
 @pytest.fixture
 def payments() -> Iterator[PaymentsServer]:
-    """A local payment gateway speaking Stripe's API (tests/harness/payments_server.py)."""
+    """A local payment gateway speaking Stripe's API (`apex.billing.sandbox`, a process)."""
     server = PaymentsServer().start()
     yield server
     server.stop()

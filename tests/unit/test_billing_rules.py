@@ -101,3 +101,11 @@ def test_revenue_movements_add_up_to_the_change_in_mrr() -> None:
     net = moved.new + moved.reactivation + moved.expansion - moved.contraction - moved.churn
     assert net == metrics.mrr_end_cents - metrics.mrr_start_cents
     assert (metrics.trials_started, metrics.trials_converted, metrics.paying_accounts) == (1, 1, 3)
+
+
+def test_an_unknown_catalogue_version_is_refused_by_name() -> None:
+    from apex.billing.plans import CATALOGUE_VERSION, plan_for
+
+    assert plan_for("mid", CATALOGUE_VERSION).base_fee_usd == Decimal(499)  # the price list
+    with pytest.raises(ValueError, match="unknown catalogue version '1999-01-01'"):
+        plan_for("mid", "1999-01-01")

@@ -23,7 +23,7 @@ from apex.billing.gateway import BadSignature, GatewayUnavailable, PaymentGatewa
 from apex.billing.invoices import invoice_html, invoice_out, refund_out
 from apex.billing.models import PaymentStatus, RefundStatus, Subscription
 from apex.billing.money import dollars, to_cents
-from apex.billing.plans import PLANS
+from apex.billing.plans import CATALOGUE_VERSION, PLANS
 from apex.billing.repository import (
     InvoiceRepository,
     PaymentRepository,
@@ -82,6 +82,7 @@ def _subscription_out(
             organization_id=organization_id, tier=tier, status="none", period_start=None,
             period_end=None, scheduled_tier=None, cancel_at_period_end=False, card_on_file=False,
             monthly_fee_usd=dollars(service.monthly_cents(tier)),
+            catalogue_version=CATALOGUE_VERSION,
         )  # fmt: skip
     return SubscriptionOut(
         organization_id=organization_id,
@@ -92,7 +93,10 @@ def _subscription_out(
         scheduled_tier=subscription.scheduled_tier,
         cancel_at_period_end=subscription.cancel_at_period_end,
         card_on_file=subscription.gateway_customer_id is not None,
-        monthly_fee_usd=dollars(service.monthly_cents(subscription.tier)),
+        monthly_fee_usd=dollars(
+            service.monthly_cents(subscription.tier, subscription.catalogue_version)
+        ),
+        catalogue_version=subscription.catalogue_version,
     )
 
 
@@ -109,6 +113,7 @@ async def plans() -> list[PlanOut]:
         PlanOut(
             tier=plan.tier.value,
             monthly_fee_usd=plan.base_fee_usd,
+            catalogue_version=CATALOGUE_VERSION,
             savings_share=plan.savings_share,
             analysed_tokens_per_million_usd=plan.analysed_tokens_per_million_usd,
             agent_run_usd=plan.agent_run_usd,

@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from apex.billing.plans import CATALOGUE_VERSION
 from apex.kit.models import RecordModel, enum_check
 
 
@@ -50,6 +51,12 @@ class Subscription(RecordModel):
     )
     cancel_at_period_end: Mapped[bool] = mapped_column(default=False)
     gateway_customer_id: Mapped[str | None] = mapped_column(String(100))
+    catalogue_version: Mapped[str] = mapped_column(
+        String(20),
+        default=CATALOGUE_VERSION,
+        server_default=CATALOGUE_VERSION,
+        comment="The plan catalogue its prices come from (apex.billing.plans.CATALOGUES).",
+    )
     checkout_at: Mapped[datetime | None] = mapped_column(
         comment="When the gateway completed the checkout last applied (older ones are not)."
     )

@@ -74,8 +74,20 @@ PLANS: dict[Tier, Plan] = {
 }  # fmt: skip
 
 
-def plan_for(tier: str) -> Plan:
-    return PLANS[Tier(tier)]
+# The catalogue on sale. A published catalogue is never edited: a price change is a new
+# version added below, and a subscription keeps the prices of the version it was bought
+# under (`subscriptions.catalogue_version`) until it changes plan or starts again.
+CATALOGUE_VERSION = "2026-11-26"
+CATALOGUES: dict[str, dict[Tier, Plan]] = {CATALOGUE_VERSION: PLANS}
+
+
+def plan_for(tier: str, version: str | None = None) -> Plan:
+    """The plan of `tier` in the catalogue `version` (default: the one on sale)."""
+    try:
+        catalogue = CATALOGUES[version or CATALOGUE_VERSION]
+    except KeyError:
+        raise ValueError(f"unknown catalogue version {version!r}") from None
+    return catalogue[Tier(tier)]
 
 
 def upgrade_for_findings(plan: Plan) -> Plan | None:

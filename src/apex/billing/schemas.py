@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class PlanOut(BaseModel):
     tier: str
+    catalogue_version: str = Field(description="The catalogue on sale (its prices never change).")
     monthly_fee_usd: Decimal
     savings_share: Decimal
     analysed_tokens_per_million_usd: Decimal
@@ -45,7 +46,10 @@ class SubscriptionOut(BaseModel):
     scheduled_tier: str | None
     cancel_at_period_end: bool
     card_on_file: bool
-    monthly_fee_usd: Decimal
+    monthly_fee_usd: Decimal = Field(description="At the prices of its catalogue_version.")
+    catalogue_version: str = Field(
+        description="The catalogue it was bought under: kept until the plan changes."
+    )
 
 
 class InvoiceLineOut(BaseModel):

@@ -44,7 +44,7 @@ from apex.billing.money import (
     tax_cents,
     to_cents,
 )
-from apex.billing.plans import PLANS, plan_for
+from apex.billing.plans import CATALOGUE_VERSION, PLANS, plan_for
 from apex.billing.repository import (
     InvoiceRepository,
     PaymentRepository,
@@ -69,14 +69,14 @@ DUNNING_RETRY_DAYS = (1, 3, 5)
 PAYING = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE)
 
 
-def monthly_cents(tier: str) -> int:
-    return to_cents(plan_for(tier).base_fee_usd)
+def monthly_cents(tier: str, version: str | None = None) -> int:
+    return to_cents(plan_for(tier, version).base_fee_usd)
 
 
-def mrr_cents(tier: str, status: str) -> int:
+def mrr_cents(tier: str, status: str, version: str | None = None) -> int:
     """What the subscription brings in a month: its base fee while paying (a trial or a
     canceled subscription brings nothing)."""
-    return monthly_cents(tier) if status in PAYING else 0
+    return monthly_cents(tier, version) if status in PAYING else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +87,11 @@ class Line:
     quantity: int | None = None
     unit_price: Decimal | None = None
     usage: Window | None = None
+
+
+def _monthly(subscription: Subscription) -> int:
+    """The subscription's base fee, at the prices of the catalogue it was bought under."""
+    return monthly_cents(subscription.tier, subscription.catalogue_version)
 
 
 async def subscription_of(session: AsyncSession, organization_id: uuid.UUID) -> Subscription | None:
@@ -116,6 +121,7 @@ async def _record(
     from_tier: str,
     from_status: str,
     now: datetime,
+    from_version: str | None = None,
 ) -> None:
     event = SubscriptionEvent(
         organization_id=subscription.organization_id,
@@ -123,8 +129,12 @@ async def _record(
         from_tier=from_tier,
         to_tier=subscription.tier,
         status=subscription.status,
-        mrr_before_cents=mrr_cents(from_tier, from_status),
-        mrr_after_cents=mrr_cents(subscription.tier, subscription.status),
+        mrr_before_cents=mrr_cents(
+            from_tier, from_status, from_version or subscription.catalogue_version
+        ),
+        mrr_after_cents=mrr_cents(
+            subscription.tier, subscription.status, subscription.catalogue_version
+        ),
         occurred_at=now,
     )
     await SubscriptionEventRepository(session).add(event)
@@ -186,10 +196,10 @@ async def issue_invoice(
     return invoice
 
 
-def _base_fee(tier: str, start: datetime, end: datetime) -> Line:
+def _base_fee(tier: str, start: datetime, end: datetime, version: str | None = None) -> Line:
     name = tier.capitalize()
     span = f"{start:%Y-%m-%d} to {end:%Y-%m-%d}"
-    return Line("base_fee", f"{name} plan, {span}", monthly_cents(tier))
+    return Line("base_fee", f"{name} plan, {span}", monthly_cents(tier, version))
 
 
 def paid_tier(tier: str) -> str:
@@ -219,6 +229,7 @@ async def start_trial(
         organization_id=organization_id,
         tier=plan.tier.value,
         status=SubscriptionStatus.TRIALING,
+        catalogue_version=CATALOGUE_VERSION,
         period_start=now,
         period_end=now + timedelta(days=plan.trial_days),
     )
@@ -253,17 +264,19 @@ async def complete_checkout(
         subscription.checkout_at = completed_at
     if subscription is not None and subscription.status in PAYING:
         subscription.gateway_customer_id = customer_id
-        if monthly_cents(tier) > monthly_cents(subscription.tier):
+        if monthly_cents(tier) > _monthly(subscription):
             return await _upgrade(session, subscription, tier, tax_rate=tax_rate, now=now)
         return None  # the card is updated; a lower plan goes through change_plan
     from_tier = subscription.tier if subscription else Tier.FREE.value
     from_status = subscription.status if subscription else SubscriptionStatus.CANCELED.value
+    from_version = subscription.catalogue_version if subscription else None
     end = add_month(now)
     if subscription is None:
         subscription = Subscription(organization_id=organization_id, checkout_at=completed_at)
         session.add(subscription)
     subscription.tier = tier
     subscription.status = SubscriptionStatus.ACTIVE
+    subscription.catalogue_version = CATALOGUE_VERSION  # a new start: today's prices
     subscription.period_start, subscription.period_end = now, end
     subscription.scheduled_tier = None
     subscription.cancel_at_period_end = False
@@ -271,7 +284,7 @@ async def complete_checkout(
     await session.flush()
     await _record(
         session, subscription, SubscriptionEventKind.SUBSCRIBED,
-        from_tier=from_tier, from_status=from_status, now=now,
+        from_tier=from_tier, from_status=from_status, now=now, from_version=from_version,
     )  # fmt: skip
     return await issue_invoice(
         session, organization_id, "subscription_create", [_base_fee(tier, now, end)],
@@ -285,22 +298,23 @@ async def _upgrade(
 ) -> Invoice:  # fmt: skip
     """The new plan from now: the unused time on the old plan is credited and the rest of
     the period on the new one charged, each prorated by the second."""
-    old = subscription.tier
+    old, old_version = subscription.tier, subscription.catalogue_version
     start, end = subscription.period_start, subscription.period_end
     remaining, period = end - now, end - start
     lines = [
         Line("proration", f"Unused time on {old.capitalize()} after {now:%Y-%m-%d %H:%M} UTC",
-             -prorated_cents(monthly_cents(old), remaining, period)),
+             -prorated_cents(monthly_cents(old, old_version), remaining, period)),
         Line("proration", f"Remaining time on {tier.capitalize()} until {end:%Y-%m-%d}",
              prorated_cents(monthly_cents(tier), remaining, period)),
     ]  # fmt: skip
     status = subscription.status
     subscription.tier = tier
+    subscription.catalogue_version = CATALOGUE_VERSION  # a plan change takes today's prices
     subscription.scheduled_tier = None
     await session.flush()
     await _record(
         session, subscription, SubscriptionEventKind.UPGRADED,
-        from_tier=old, from_status=status, now=now,
+        from_tier=old, from_status=status, now=now, from_version=old_version,
     )  # fmt: skip
     return await issue_invoice(
         session, subscription.organization_id, "subscription_update", lines,
@@ -321,7 +335,7 @@ async def change_plan(
             "There is no paid subscription to change: start one with a checkout.",
             checkout="/api/v1/billing/checkout",
         )
-    if monthly_cents(tier) > monthly_cents(subscription.tier):
+    if monthly_cents(tier) > _monthly(subscription):
         return subscription, await _upgrade(session, subscription, tier, tax_rate=tax_rate, now=now)
     if tier == subscription.tier:
         subscription.scheduled_tier = None  # stay: a scheduled downgrade is called off
@@ -399,14 +413,18 @@ def metered_cents(tokens: int, price_per_million: Decimal) -> int:
 
 
 async def _usage_lines(
-    session: AsyncSession, organization_id: uuid.UUID, tier: str, window: Window
+    session: AsyncSession,
+    organization_id: uuid.UUID,
+    tier: str,
+    window: Window,
+    version: str | None = None,
 ) -> list[Line]:
     """The period's analysed tokens (read from the rollups), at the plan's price, and its
     agent runs that finished with a report, at the plan's price each; then,
     for every earlier period billed before, the records that arrived after its invoice (an
     adjustment: what the period's tokens cost now minus what was billed for it)."""
     lines: list[Line] = []
-    price = plan_for(tier).analysed_tokens_per_million_usd
+    price = plan_for(tier, version).analysed_tokens_per_million_usd
     tokens = (await MeterRepository(session).read(organization_id, window)).tokens.total
     if tokens and price:
         lines.append(Line(
@@ -414,7 +432,7 @@ async def _usage_lines(
             metered_cents(tokens, price), tokens, price, window,
         ))  # fmt: skip
     runs = await RunRepository(session).succeeded_between(organization_id, window.start, window.end)
-    run_price = plan_for(tier).agent_run_usd
+    run_price = plan_for(tier, version).agent_run_usd
     if runs and run_price:
         lines.append(Line(
             "agent_runs", f"{runs:,} agent runs, {_span(window)}, at ${run_price} each",
@@ -475,15 +493,20 @@ async def close_period(
         _billed_on(invoice, measurements)
         return invoice
     old_tier, status = subscription.tier, subscription.status
+    old_version = subscription.catalogue_version
     start, end = subscription.period_end, add_month(subscription.period_end)
     subscription.period_start, subscription.period_end = start, end
     kind = SubscriptionEventKind.RENEWED
     if subscription.scheduled_tier:
         subscription.tier, subscription.scheduled_tier = subscription.scheduled_tier, None
+        subscription.catalogue_version = CATALOGUE_VERSION
         kind = SubscriptionEventKind.DOWNGRADED
     await session.flush()
-    await _record(session, subscription, kind, from_tier=old_tier, from_status=status, now=start)
-    lines = [_base_fee(subscription.tier, start, end), *arrears]
+    await _record(
+        session, subscription, kind, from_tier=old_tier, from_status=status, now=start,
+        from_version=old_version,
+    )  # fmt: skip
+    lines = [_base_fee(subscription.tier, start, end, subscription.catalogue_version), *arrears]
     invoice = await issue_invoice(
         session, organization_id, "subscription_cycle", lines,
         period=(start, end), tax_rate=tax_rate, now=now,
@@ -498,8 +521,11 @@ async def _arrears(
     """What the period that ended owes beyond its base fee (billed in arrears, at the
     period's plan): metered usage, its adjustments, the share of verified savings."""
     window = usage_window(subscription.period_start, subscription.period_end)
-    lines = await _usage_lines(session, subscription.organization_id, subscription.tier, window)
-    share = plan_for(subscription.tier).savings_share
+    version = subscription.catalogue_version
+    lines = await _usage_lines(
+        session, subscription.organization_id, subscription.tier, window, version
+    )
+    share = plan_for(subscription.tier, version).savings_share
     if not share:
         return lines, []
     billed = await bill_savings(session, subscription.organization_id, window, share)

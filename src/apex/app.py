@@ -20,6 +20,7 @@ from apex import __version__
 from apex.agents import endpoints as agent_endpoints
 from apex.agents.runner import build_runtime
 from apex.agents.tasks import register_agent_tasks
+from apex.audit import endpoints as audit_endpoints
 from apex.billing import endpoints as billing_endpoints
 from apex.billing.collection import keep_billing
 from apex.billing.feed import RevenueFeed
@@ -316,6 +317,7 @@ def create_app(
     app.include_router(chat_endpoints.router)
     app.include_router(billing_endpoints.router)
     app.include_router(findings_endpoints.router)
+    app.include_router(audit_endpoints.router)
     app.include_router(billing_endpoints.operator_router)
     app.include_router(gateway.router)
     return app

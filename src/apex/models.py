@@ -5,6 +5,7 @@ its `models` import below.
 """
 
 from apex.agents.models import AgentRun, AgentStep
+from apex.audit.models import AuditRecord
 from apex.billing.models import (
     GatewayEvent,
     Invoice,
@@ -35,6 +36,7 @@ __all__ = [
     "AgentRun",
     "AgentStep",
     "ApiKey",
+    "AuditRecord",
     "Base",
     "Finding",
     "GatewayEvent",

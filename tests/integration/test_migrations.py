@@ -52,6 +52,7 @@ CORE_TABLES = {
     "findings",
     "savings_measurements",
     "refunds",
+    "audit_records",
 }
 
 

@@ -379,7 +379,7 @@ async def refund_invoice(
     amount = None if body.amount_usd is None else to_cents(body.amount_usd)
     stored = await refunds.refund(
         request.app.state.database, _gateway(request), invoice_id, amount, body.reason,
-        operator.user_id,
+        operator.user_id, request.app.state.clock.now(),
     )  # fmt: skip
     if stored.status == RefundStatus.FAILED:
         raise Conflict(

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apex.audit import service as audit
 from apex.billing.gateway import PaymentGateway, metadata_for
 from apex.billing.models import (
     InvoiceStatus,
@@ -115,6 +117,7 @@ async def refund(
     amount_cents: int | None,
     reason: str,
     operator_id: uuid.UUID,
+    now: datetime,
 ) -> Refund:
     """Give `amount_cents` (default: what is left) back on the invoice; the refund stored.
     `GatewayUnavailable` leaves it pending: the same request sends it again."""
@@ -132,4 +135,11 @@ async def refund(
             stored.status = refunded.status
             stored.gateway_refund_id = refunded.id
             stored.failure_code = refunded.failure_code
+            await audit.record(
+                session, f"refund.{refunded.status}", now=now,
+                organization_id=stored.organization_id, actor_id=operator_id,
+                target=("invoice", stored.invoice_id), number=stored.number,
+                amount_usd=str(dollars(stored.amount_cents)), reason=stored.reason,
+                code=refunded.failure_code,
+            )  # fmt: skip
         return stored

@@ -22,6 +22,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.agents.repository import RunRepository
+from apex.audit import service as audit
 from apex.billing import mails
 from apex.billing.feed import publish_after_commit
 from apex.billing.models import (
@@ -39,6 +40,7 @@ from apex.billing.money import (
     CENT,
     MILLION,
     add_month,
+    dollars,
     half_up_cents,
     prorated_cents,
     tax_cents,
@@ -138,6 +140,11 @@ async def _record(
         occurred_at=now,
     )
     await SubscriptionEventRepository(session).add(event)
+    await audit.record(
+        session, f"subscription.{kind.value}", now=now,
+        organization_id=subscription.organization_id, target=("subscription", subscription.id),
+        from_tier=from_tier, to_tier=subscription.tier, status=subscription.status,
+    )  # fmt: skip
     publish_after_commit(session, event)
     await _set_tier(
         session,
@@ -641,11 +648,22 @@ async def settle(
     return payment
 
 
+async def _audit_payment(
+    session: AsyncSession, action: str, invoice: Invoice, now: datetime
+) -> None:
+    await audit.record(
+        session, action, now=now, organization_id=invoice.organization_id,
+        target=("invoice", invoice.id), number=invoice.number,
+        amount_usd=str(dollars(invoice.total_cents)), attempt=invoice.attempts,
+    )  # fmt: skip
+
+
 async def _paid(session: AsyncSession, invoice: Invoice, now: datetime) -> None:
     invoice.status = InvoiceStatus.PAID
     invoice.paid_at = now
     invoice.next_attempt_at = None
     await session.flush()
+    await _audit_payment(session, "payment.succeeded", invoice, now)
     subscription = await SubscriptionRepository(session).of(invoice.organization_id, lock=True)
     if subscription is None or subscription.status != SubscriptionStatus.PAST_DUE:
         return
@@ -661,6 +679,7 @@ async def _paid(session: AsyncSession, invoice: Invoice, now: datetime) -> None:
 async def _failed(session: AsyncSession, invoice: Invoice, now: datetime) -> None:
     """Past due after the first failure; retried after each of DUNNING_RETRY_DAYS; the
     failure after the last retry gives up and cancels the subscription."""
+    await _audit_payment(session, "payment.failed", invoice, now)
     subscription = await SubscriptionRepository(session).of(invoice.organization_id, lock=True)
     if invoice.attempts <= len(DUNNING_RETRY_DAYS):
         invoice.next_attempt_at = now + timedelta(days=DUNNING_RETRY_DAYS[invoice.attempts - 1])

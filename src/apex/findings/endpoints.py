@@ -102,7 +102,10 @@ async def adopt(
 
 @router.post("/{finding_id}/dismiss", response_model=FindingOut)
 async def dismiss(
-    finding_id: uuid.UUID, body: DismissIn, principal: Actor, session: SessionDep
+    finding_id: uuid.UUID, body: DismissIn, request: Request, principal: Actor, session: SessionDep
 ) -> FindingOut:
-    finding = await service.dismiss(session, principal.organization_id, finding_id, body.reason)
+    finding = await service.dismiss(
+        session, principal.organization_id, finding_id, body.reason,
+        user_id=principal.user_id, now=request.app.state.clock.now(),
+    )  # fmt: skip
     return await _out(session, finding)

@@ -12,6 +12,7 @@ from decimal import Decimal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.agents.models import AgentRun
+from apex.audit import service as audit
 from apex.billing.money import half_up_cents
 from apex.findings import verification
 from apex.findings.models import Finding, FindingStatus, SavingsMeasurement
@@ -80,17 +81,31 @@ async def adopt(
     finding.verify_until = windows.verification.end
     finding.baseline = verification.describe(await _read(session, finding, windows.baseline))
     await session.flush()
+    await audit.record(
+        session, "finding.adopted", now=now, organization_id=organization_id, actor_id=user_id,
+        target=("finding", finding.id), title=finding.title,
+    )  # fmt: skip
     return finding
 
 
 async def dismiss(
-    session: AsyncSession, organization_id: uuid.UUID, finding_id: uuid.UUID, reason: str
+    session: AsyncSession,
+    organization_id: uuid.UUID,
+    finding_id: uuid.UUID,
+    reason: str,
+    *,
+    user_id: uuid.UUID,
+    now: datetime,
 ) -> Finding:
     finding = await FindingRepository(session).owned(organization_id, finding_id, lock=True)
     _require(finding, FindingStatus.OPEN, "dismissed")
     finding.status = FindingStatus.DISMISSED.value
     finding.status_reason = reason
     await session.flush()
+    await audit.record(
+        session, "finding.dismissed", now=now, organization_id=organization_id,
+        actor_id=user_id, target=("finding", finding.id), reason=reason,
+    )  # fmt: skip
     return finding
 
 

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apex.audit import service as audit
 from apex.identity import apikeys, invitations, refresh, service, verification
 from apex.identity.deps import CacheDep, CurrentPerson, Principal, RequirePermission
 from apex.identity.models import Role, TokenPurpose
@@ -44,7 +45,15 @@ from apex.identity.schemas import (
 from apex.identity.sessions import COOKIE
 from apex.identity.tokens import issue_access_token
 from apex.kit.db import SessionDep
-from apex.kit.errors import BadRequest, Forbidden, NotFound, Unauthorized, error_response
+from apex.kit.digest import sha256_hex
+from apex.kit.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    error_response,
+)
 from apex.kit.mail import send_after_commit
 
 router = APIRouter(prefix="/api/v1", tags=["identity"])
@@ -160,16 +169,46 @@ async def login(body: LoginRequest, request: Request, session: SessionDep) -> To
     Retry-After), the same whether or not the account exists."""
     throttle = request.app.state.login_throttle
     address, now = client_address(request), request.app.state.clock.now().timestamp()
-    await throttle.before_attempt(body.email, address, now)
+    try:
+        await throttle.before_attempt(body.email, address, now)
+    except RateLimited:
+        await _audit_refused_login(request, body.email, "auth.throttled")
+        raise
     try:
         user, organization_id = await service.authenticate(
             session, body.email, body.password, body.organization_id
         )
     except Unauthorized:
         await throttle.failed(body.email, address, now)
+        await _audit_refused_login(request, body.email, "auth.login_failed")
         raise
     await throttle.succeeded(body.email, address)
+    await audit.record(
+        session, "auth.login", now=request.app.state.clock.now(),
+        organization_id=organization_id, actor_id=user.id, method="password",
+    )  # fmt: skip
     return await _token_pair(request, session, user.id, organization_id)
+
+
+async def _audit_refused_login(request: Request, email: str, action: str) -> None:
+    """In the trail of every organisation the account belongs to (the request's own
+    transaction rolls back with the refusal): the owners see attempts on their members.
+    An address with no account goes to the installation's trail, as a digest."""
+    state = request.app.state
+    async with state.database.unit_of_work(primary=True) as session:
+        user = await UserRepository(session).get_by_email(email)
+        organizations = (
+            [m.organization_id for m in await MembershipRepository(session).for_user(user.id)]
+            if user is not None
+            else [None]
+        )
+        unknown = None if user is not None else sha256_hex(email.lower())
+        for organization_id in organizations:
+            await audit.record(
+                session, action, now=state.clock.now(), organization_id=organization_id,
+                actor_id=None if user is None else user.id,
+                address=client_address(request), email_sha256=unknown,
+            )  # fmt: skip
 
 
 @router.post(
@@ -233,6 +272,10 @@ async def start_session(
         now=state.clock.now(),
         replacing=request.cookies.get(COOKIE),
     )
+    await audit.record(
+        session, "auth.login", now=state.clock.now(), organization_id=organization_id,
+        actor_id=user.id, method="browser_session",
+    )  # fmt: skip
     _set_session_cookie(request, response, browser.id)
     return SessionOut(
         id=browser.public_id,
@@ -390,6 +433,7 @@ async def list_members(
 async def change_member_role(
     user_id: uuid.UUID,
     body: RoleChange,
+    request: Request,
     principal: Annotated[Principal, RequirePermission("members:manage")],
     session: SessionDep,
 ) -> MemberOut:
@@ -400,6 +444,11 @@ async def change_member_role(
         user_id=user_id,
         role=body.role,
     )
+    await audit.record(
+        session, "member.role_changed", now=request.app.state.clock.now(),
+        organization_id=principal.organization_id, actor_id=principal.user_id,
+        target=("user", user_id), role=membership.role,
+    )  # fmt: skip
     user = await UserRepository(session).get_or_raise(user_id)
     return MemberOut(user_id=user_id, email=user.email, role=Role(membership.role))
 
@@ -407,12 +456,18 @@ async def change_member_role(
 @router.delete(MEMBERS + "/{user_id}", status_code=204)
 async def remove_member(
     user_id: uuid.UUID,
+    request: Request,
     principal: Annotated[Principal, RequirePermission("members:manage")],
     session: SessionDep,
 ) -> None:
     await service.remove_member(
         session, principal.organization_id, actor_role=principal.role, user_id=user_id
     )
+    await audit.record(
+        session, "member.removed", now=request.app.state.clock.now(),
+        organization_id=principal.organization_id, actor_id=principal.user_id,
+        target=("user", user_id),
+    )  # fmt: skip
 
 
 INVITATIONS = "/organizations/current/invitations"
@@ -449,6 +504,11 @@ async def invite(
         role=body.role,
         now=request.app.state.clock.now(),
     )
+    await audit.record(
+        session, "invitation.created", now=request.app.state.clock.now(),
+        organization_id=principal.organization_id, actor_id=principal.user_id,
+        target=("invitation", invitation.id), email=invitation.email, role=invitation.role,
+    )  # fmt: skip
     organization = await service.organization_view(session, cache, principal.organization_id)
     name = organization["name"] if organization else "an organisation"
     send_after_commit(
@@ -471,6 +531,11 @@ async def revoke_invitation(
     await invitations.revoke(
         session, principal.organization_id, invitation_id, request.app.state.clock.now()
     )
+    await audit.record(
+        session, "invitation.revoked", now=request.app.state.clock.now(),
+        organization_id=principal.organization_id, actor_id=principal.user_id,
+        target=("invitation", invitation_id),
+    )  # fmt: skip
 
 
 @router.post("/invitations/accept", response_model=MemberOut)
@@ -483,6 +548,11 @@ async def accept_invitation(
     membership = await invitations.accept(
         session, body.token, user_id=principal.user_id, now=request.app.state.clock.now()
     )
+    await audit.record(
+        session, "invitation.accepted", now=request.app.state.clock.now(),
+        organization_id=membership.organization_id, actor_id=principal.user_id,
+        target=("user", principal.user_id), role=membership.role,
+    )  # fmt: skip
     user = await UserRepository(session).get_or_raise(principal.user_id)
     return MemberOut(user_id=user.id, email=user.email, role=Role(membership.role))
 
@@ -501,6 +571,7 @@ async def list_api_keys(
 @router.post(API_KEYS, status_code=201, response_model=NewApiKeyOut)
 async def create_api_key(
     body: NewApiKey,
+    request: Request,
     principal: Annotated[Principal, RequirePermission("org:manage", person_only=True)],
     session: SessionDep,
 ) -> NewApiKeyOut:
@@ -513,6 +584,11 @@ async def create_api_key(
         name=body.name,
         permissions=body.permissions,
     )
+    await audit.record(
+        session, "api_key.created", now=request.app.state.clock.now(),
+        organization_id=principal.organization_id, actor_id=principal.user_id,
+        target=("api_key", key.id), name=key.name, permissions=sorted(body.permissions),
+    )  # fmt: skip
     return NewApiKeyOut(**ApiKeyOut.model_validate(key).model_dump(), key=secret)
 
 
@@ -524,6 +600,11 @@ async def revoke_api_key(
     session: SessionDep,
 ) -> None:
     await apikeys.revoke(session, principal.organization_id, key_id, request.app.state.clock.now())
+    await audit.record(
+        session, "api_key.revoked", now=request.app.state.clock.now(),
+        organization_id=principal.organization_id, actor_id=principal.user_id,
+        target=("api_key", key_id),
+    )  # fmt: skip
 
 
 well_known = APIRouter(tags=["identity"])

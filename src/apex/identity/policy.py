@@ -15,6 +15,7 @@ LEAST_ROLE: dict[str, Role] = {
     "org:manage": Role.ADMIN,
     "members:manage": Role.ADMIN,
     "billing:manage": Role.OWNER,
+    "audit:read": Role.OWNER,
     "usage:read": Role.VIEWER,
     "usage:write": Role.MEMBER,
     "agents:run": Role.MEMBER,

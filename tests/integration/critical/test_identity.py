@@ -337,6 +337,7 @@ EXPECTED_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     # Adopting a finding makes its verified saving billable: managers decide.
     ("POST", FINDINGS + "/{finding_id}/adopt"): MANAGERS,
     ("POST", FINDINGS + "/{finding_id}/dismiss"): MANAGERS,
+    ("GET", "/api/v1/audit"): OWNER,
     # Billing is the owner's alone (it spends the organisation's money).
     ("GET", f"{BILLING}/subscription"): OWNER,
     ("GET", f"{BILLING}/subscription/events"): OWNER,
@@ -551,6 +552,7 @@ def test_rbac_enforcement_integration(
                 None,
                 path.replace("{thread_id}", finished_thread),
             ),
+            ("GET", "/api/v1/audit"): lambda: (None, path),
             ("GET", FINDINGS): lambda: (None, path),
             ("GET", FINDINGS + "/{finding_id}"): lambda: (
                 None,

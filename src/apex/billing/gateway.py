@@ -191,7 +191,9 @@ class StripeGateway:
         except stripe.StripeError as exc:
             raise _unavailable(exc) from exc
         failed = refund.status in ("failed", "canceled")
-        return Refunded(str(refund.id), "failed" if failed else "succeeded", refund.failure_reason)
+        # Stripe sends failure_reason only on a failed refund: read it as a mapping key.
+        reason = refund.get("failure_reason")
+        return Refunded(str(refund.id), "failed" if failed else "succeeded", reason)
 
 
 def _refused(exc: stripe.CardError) -> Charge:

@@ -71,7 +71,13 @@ async def open_session(
     """An authenticated connection. `keepalive=False` for a client that sends faster than the
     server handles: the server reads its frames in order (TCP backpressure), so the client's
     own pings wait behind its backlog and would time out the client, not the server."""
-    ws = await connect(ws_url(server), ping_interval=20 if keepalive else None)
+    # Without keepalive the client may also not read for long (a publisher ignoring its
+    # acks): an unbounded receive queue keeps its reader answering the server's pings.
+    ws = await connect(
+        ws_url(server),
+        ping_interval=20 if keepalive else None,
+        max_queue=16 if keepalive else None,
+    )
     await ws.send(json.dumps({"type": "auth", "token": token}))
     established = await receive_type(ws, "connection_established")
     assert established["seq"] is None

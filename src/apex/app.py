@@ -12,14 +12,14 @@ from alembic.migration import MigrationContext
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from redis.asyncio import Redis
-from sqlalchemy import text
 from starlette.types import ASGIApp
 
 from apex import __version__
 from apex.agents import endpoints as agent_endpoints
 from apex.agents.runner import build_runtime
 from apex.agents.tasks import register_agent_tasks
+from apex.alerts import endpoints as alert_endpoints
+from apex.alerts.tasks import keep_alerting
 from apex.audit import endpoints as audit_endpoints
 from apex.billing import endpoints as billing_endpoints
 from apex.billing.collection import keep_billing
@@ -49,9 +49,11 @@ from apex.kit.mail import Mailer, create_mailer
 from apex.kit.outbox import OutboxRelay
 from apex.kit.queue import JobQueue
 from apex.kit.redis import create_redis
-from apex.kit.replicas import ReadYourWrites, Replica
+from apex.kit.replicas import ReadYourWrites
 from apex.migrations import runner
+from apex.observability import endpoints as observability_endpoints
 from apex.observability import health
+from apex.observability.dependencies import build_checks
 from apex.observability.logging import RequestContextMiddleware, configure_logging
 from apex.realtime import gateway
 from apex.realtime.hub import Hub
@@ -62,48 +64,6 @@ from apex.usage.maintenance import keep_maintaining
 from apex.web.docs import mount_docs
 
 log = structlog.get_logger("apex.app")
-
-
-def _database_check(database: Database) -> health.HealthCheck:
-    async def probe() -> dict[str, Any]:
-        await database.ping()
-        pool = database.pool_status()
-        return {
-            "backend": database.backend,
-            "in_use": pool.checked_out,
-            "idle": pool.idle,
-            "overflow": pool.overflow,
-            "waiting": pool.waiting,
-        }
-
-    return health.HealthCheck("database", probe)
-
-
-def _replica_checks(database: Database) -> list[health.HealthCheck]:
-    """One non-critical check per replica: reads fall back to the primary without it."""
-    if database.replicas is None:
-        return []
-    replicas = database.replicas
-
-    def check(replica: Replica) -> health.HealthCheck:
-        async def probe() -> dict[str, Any]:
-            async with replica.engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
-            return {
-                "lag_seconds": round(replica.lag_seconds, 3),
-                "serving_reads": replicas.usable(replica),
-            }
-
-        return health.HealthCheck(f"replica:{replica.name}", probe, critical=False)
-
-    return [check(replica) for replica in replicas.replicas]
-
-
-def _redis_check(redis: Redis) -> health.HealthCheck:
-    async def probe() -> None:
-        await redis.ping()
-
-    return health.HealthCheck("redis", probe)
 
 
 async def _require_current_schema(database: Database) -> None:
@@ -184,18 +144,25 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.outbox = relay
     app.state.queue = queue
     app.state.payments = payments
-    app.state.health_checks = [
-        _database_check(database),
-        _redis_check(redis),
-        *_replica_checks(database),
-    ]
+    app.state.health = health.HealthMonitor(
+        build_checks(settings, database, redis, app.state.clock),
+        app.state.clock,
+        timeout=settings.health_check_timeout,
+        interval=settings.health_probe_interval_seconds,
+    )
     database.start()
     cache.start()
     relay.start()
     await queue.start()
     keyring.start(settings.signing_keys_refresh_seconds)
     await app.state.hub.start()
-    restore_sigterm = gateway.install_drain(app.state.hub, settings.websocket_drain_seconds)
+    app.state.health.start()
+    restore_sigterm = gateway.install_drain(
+        app.state.hub,
+        settings.websocket_drain_seconds,
+        announce=app.state.health.begin_drain,
+        grace=settings.shutdown_grace_seconds,
+    )
     maintenance_stop = asyncio.Event()
     app.state.usage_maintained = asyncio.Event()  # set after the first pass (embedded only)
     maintenance = (
@@ -228,6 +195,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if runtime is not None
         else None
     )
+    alerting = (
+        asyncio.create_task(
+            keep_alerting(database, app.state.clock, app.state.mailer, settings, maintenance_stop),
+            name="alerting",
+        )
+        if runtime is not None
+        else None
+    )
     log.info(
         "apex_started",
         version=__version__,
@@ -239,12 +214,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         await mail.drain()
         restore_sigterm()
+        await app.state.health.stop()
         await app.state.hub.stop()
         maintenance_stop.set()
         if maintenance is not None:
             await maintenance
         if billing_cycle is not None:
             await billing_cycle
+        if alerting is not None:
+            await alerting
         await keyring.stop()
         await queue.stop()
         await relay.stop()
@@ -318,7 +296,9 @@ def create_app(
     app.include_router(billing_endpoints.router)
     app.include_router(findings_endpoints.router)
     app.include_router(audit_endpoints.router)
+    app.include_router(alert_endpoints.router)
     app.include_router(billing_endpoints.operator_router)
+    app.include_router(observability_endpoints.router)
     app.include_router(gateway.router)
     return app
 

@@ -131,20 +131,24 @@ def health(
         time.sleep(0.2)
     body = response.json()
     table = Table(title=f"Apex {body['version']} at {url}: {body['status'].upper()}")
-    for column in ("check", "status", "latency ms", "critical", "detail"):
+    for column in ("check", "status", "since", "latency ms", "critical", "detail"):
         table.add_column(column)
     for check in body["checks"]:
         details = check["details"] or {}
         detail = check["error"] or ", ".join(f"{k}={v}" for k, v in details.items())
-        colour = "green" if check["status"] == "ok" else "red"
+        colour = "green" if check["status"] == "ok" else "red" if check["critical"] else "yellow"
         table.add_row(
             check["name"],
             f"[{colour}]{check['status']}[/{colour}]",
+            (check.get("since") or "")[:19].replace("T", " "),
             f"{check['latency_ms']:.1f}",
-            "yes" if check["critical"] else "no",
+            "yes" if check["critical"] else "no (degrades)",
             detail,
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for reason in body.get("reasons", []):
+        console.print(f"- {reason}", markup=False)
     if response.status_code != 200:
         raise typer.Exit(1)
 
@@ -496,6 +500,7 @@ def worker(
 
     from apex.agents.runner import build_runtime
     from apex.agents.tasks import register_agent_tasks
+    from apex.alerts.tasks import keep_alerting
     from apex.billing.collection import keep_billing
     from apex.billing.feed import RevenueFeed
     from apex.billing.gateway import build_gateway
@@ -507,7 +512,7 @@ def worker(
     from apex.kit.failpoints import Failpoints
     from apex.kit.mail import create_mailer
     from apex.kit.mail import drain as drain_mail
-    from apex.kit.queue import JobQueue, serve_jobs
+    from apex.kit.queue import JobQueue, WorkerRegistry, serve_jobs
     from apex.kit.redis import create_redis
     from apex.observability.logging import configure_logging
     from apex.usage.maintenance import keep_maintaining
@@ -549,12 +554,20 @@ def worker(
                 tax_rate=settings.billing_tax_rate, mailer=mailer,
             )
         )  # fmt: skip
+        heartbeat = asyncio.create_task(
+            WorkerRegistry(redis, settings, SystemClock()).keep_beating(stop)
+        )
+        alerting = asyncio.create_task(
+            keep_alerting(database, SystemClock(), mailer, settings, stop)
+        )
         try:
             await serve_jobs(queue, stop, concurrency=concurrency)
         finally:
             stop.set()
             await maintenance
             await billing
+            await heartbeat
+            await alerting
             await drain_mail()
             await queue.broker.shutdown()
             await redis.aclose()

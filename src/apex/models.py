@@ -5,6 +5,7 @@ its `models` import below.
 """
 
 from apex.agents.models import AgentRun, AgentStep
+from apex.alerts.models import AlertDelivery, AlertEvent, AlertRule
 from apex.audit.models import AuditRecord
 from apex.billing.models import (
     GatewayEvent,
@@ -35,6 +36,9 @@ metadata = Base.metadata
 __all__ = [
     "AgentRun",
     "AgentStep",
+    "AlertDelivery",
+    "AlertEvent",
+    "AlertRule",
     "ApiKey",
     "AuditRecord",
     "Base",

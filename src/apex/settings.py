@@ -247,6 +247,38 @@ class Settings(BaseSettings):
         gt=0,
         description="An unacknowledged job is given to another worker after this long.",
     )
+    worker_heartbeat_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="How often each `apex worker` says it is alive; a worker silent for three "
+        "heartbeats is counted as gone by the readiness check of the queue.",
+    )
+
+    # --- customer alerts ------------------------------------------------------------------
+    alert_evaluation_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="How often workers evaluate the alert rules and send due notices.",
+    )
+    alert_delivery_attempts: int = Field(
+        default=10, ge=1, le=50, description="Attempts per notice before it is marked failed."
+    )
+    alert_retry_base_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Wait before a notice's 2nd attempt; doubled per attempt, at most an hour.",
+    )
+    alert_delivery_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=60, description="Per webhook request or mail sent."
+    )
+    alert_webhooks_allow_private: bool = Field(
+        default=False,
+        description="Let alert webhooks go to loopback and private addresses (an internal "
+        "receiver). Off: a customer cannot make Apex call into the network it runs in.",
+    )
 
     # --- billing --------------------------------------------------------------------------
     stripe_api_key: SecretStr | None = Field(
@@ -300,6 +332,20 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     health_check_timeout: float = Field(
         default=2.0, gt=0, description="Seconds per readiness check."
+    )
+    health_probe_interval_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="How often remote dependencies (LLM providers, the payment gateway, mail) "
+        "are probed in the background; readiness reports their latest result.",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=3.0,
+        ge=0,
+        le=120,
+        description="On SIGTERM, how long readiness answers 503 while requests are still "
+        "served, so a load balancer stops routing here before the server stops listening.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(

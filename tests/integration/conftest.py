@@ -129,6 +129,8 @@ TEST_DEFAULTS = {
     "login_attempts_per_minute": "10000",
     "mails_per_address_per_hour": "100000",
     "enforce_api_limits": "false",
+    # A stopped test server leaves at once; the drain on SIGTERM has its own test.
+    "shutdown_grace_seconds": "0",
 }
 
 

@@ -53,6 +53,9 @@ CORE_TABLES = {
     "savings_measurements",
     "refunds",
     "audit_records",
+    "alert_rules",
+    "alert_events",
+    "alert_deliveries",
 }
 
 

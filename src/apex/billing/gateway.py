@@ -14,7 +14,6 @@ the same key.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import uuid
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import structlog
 
 from apex.kit.digest import sha256_hex
 from apex.kit.errors import ServiceUnavailable
+from apex.kit.signatures import hmac_hex
 from apex.settings import Settings
 
 if TYPE_CHECKING:
@@ -240,9 +240,7 @@ def verify_signature(
     if len(timestamps) != 1 or not signatures or not timestamps[0].strip().isdigit():
         raise BadSignature("The signature header is malformed.")
     signed_at = int(timestamps[0])
-    expected = hmac.new(
-        secret.encode(), f"{signed_at}.".encode() + payload, hashlib.sha256
-    ).hexdigest()
+    expected = hmac_hex(secret, signed_at, payload)
     if not any(hmac.compare_digest(expected, candidate) for candidate in signatures):
         raise BadSignature("The signature does not match the body.")
     if abs(now.timestamp() - signed_at) > tolerance:

@@ -21,6 +21,7 @@ LEAST_ROLE: dict[str, Role] = {
     "agents:run": Role.MEMBER,
     "reports:read": Role.VIEWER,
     "findings:act": Role.ADMIN,  # adopt (its verified saving is billed) or dismiss
+    "alerts:manage": Role.ADMIN,  # alert rules: who is notified, where, about what
     "threads:write": Role.MEMBER,  # create, rename, delete threads; post without a run
 }
 

@@ -68,6 +68,20 @@ class SmtpMailer:
         )
         log.info("mail_sent", to=to, subject=subject)
 
+    async def probe(self) -> None:
+        """Connect, read the server's greeting, and leave (the readiness check of mail)."""
+        import aiosmtplib
+
+        client = aiosmtplib.SMTP(
+            hostname=self.hostname,
+            port=self.port,
+            use_tls=self.implicit_tls,
+            start_tls=False,
+            timeout=self.timeout,
+        )
+        await client.connect()
+        await client.quit()
+
 
 class FileMailer:
     def __init__(self, directory: Path, sender: str) -> None:

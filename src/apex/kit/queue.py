@@ -10,17 +10,26 @@ must be longer than any task may run, so a live worker is never raced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import AckableMessage, AsyncBroker, InMemoryBroker
 from taskiq_redis import RedisStreamBroker
 
+from apex.kit.clock import Clock
 from apex.settings import Settings
 
 JOBS_AFTER_COMMIT = "jobs_after_commit"
+RECONNECT_FIRST_SECONDS = 0.5
+RECONNECT_MAX_SECONDS = 5.0
 log = structlog.get_logger(__name__)
 
 
@@ -32,37 +41,64 @@ class ReclaimingStreamBroker(RedisStreamBroker):
     """
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        """Messages for this worker, for ever. Redis going away does not end it: it waits
+        (0.5 s, doubling to 5 s) and reads again; a Redis that came back without its data
+        gets the consumer group declared again."""
+        pause = RECONNECT_FIRST_SECONDS
         async with Redis(connection_pool=self.connection_pool) as redis:
             while True:
-                fetched: Any = await redis.xreadgroup(
-                    self.consumer_group_name,
-                    self.consumer_name,
-                    {self.queue_name: ">"},
-                    block=self.block,
-                    noack=False,
-                    count=self.count,
+                try:
+                    batch = await self._fetch(redis)
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    log.warning("queue_unreachable", error=str(exc), retry_in=pause)
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, RECONNECT_MAX_SECONDS)
+                    continue
+                except ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    log.warning("queue_group_declared_again")
+                    await self._declare_consumer_group()
+                    continue
+                pause = RECONNECT_FIRST_SECONDS
+                for message in batch:
+                    yield message
+
+    async def _fetch(self, redis: Redis) -> list[AckableMessage]:
+        """New messages, then other workers' stale ones."""
+        fetched: Any = await redis.xreadgroup(
+            self.consumer_group_name,
+            self.consumer_name,
+            {self.queue_name: ">"},
+            block=self.block,
+            noack=False,
+            count=self.count,
+        )
+        batch = [
+            AckableMessage(
+                data=fields[b"data"], ack=self._ack_generator(id=message_id, queue_name=stream)
+            )
+            for stream, messages in fetched or []
+            for message_id, fields in messages
+        ]
+        claimed: Any = await redis.xautoclaim(
+            name=self.queue_name,
+            groupname=self.consumer_group_name,
+            consumername=self.consumer_name,
+            min_idle_time=self.idle_timeout,
+            count=self.unacknowledged_batch_size,
+        )
+        for message_id, fields in claimed[1]:
+            if fields is None:  # deleted meanwhile
+                continue
+            log.info("job_reclaimed", message_id=str(message_id))
+            batch.append(
+                AckableMessage(
+                    data=fields[b"data"],
+                    ack=self._ack_generator(id=message_id, queue_name=self.queue_name),
                 )
-                for stream, messages in fetched or []:
-                    for message_id, fields in messages:
-                        yield AckableMessage(
-                            data=fields[b"data"],
-                            ack=self._ack_generator(id=message_id, queue_name=stream),
-                        )
-                claimed: Any = await redis.xautoclaim(
-                    name=self.queue_name,
-                    groupname=self.consumer_group_name,
-                    consumername=self.consumer_name,
-                    min_idle_time=self.idle_timeout,
-                    count=self.unacknowledged_batch_size,
-                )
-                for message_id, fields in claimed[1]:
-                    if fields is None:  # deleted meanwhile
-                        continue
-                    log.info("job_reclaimed", message_id=str(message_id))
-                    yield AckableMessage(
-                        data=fields[b"data"],
-                        ack=self._ack_generator(id=message_id, queue_name=self.queue_name),
-                    )
+            )
+        return batch
 
 
 def create_broker(settings: Settings) -> AsyncBroker:
@@ -119,3 +155,38 @@ async def serve_jobs(queue: JobQueue, stop: asyncio.Event, *, concurrency: int) 
     queue.broker.is_worker_process = True
     receiver = Receiver(queue.broker, max_async_tasks=concurrency, run_startup=True)
     await receiver.listen(stop)
+
+
+class WorkerRegistry:
+    """Which `apex worker` processes are alive: each one stamps its name in a sorted set
+    every heartbeat; one silent for three heartbeats is gone. (A stream consumer's idle time
+    cannot tell: on Redis 7.0 an empty XREADGROUP does not reset it.)"""
+
+    def __init__(self, redis: Redis, settings: Settings, clock: Clock) -> None:
+        self.redis = redis
+        self.key = f"{settings.queue_name}:workers"
+        self.heartbeat = settings.worker_heartbeat_seconds
+        self.clock = clock
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+
+    async def beat(self) -> None:
+        now = self.clock.now().timestamp()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.key, {self.name: now})
+            pipe.zremrangebyscore(self.key, "-inf", now - 3600)  # long-gone workers
+            await pipe.execute()
+
+    async def keep_beating(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.beat()
+            except Exception as exc:  # Redis away: the queue itself fails too; keep trying
+                log.warning("worker_heartbeat_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.heartbeat)
+        with contextlib.suppress(Exception):  # stopping cleanly: say so at once
+            await self.redis.zrem(self.key, self.name)
+
+    async def alive(self) -> int:
+        now = self.clock.now().timestamp()
+        return int(await self.redis.zcount(self.key, now - 3 * self.heartbeat, "+inf"))

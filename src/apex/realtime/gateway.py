@@ -107,18 +107,29 @@ async def drain(hub: Hub, seconds: float) -> None:
     log.info("websockets_drained", connections=len(connections), not_in_time=left)
 
 
-def install_drain(hub: Hub, seconds: float) -> Callable[[], None]:
-    """On SIGTERM, drain the WebSocket connections before the server's own shutdown, which
-    would close them with 1012 at once; return what restores the previous handler. Only
-    under a server that handles SIGTERM itself (uvicorn), in the main thread."""
+def install_drain(
+    hub: Hub,
+    seconds: float,
+    *,
+    announce: Callable[[], None] = lambda: None,
+    grace: float = 0.0,
+) -> Callable[[], None]:
+    """On SIGTERM: `announce` (readiness starts failing), keep serving for `grace` seconds
+    so a load balancer stops routing here, drain the WebSocket connections, and only then
+    hand over to the server's own shutdown, which would stop listening and close them with
+    1012 at once. Returns what restores the previous handler. Only under a server that
+    handles SIGTERM itself (uvicorn), in the main thread."""
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread() or not callable(previous):
         return lambda: None
     loop = asyncio.get_running_loop()
     forward: Callable[[int, FrameType | None], Any] = previous
+    received = False
 
     async def drain_then_stop(signum: int, frame: FrameType | None) -> None:
         try:
+            announce()
+            await asyncio.sleep(grace)
             await drain(hub, seconds)
         finally:
             forward(signum, frame)
@@ -131,9 +142,11 @@ def install_drain(hub: Hub, seconds: float) -> Callable[[], None]:
         task.add_done_callback(running.discard)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        if hub.draining:  # a second SIGTERM: stop now
+        nonlocal received
+        if received:  # a second SIGTERM: stop now
             forward(signum, frame)
             return
+        received = True
         loop.call_soon_threadsafe(start_drain, signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)

@@ -66,6 +66,7 @@ from apex.usage.spend import (
     PrefixRow,
     SpendData,
     Window,
+    WindowTotals,
 )
 
 # --- SQL functions that differ between PostgreSQL and SQLite -------------------------------
@@ -518,6 +519,30 @@ class SpendRepository:
             )
             for row in (await self.session.execute(statement)).all()
         ]
+
+    async def totals(
+        self,
+        organization_id: uuid.UUID,
+        window: Window,
+        *,
+        workload: str | None = None,
+        model: str | None = None,
+    ) -> WindowTotals:
+        """Calls, failed calls and cost of a window of whole hours, optionally of one
+        workload or one model (alert rules read this)."""
+        failed = case((R.status != CallStatus.OK.value, R.calls), else_=0)
+        where = _in(organization_id, window)
+        if workload is not None:
+            where.append(R.workload == workload)
+        if model is not None:
+            where.append(R.model == model)
+        statement = select(
+            func.coalesce(func.sum(R.calls), 0),
+            func.coalesce(func.sum(failed), 0),
+            func.coalesce(func.sum(R.cost_nanos), 0),
+        ).where(*where)
+        calls, failed_calls, cost = (await self.session.execute(statement)).one()
+        return WindowTotals(int(calls), int(failed_calls), int(cost))
 
     async def hours(self, organization_id: uuid.UUID, window: Window) -> list[HourRow]:
         hour = utc_hour(R.hour)

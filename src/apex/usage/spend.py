@@ -30,6 +30,13 @@ class Window:
         return Window(hour_floor(self.start), hour_ceiling(self.end))
 
 
+@dataclass(frozen=True, slots=True)
+class WindowTotals:
+    calls: int
+    failed_calls: int
+    cost_nanos: int
+
+
 def month_start(instant: datetime) -> datetime:
     """The start of the UTC calendar month `instant` falls in."""
     return hour_floor(instant).replace(day=1, hour=0)

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from tests.harness import PostgresCluster
-from tests.harness.smtp import token_in
+from tests.harness.smtp import SmtpServer, token_in
 from tests.integration.conftest import SharedMail
 
 CORE_TABLES = ("users", "organizations", "memberships", "threads", "messages", "outbox_messages")
@@ -32,12 +32,14 @@ def signup_body(**overrides: Any) -> dict[str, Any]:
     }
 
 
-def signup(client: httpx.Client, **overrides: Any) -> httpx.Response:
-    """Sign up as a person does: ask (202), read the verification mail the session's SMTP
-    server received, spend its token. The verification's answer (201 with tokens), or the
-    sign-up's own if it was refused."""
+def signup(
+    client: httpx.Client, *, mail_server: SmtpServer | None = None, **overrides: Any
+) -> httpx.Response:
+    """Sign up as a person does: ask (202), read the verification mail the SMTP server
+    received (the session's, unless the server mails another), spend its token. The
+    verification's answer (201 with tokens), or the sign-up's own if it was refused."""
     body = signup_body(**overrides)
-    mail = SharedMail.get()
+    mail = mail_server or SharedMail.get()
     seen = mail.keys()
     asked = client.post(SIGNUP, json=body)
     if asked.status_code != 202:

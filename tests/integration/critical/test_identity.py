@@ -301,6 +301,7 @@ MANAGERS = frozenset({"owner", "admin"})
 OWNER = frozenset({"owner"})
 BILLING = "/api/v1/billing"
 FINDINGS = "/api/v1/findings"
+ALERTS = "/api/v1/alerts"
 _ORG = "/api/v1/organizations/current"
 EXPECTED_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("GET", _ORG): EVERYONE,
@@ -338,6 +339,14 @@ EXPECTED_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", FINDINGS + "/{finding_id}/adopt"): MANAGERS,
     ("POST", FINDINGS + "/{finding_id}/dismiss"): MANAGERS,
     ("GET", "/api/v1/audit"): OWNER,
+    # Alert rules decide who is told what, and where: managers set them, everyone reads.
+    ("GET", ALERTS + "/rules"): EVERYONE,
+    ("POST", ALERTS + "/rules"): MANAGERS,
+    ("GET", ALERTS + "/rules/{rule_id}"): EVERYONE,
+    ("PATCH", ALERTS + "/rules/{rule_id}"): MANAGERS,
+    ("DELETE", ALERTS + "/rules/{rule_id}"): MANAGERS,
+    ("GET", ALERTS + "/events"): EVERYONE,
+    ("GET", ALERTS + "/events/{event_id}/deliveries"): EVERYONE,
     # Billing is the owner's alone (it spends the organisation's money).
     ("GET", f"{BILLING}/subscription"): OWNER,
     ("GET", f"{BILLING}/subscription/events"): OWNER,
@@ -393,12 +402,27 @@ def test_rbac_enforcement_integration(
                    for workload in "abcdefghi" for i in range(60)]  # fmt: skip
     sent = ca.post("/api/v1/usage/events", headers=as_owner, json={"records": short_calls})
     assert sent.json()["accepted"] == len(short_calls), sent.text
-    worker = start_worker(database_url, fresh_redis.url)
+    worker = start_worker(database_url, fresh_redis.url, alert_evaluation_seconds="0.5")
     finished = new_run()
+
+    # A rule that fires at once (any spend in the last week), for its event's delivery log.
+    def new_rule() -> str:
+        made = ca.post(f"{ALERTS}/rules", headers=as_owner, json={
+            "name": "any spend", "kind": "spend", "threshold": "0.000001",
+            "window_minutes": 10080, "channels": [{"type": "email", "to": "ops@example.test"}],
+        })  # fmt: skip
+        assert made.status_code == 201, made.text
+        return str(made.json()["id"])
+
+    alert_rule = new_rule()
     assert wait_until(
-        lambda: ca.get(f"{RUNS}/{finished}", headers=as_owner).json()["status"] == "succeeded",
+        lambda: (
+            ca.get(f"{RUNS}/{finished}", headers=as_owner).json()["status"] == "succeeded"
+            and ca.get(f"{ALERTS}/events", headers=as_owner).json() != []
+        ),
         timeout=60,
     )
+    alert_event = ca.get(f"{ALERTS}/events", headers=as_owner).json()[0]["id"]
     worker.stop()
     finished_thread = ca.get(f"{RUNS}/{finished}", headers=as_owner).json()["thread_id"]
     findings = [f["id"] for f in ca.get(FINDINGS, headers=as_owner).json()]
@@ -553,6 +577,33 @@ def test_rbac_enforcement_integration(
                 path.replace("{thread_id}", finished_thread),
             ),
             ("GET", "/api/v1/audit"): lambda: (None, path),
+            ("GET", ALERTS + "/rules"): lambda: (None, path),
+            ("POST", ALERTS + "/rules"): lambda: (
+                {
+                    "name": "errors",
+                    "kind": "error_rate",
+                    "threshold": "5",
+                    "channels": [{"type": "email", "to": "ops@example.test"}],
+                },
+                path,
+            ),
+            ("GET", ALERTS + "/rules/{rule_id}"): lambda: (
+                None,
+                path.replace("{rule_id}", alert_rule),
+            ),
+            ("PATCH", ALERTS + "/rules/{rule_id}"): lambda: (
+                {"name": "renamed"},
+                path.replace("{rule_id}", alert_rule),
+            ),
+            ("DELETE", ALERTS + "/rules/{rule_id}"): lambda: (
+                None,
+                path.replace("{rule_id}", new_rule()),
+            ),
+            ("GET", ALERTS + "/events"): lambda: (None, path),
+            ("GET", ALERTS + "/events/{event_id}/deliveries"): lambda: (
+                None,
+                path.replace("{event_id}", alert_event),
+            ),
             ("GET", FINDINGS): lambda: (None, path),
             ("GET", FINDINGS + "/{finding_id}"): lambda: (
                 None,
@@ -688,7 +739,7 @@ TENANT_TABLES = (
     "organizations", "memberships", "api_keys", "invitations", "price_overrides",
     "usage_records", "usage_rollups", "usage_hash_rollups", "usage_hash_totals", "usage_imports",
     "usage_import_problems", "agent_runs", "threads", "subscriptions", "subscription_events",
-    "invoices", "payments", "findings",
+    "invoices", "payments", "findings", "alert_rules", "alert_events", "alert_deliveries",
 )  # fmt: skip
 # Reads that are the same for everyone (the plan catalogue): they must not leak A's data,
 # and hold no one's.
@@ -732,7 +783,10 @@ def test_tenant_isolation_integration(
 ) -> None:
     gateway = payments.apex_settings()
     server = start_apex(database_url, fresh_redis.url, session_cookie_secure="false", **gateway)
-    start_worker(database_url, fresh_redis.url, **gateway)
+    # Alerts evaluated every half second; a notice that fails is not retried (so A's rows
+    # stay still while B probes them).
+    start_worker(database_url, fresh_redis.url, alert_evaluation_seconds="0.5",
+                 alert_delivery_attempts="1", **gateway)  # fmt: skip
     payments.send_webhooks_to(server.base_url + f"{BILLING}/webhooks/stripe")
     client = server.client()
     db = database_name(database_url)
@@ -807,6 +861,27 @@ def test_tenant_isolation_integration(
         (finding, *_) = client.get(FINDINGS, headers=auth).json()
         adopted = client.post(f"{FINDINGS}/{finding['id']}/adopt", headers=auth)
         assert adopted.status_code == 200, adopted.text
+        inbox, hook = f"oncall-{marker}@example.test", f"https://hooks.example.test/{marker}"
+        rule = client.post(f"{ALERTS}/rules", headers=auth, json={
+            "name": f"spend {marker}", "kind": "spend", "threshold": "0.000001",
+            "window_minutes": 10080, "workload": f"triage-{marker}",
+            "channels": [{"type": "email", "to": inbox}, {"type": "webhook", "url": hook}],
+        })  # fmt: skip
+        assert rule.status_code == 201, rule.text
+
+        def notices_settled() -> list[dict[str, Any]]:
+            events = client.get(f"{ALERTS}/events", headers=auth).json()
+            if not events:
+                return []
+            log = client.get(f"{ALERTS}/events/{events[0]['id']}/deliveries", headers=auth)
+            settled = all(d["status"] != "pending" for d in log.json()) and len(log.json()) == 2
+            return events if settled else []
+
+        assert wait_until(lambda: notices_settled() != [], 30)
+        alert_event = notices_settled()[0]["id"]
+        paused = client.patch(f"{ALERTS}/rules/{rule.json()['id']}", headers=auth,
+                              json={"enabled": False})  # fmt: skip
+        assert paused.status_code == 200, paused.text
         browser = client.post("/api/v1/auth/session",
                               json={"email": owner_email, "password": PASSWORD})  # fmt: skip
         assert browser.status_code == 200, browser.text
@@ -816,9 +891,10 @@ def test_tenant_isolation_integration(
             "invitation": invitation.json()["id"], "record": record_id, "run": run_id,
             "thread": thread_id, "session": browser.json()["id"],
             "import": imported.json()["id"], "invoice": paid_invoice()[0]["id"],
-            "finding": finding["id"],
+            "finding": finding["id"], "alert_rule": rule.json()["id"], "alert_event": alert_event,
         }  # fmt: skip
-        secrets_of_tenant = {owner_email, extra_email, key.json()["prefix"], negotiated, marker}
+        secrets_of_tenant = {owner_email, extra_email, key.json()["prefix"], negotiated, marker,
+                             inbox, hook, rule.json()["webhook_secret"]}  # fmt: skip
         secrets_of_tenant |= set(ids.values())
         return auth, secrets_of_tenant, ids
 

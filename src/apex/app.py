@@ -55,6 +55,9 @@ from apex.observability import endpoints as observability_endpoints
 from apex.observability import health
 from apex.observability.dependencies import build_checks
 from apex.observability.logging import RequestContextMiddleware, configure_logging
+from apex.observability.metrics import Metrics, observe_pool, observe_replicas
+from apex.observability.telemetry import PointBuffer
+from apex.observability.tracing import configure_tracing, shutdown_tracing
 from apex.realtime import gateway
 from apex.realtime.hub import Hub
 from apex.settings import Settings, load_settings
@@ -98,7 +101,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.redis_url is None
         else None
     )
-    queue = JobQueue(settings)
+    queue = JobQueue(settings, app.state.metrics)
     register_agent_tasks(queue, runtime)
     payments = build_gateway(settings)
     app.state.mailer = app.state.mailer or create_mailer(settings)
@@ -157,6 +160,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     keyring.start(settings.signing_keys_refresh_seconds)
     await app.state.hub.start()
     app.state.health.start()
+    app.state.telemetry = PointBuffer(
+        database,
+        app.state.metrics,
+        capacity=settings.telemetry_buffer_points,
+        interval=settings.telemetry_flush_seconds,
+    )
+    app.state.telemetry.start()
+    observe_pool(app.state.metrics, database.pool_status)
+    observe_replicas(app.state.metrics, database.replicas)
     restore_sigterm = gateway.install_drain(
         app.state.hub,
         settings.websocket_drain_seconds,
@@ -224,12 +236,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if alerting is not None:
             await alerting
         await keyring.stop()
+        await app.state.telemetry.stop()  # every point recorded, stored (uvicorn has drained)
         await queue.stop()
         await relay.stop()
         await cache.stop()
         await redis.aclose()
         await database.dispose()
         log.info("apex_stopped")
+        shutdown_tracing()
 
 
 def _body_limits(settings: Settings) -> dict[str, int]:
@@ -262,6 +276,10 @@ def create_app(
         lifespan=_lifespan,
         docs_url=None,  # served by apex.web.docs, without a CDN
         redoc_url=None,
+        # Apex makes its own spans and metrics (apex.observability): FastAPI's built-in ones
+        # would duplicate the HTTP span, trace a WebSocket as one endless span, and record
+        # exception messages that may carry user data.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
     app.state.clock = clock or SystemClock()
@@ -284,7 +302,8 @@ def create_app(
         read_timeout=settings.body_read_timeout_seconds,
         streamed={IMPORT_PATH: settings.max_import_bytes},
     )
-    app.add_middleware(RequestContextMiddleware)
+    app.state.metrics = Metrics("apex-serve")
+    app.add_middleware(RequestContextMiddleware, on_response=app.state.metrics.record_request)
     app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]
     mount_docs(app)
     app.include_router(health.router)
@@ -299,6 +318,8 @@ def create_app(
     app.include_router(alert_endpoints.router)
     app.include_router(billing_endpoints.operator_router)
     app.include_router(observability_endpoints.router)
+    app.include_router(observability_endpoints.telemetry_router)
+    app.include_router(observability_endpoints.metrics_router)
     app.include_router(gateway.router)
     return app
 
@@ -307,6 +328,7 @@ def create_app_from_env() -> ASGIApp:
     """Factory for `uvicorn --factory` (each worker process reads the environment); with
     the demo checkout's gateway beside the app when the settings turn it on."""
     settings = load_settings()
+    configure_tracing("apex-serve")
     app = create_app(settings)
     if not settings.payments_sandbox or settings.stripe_webhook_secret is None:
         return app

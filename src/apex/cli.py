@@ -515,12 +515,15 @@ def worker(
     from apex.kit.queue import JobQueue, WorkerRegistry, serve_jobs
     from apex.kit.redis import create_redis
     from apex.observability.logging import configure_logging
+    from apex.observability.metrics import Metrics, observe_worker, serve_metrics
+    from apex.observability.tracing import configure_tracing, shutdown_tracing
     from apex.usage.maintenance import keep_maintaining
 
     settings = _settings()
     if settings.redis_url is None:
         _fail("apex worker needs APEX_REDIS_URL (the embedded default runs jobs in-process).", 2)
     configure_logging(settings.log_level, settings.log_format)
+    configure_tracing("apex-worker")
 
     async def run() -> None:
         database = Database(settings)
@@ -533,7 +536,9 @@ def worker(
         runtime = build_runtime(
             settings, database, redis, SystemClock(), Failpoints(settings.failpoints)
         )
-        queue = JobQueue(settings)
+        metrics = Metrics("apex-worker")
+        serve_metrics(metrics, database, settings.worker_metrics_host, settings.worker_metrics_port)
+        queue = JobQueue(settings, metrics)
         register_agent_tasks(queue, runtime)
         payments = build_gateway(settings)
         failpoints = Failpoints(settings.failpoints)
@@ -554,9 +559,9 @@ def worker(
                 tax_rate=settings.billing_tax_rate, mailer=mailer,
             )
         )  # fmt: skip
-        heartbeat = asyncio.create_task(
-            WorkerRegistry(redis, settings, SystemClock()).keep_beating(stop)
-        )
+        registry = WorkerRegistry(redis, settings, SystemClock())
+        observe_worker(metrics, registry, runtime.llm)
+        heartbeat = asyncio.create_task(registry.keep_beating(stop))
         alerting = asyncio.create_task(
             keep_alerting(database, SystemClock(), mailer, settings, stop)
         )
@@ -573,6 +578,7 @@ def worker(
             await redis.aclose()
             await database.dispose()
             structlog.get_logger("apex.worker").info("worker_stopped")
+            shutdown_tracing()
 
     asyncio.run(run())
 

@@ -29,6 +29,7 @@ from apex.identity.models import (
 )
 from apex.kit.models import Base
 from apex.kit.outbox import OutboxMessage
+from apex.observability.models import TelemetryPoint
 from apex.usage.models import PriceOverride, UsageRecord
 
 metadata = Base.metadata
@@ -59,6 +60,7 @@ __all__ = [
     "SigningKey",
     "Subscription",
     "SubscriptionEvent",
+    "TelemetryPoint",
     "Thread",
     "UsageRecord",
     "User",

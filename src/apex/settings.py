@@ -340,6 +340,29 @@ class Settings(BaseSettings):
         description="How often remote dependencies (LLM providers, the payment gateway, mail) "
         "are probed in the background; readiness reports their latest result.",
     )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token Prometheus sends to scrape /metrics; without one, only "
+        "loopback clients may scrape it.",
+    )
+    worker_metrics_port: int = Field(
+        default=9464, ge=0, le=65535, description="Where `apex worker` serves /metrics (0: off)."
+    )
+    worker_metrics_host: str = Field(
+        default="127.0.0.1",
+        description="The address `apex worker` serves /metrics on (it has no token check: "
+        "open it to the scraper's network deliberately).",
+    )
+    telemetry_buffer_points: int = Field(
+        default=10_000,
+        ge=100,
+        le=1_000_000,
+        description="Product points held in memory before they are stored; beyond, new points "
+        "are dropped and counted (apex_telemetry_points_dropped_total).",
+    )
+    telemetry_flush_seconds: float = Field(
+        default=1.0, gt=0, le=300, description="How often buffered product points are stored."
+    )
     shutdown_grace_seconds: float = Field(
         default=3.0,
         ge=0,

@@ -131,6 +131,7 @@ TEST_DEFAULTS = {
     "enforce_api_limits": "false",
     # A stopped test server leaves at once; the drain on SIGTERM has its own test.
     "shutdown_grace_seconds": "0",
+    "worker_metrics_port": "0",  # many workers on one machine: the telemetry test sets one
 }
 
 

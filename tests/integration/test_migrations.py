@@ -56,6 +56,7 @@ CORE_TABLES = {
     "alert_rules",
     "alert_events",
     "alert_deliveries",
+    "telemetry_points",
 }
 
 

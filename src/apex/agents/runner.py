@@ -41,6 +41,7 @@ from apex.identity.repository import OrganizationRepository
 from apex.kit.clock import Clock
 from apex.kit.db import Database
 from apex.kit.failpoints import Failpoints
+from apex.observability import tracing
 from apex.settings import Settings
 from apex.usage.models import NANOS_PER_USD
 from apex.usage.spend import Window
@@ -171,7 +172,11 @@ async def advance(runtime: Runtime, run_id: uuid.UUID) -> bool:
         if timeout <= 0:
             raise TimeoutError
         async with asyncio.timeout(timeout):
-            output = await _until_cancelled(runtime, run_id, STEP_FUNCTIONS[claim.step](context))
+            with tracing.span(f"agent.step {claim.step}", attributes={"apex.run_id": str(run_id),
+                              "apex.step.position": claim.position}):  # fmt: skip
+                output = await _until_cancelled(
+                    runtime, run_id, STEP_FUNCTIONS[claim.step](context)
+                )
     except RunCancelled:
         log.info("agent_step_cancelled", run_id=str(run_id), step=claim.step)
         await _finish_step(runtime, context, claim, started, error="cancelled")

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import structlog
 from fastapi import Depends, Request
 from greenlet import getcurrent, greenlet
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -41,6 +42,7 @@ from apex.kit.replicas import (
     RoutingAsyncSession,
     RoutingSession,
 )
+from apex.observability import tracing
 from apex.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -112,22 +114,53 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
         ensure_sqlite_directory(url)
         engine = create_async_engine(url, echo=settings.db_echo)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_async_engine(
-        url,
-        echo=settings.db_echo,
-        poolclass=InstrumentedPool,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-        pool_timeout=settings.db_pool_timeout,
-        pool_recycle=settings.db_pool_recycle,
-        pool_pre_ping=settings.db_pool_pre_ping,
-        connect_args={
-            "timeout": settings.db_connect_timeout,
-            "command_timeout": settings.db_command_timeout,
-            "server_settings": {"application_name": "apex"},
-        },
+        return trace_statements(engine)
+    return trace_statements(
+        create_async_engine(
+            url,
+            echo=settings.db_echo,
+            poolclass=InstrumentedPool,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout,
+            pool_recycle=settings.db_pool_recycle,
+            pool_pre_ping=settings.db_pool_pre_ping,
+            connect_args={
+                "timeout": settings.db_connect_timeout,
+                "command_timeout": settings.db_command_timeout,
+                "server_settings": {"application_name": "apex"},
+            },
+        )
     )
+
+
+def trace_statements(engine: AsyncEngine) -> AsyncEngine:
+    """A client span per SQL statement (its text, never its parameters), child of whatever
+    span is current (the request, the job)."""
+    system = engine.dialect.name
+
+    def start(_: Any, __: Any, statement: str, ___: Any, context: Any, ____: bool) -> None:
+        verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
+        context._apex_span = tracing.tracer.start_span(
+            f"SQL {verb}", kind=SpanKind.CLIENT,
+            attributes={"db.system": system, "db.statement": statement[:1000]},
+        )  # fmt: skip
+
+    def end(_: Any, __: Any, ___: str, ____: Any, context: Any, _____: bool) -> None:
+        span = getattr(context, "_apex_span", None)
+        if span is not None:
+            span.end()
+
+    def failed(error: Any) -> None:
+        span = getattr(error.execution_context, "_apex_span", None)
+        if span is not None:
+            span.set_status(Status(StatusCode.ERROR, type(error.original_exception).__name__))
+            span.end()
+
+    event.listen(engine.sync_engine, "before_cursor_execute", start)
+    event.listen(engine.sync_engine, "after_cursor_execute", end)
+    event.listen(engine.sync_engine, "handle_error", failed)
+    return engine
 
 
 class Database:

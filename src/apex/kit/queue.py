@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -25,7 +28,11 @@ from taskiq import AckableMessage, AsyncBroker, InMemoryBroker
 from taskiq_redis import RedisStreamBroker
 
 from apex.kit.clock import Clock
+from apex.observability import tracing
 from apex.settings import Settings
+
+if TYPE_CHECKING:
+    from apex.observability.metrics import Metrics
 
 JOBS_AFTER_COMMIT = "jobs_after_commit"
 RECONNECT_FIRST_SECONDS = 0.5
@@ -115,19 +122,50 @@ def create_broker(settings: Settings) -> AsyncBroker:
 
 
 class JobQueue:
-    """The broker and the tasks registered on it."""
+    """The broker and the tasks registered on it; with `metrics`, each job run is counted
+    by task and outcome and timed (`apex_queue_jobs_total`, `apex_queue_job_duration_*`)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.broker = create_broker(settings)
+        self.metrics = metrics
 
     def register(self, name: str, task: Callable[..., Awaitable[None]]) -> None:
-        self.broker.register_task(task, task_name=name)
+        self.broker.register_task(self._instrumented(name, task), task_name=name)
+
+    def _instrumented(
+        self, name: str, task: Callable[..., Awaitable[None]]
+    ) -> Callable[..., Awaitable[None]]:
+        """The task run in a span continuing the trace of whoever queued it, counted and
+        timed when the process has metrics."""
+        metrics = self.metrics
+
+        @functools.wraps(task)
+        async def run(*args: Any, **kwargs: Any) -> None:
+            parent = kwargs.pop(tracing.TRACEPARENT, None)
+            started, outcome = time.perf_counter(), "error"
+            try:
+                with tracing.span(f"job {name}", kind=SpanKind.CONSUMER,
+                                  parent={"traceparent": parent} if parent else None,
+                                  attributes={"messaging.operation": "process"}):  # fmt: skip
+                    await task(*args, **kwargs)
+                outcome = "ok"
+            finally:
+                if metrics is not None:
+                    labels = {"task": name, "outcome": outcome}
+                    metrics.jobs.add(1, labels)
+                    metrics.job_duration.record(time.perf_counter() - started, labels)
+
+        return run
 
     async def enqueue(self, name: str, *args: Any) -> None:
         task = self.broker.find_task(name)
         if task is None:
             raise RuntimeError(f"task {name} is not registered")
-        await task.kiq(*args)
+        traceparent = tracing.carrier().get("traceparent")
+        if traceparent is None:
+            await task.kiq(*args)
+        else:
+            await task.kiq(*args, **{tracing.TRACEPARENT: traceparent})
 
     @staticmethod
     def enqueue_after_commit(session_info: dict[str, Any], name: str, *args: Any) -> None:
@@ -165,6 +203,8 @@ class WorkerRegistry:
     def __init__(self, redis: Redis, settings: Settings, clock: Clock) -> None:
         self.redis = redis
         self.key = f"{settings.queue_name}:workers"
+        self.queue_name = settings.queue_name
+        self.backlog = 0  # jobs in the stream at the last heartbeat (a gauge reads it)
         self.heartbeat = settings.worker_heartbeat_seconds
         self.clock = clock
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -174,7 +214,9 @@ class WorkerRegistry:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self.key, {self.name: now})
             pipe.zremrangebyscore(self.key, "-inf", now - 3600)  # long-gone workers
-            await pipe.execute()
+            pipe.xlen(self.queue_name)
+            *_, backlog = await pipe.execute()
+        self.backlog = int(backlog)
 
     async def keep_beating(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -7,14 +7,27 @@ dropped from its pool and commands are retried (twice, with backoff).
 
 from __future__ import annotations
 
+from typing import Any
+
 import fakeredis
+from opentelemetry.trace import SpanKind
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from apex.observability import tracing
 from apex.settings import Settings
+
+
+class TracedRedis(Redis):
+    """A client span per Redis command (its name, never its arguments)."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        name = str(args[0]) if args else "?"
+        with tracing.span(f"redis {name}", kind=SpanKind.CLIENT, attributes={"db.system": "redis"}):
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
 
 def create_redis(settings: Settings) -> Redis:
@@ -33,4 +46,4 @@ def create_redis(settings: Settings) -> Redis:
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
-    return Redis.from_pool(pool)
+    return TracedRedis.from_pool(pool)

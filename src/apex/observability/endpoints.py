@@ -1,13 +1,25 @@
-"""The operators' view of this instance's health: GET /api/v1/operator/health."""
+"""The operators' view of this instance's health (GET /api/v1/operator/health) and the
+organisation's product telemetry (GET /api/v1/telemetry)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import hmac
+from datetime import timedelta
+from typing import Annotated, Literal
 
-from apex.identity.deps import CurrentOperator
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel
+
+from apex.identity.deps import CurrentOperator, Principal, RequirePermission
+from apex.kit.clock import UtcInstant
+from apex.kit.db import SessionDep
+from apex.kit.errors import Forbidden, ValidationFailed
 from apex.observability.health import HealthMonitor, HealthReport
+from apex.observability.metrics import CONTENT_TYPE, Metrics
+from apex.observability.repository import TelemetryRepository
 
 router = APIRouter(prefix="/api/v1/operator", tags=["operator"])
+telemetry_router = APIRouter(prefix="/api/v1/telemetry", tags=["telemetry"])
 
 
 @router.get("/health", response_model=HealthReport)
@@ -17,3 +29,68 @@ async def instance_health(request: Request, _: CurrentOperator) -> HealthReport:
     (operators only). Answers 200 whatever the state: it describes, `/health/ready` decides."""
     monitor: HealthMonitor = request.app.state.health
     return await monitor.report()
+
+
+class Bucket(BaseModel):
+    day: str
+    hour: int | None
+    value: int
+
+
+class TelemetryOut(BaseModel):
+    organization_id: str
+    metric: str
+    bucket: Literal["hour", "day"]
+    total: int
+    buckets: list[Bucket]
+
+
+@telemetry_router.get("", response_model=TelemetryOut)
+async def product_telemetry(
+    request: Request,
+    principal: Annotated[Principal, RequirePermission("usage:read")],
+    session: SessionDep,
+    metric: Annotated[Literal["usage.records"], Query(description="What is counted.")] = (
+        "usage.records"
+    ),
+    bucket: Annotated[Literal["hour", "day"], Query()] = "day",
+    since: Annotated[UtcInstant | None, Query(description="Default: 30 days before until.")] = None,
+    until: Annotated[UtcInstant | None, Query(description="Default: now.")] = None,
+) -> TelemetryOut:
+    """The organisation's product points summed per UTC hour or day (records ingested, as
+    counted when each batch committed; points are stored within seconds)."""
+    until = until or request.app.state.clock.now()
+    since = since or until - timedelta(days=30)
+    if since >= until:
+        raise ValidationFailed(
+            "The period is empty.", errors=[{"field": "since", "message": "must be before until"}]
+        )
+    rows = await TelemetryRepository(session).sums(
+        principal.organization_id, metric, since, until, bucket
+    )
+    buckets = [Bucket(day=day, hour=None if hour < 0 else hour, value=value)
+               for day, hour, value in rows]  # fmt: skip
+    return TelemetryOut(
+        organization_id=str(principal.organization_id), metric=metric, bucket=bucket,
+        total=sum(b.value for b in buckets), buckets=buckets,
+    )  # fmt: skip
+
+
+metrics_router = APIRouter()
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
+@metrics_router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(request: Request) -> Response:
+    """This process's metrics in Prometheus's text format, for a scraper with
+    `APEX_METRICS_TOKEN` as its bearer token (without a token set: loopback only)."""
+    token = request.app.state.settings.metrics_token
+    if token is None:
+        allowed = request.client is not None and request.client.host in LOOPBACK
+    else:
+        sent = request.headers.get("authorization", "").removeprefix("Bearer ").encode()
+        allowed = hmac.compare_digest(sent, token.get_secret_value().encode())
+    if not allowed:
+        raise Forbidden("Metrics are for the installation's scraper.")
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE)

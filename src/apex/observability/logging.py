@@ -11,12 +11,17 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import structlog
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from apex.observability import tracing
+
 REQUEST_ID_HEADER = "x-request-id"
+TRACE_ID_HEADER = "x-trace-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 log = structlog.get_logger("apex.http")
@@ -26,6 +31,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Route structlog and stdlib logging through one renderer at `level`."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        tracing.add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -63,6 +69,13 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
 
+def _trace_headers(scope: Scope) -> dict[str, str]:
+    """The caller's W3C trace context, if it sent one."""
+    wanted = {b"traceparent", b"tracestate"}
+    return {bytes(k).decode(): bytes(v).decode("latin-1")
+            for k, v in scope.get("headers", []) if k in wanted}  # fmt: skip
+
+
 def _incoming_request_id(scope: Scope) -> str:
     for name, value in scope.get("headers", []):
         if name == REQUEST_ID_HEADER.encode():
@@ -73,40 +86,69 @@ def _incoming_request_id(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    """Give every HTTP request an id (the client's `X-Request-ID` if well-formed), bind it to
-    the log context, echo it in the response, and log one line when the response is sent."""
+    """Give every HTTP request an id (the client's `X-Request-ID` if well-formed) and a
+    server span (continuing the caller's W3C `traceparent`), bind them to the log context,
+    echo both ids in the response (`X-Request-ID`, `X-Trace-Id`), log one line when the
+    response is sent and hand status and latency to `on_response` (the metrics)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self, app: ASGIApp, on_response: Callable[[Scope, int, float], None] | None = None
+    ) -> None:
         self.app = app
+        self.on_response = on_response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in {"http", "websocket"}:
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope)
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        structlog.contextvars.bind_contextvars(request_id=_incoming_request_id(scope))
+        try:
+            if scope["type"] == "websocket":  # long-lived: each message gets its own span
+                await self.app(scope, receive, send)
+            else:
+                await self._http(scope, receive, send)
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = structlog.contextvars.get_contextvars()["request_id"]
         started = time.perf_counter()
         status = 500
+        method = scope["method"]
+        attributes = {"http.request.method": method, "url.path": scope["path"]}
+        with tracing.span(
+            method, kind=SpanKind.SERVER, parent=_trace_headers(scope), attributes=attributes
+        ) as current:
+            trace_id = tracing.current_trace_id() or ""
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
-                message = {**message, "headers": headers}
-            await send(message)
+            async def send_with_ids(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    headers = list(message.get("headers", []))
+                    headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
+                    headers.append((TRACE_ID_HEADER.encode(), trace_id.encode()))
+                    message = {**message, "headers": headers}
+                await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            if scope["type"] == "http":
+            try:
+                await self.app(scope, receive, send_with_ids)
+            finally:
+                seconds = time.perf_counter() - started
+                route = getattr(scope.get("route"), "path", None)
+                current.update_name(f"{method} {route or 'unmatched'}")
+                current.set_attribute("http.response.status_code", status)
+                if route is not None:
+                    current.set_attribute("http.route", route)
+                if status >= 500:
+                    current.set_status(Status(StatusCode.ERROR))
                 log.info(
                     "request",
-                    method=scope["method"],
+                    method=method,
                     path=scope["path"],  # never the query string: it may carry secrets
                     status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=round(seconds * 1000, 2),
                 )
-            structlog.contextvars.clear_contextvars()
+                if self.on_response is not None:
+                    self.on_response(scope, status, seconds)

@@ -13,18 +13,21 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any
 
 import structlog
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from apex.identity.service import role_in
 from apex.identity.tokens import AccessClaims, decode_access_token
 from apex.kit.channels import envelope, user_channel
 from apex.kit.errors import ApexError, Unauthorized
+from apex.observability import tracing
 from apex.realtime import protocol
 from apex.realtime.connection import Connection
 from apex.realtime.handlers import HANDLERS, within_rate
@@ -242,7 +245,7 @@ async def _receive_all(connection: Connection) -> None:
             )
             continue
         try:
-            await handler(connection, frame)
+            await _handle_traced(connection, frame, handler)
         except ValidationError as exc:
             reason = _reason(exc)
             connection.reply(_error(connection, _field(exc, "payload."), reason, frame.id))
@@ -254,6 +257,23 @@ async def _receive_all(connection: Connection) -> None:
             reason = "An unexpected error occurred; it has been logged. Reconnect and resume."
             connection.reply(_error(connection, "type", reason, frame.id))
             connection.close(protocol.SERVER_ERROR, "server error")
+
+
+async def _handle_traced(
+    connection: Connection, frame: ClientFrame, handler: Callable[..., Awaitable[None]]
+) -> None:
+    """One client frame in a trace of its own (linked to the connection), logged like an
+    HTTP request is (pings are not)."""
+    organization = str(connection.organization_id)
+    started = time.perf_counter()
+    with tracing.span(f"WS {frame.type}", kind=SpanKind.SERVER, new_trace=True,
+                      attributes={"apex.organization_id": organization}):  # fmt: skip
+        try:
+            await handler(connection, frame)
+        finally:
+            if frame.type != "ping":
+                log.info("websocket_message", type=frame.type, organization_id=organization,
+                         duration_ms=round((time.perf_counter() - started) * 1000, 2))  # fmt: skip
 
 
 def _error(

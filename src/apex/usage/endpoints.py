@@ -15,7 +15,7 @@ from apex.billing.plans import plan_for
 from apex.identity.deps import CacheDep, Principal, RequirePermission
 from apex.identity.service import organization_view
 from apex.kit.cache import TwoLevelCache
-from apex.kit.db import SessionDep
+from apex.kit.db import SessionDep, call_after_commit
 from apex.kit.errors import NotFound, UnsupportedMediaType
 from apex.usage import service
 from apex.usage.imports import UsageImporter
@@ -54,8 +54,27 @@ async def ingest_usage(
     past the plan's monthly quota are rejected with field `records`, naming the quota."""
     quota = await _record_quota(request, session, cache, principal)
     report = await service.ingest(session, principal.organization_id, body.records, quota=quota)
+    count_ingested(request, session, principal.organization_id, report)
     # Serialised by pydantic-core in one call: a verdict per record, up to 10,000 of them.
     return Response(report.model_dump_json(), media_type="application/json")
+
+
+def count_ingested(
+    request: Request, session: AsyncSession, organization_id: uuid.UUID, report: IngestReport
+) -> None:
+    """Operator metrics by verdict, and the organisation's product point, once committed."""
+    state = request.app.state
+    at = state.clock.now()
+
+    async def counted() -> None:
+        for verdict, count in (("accepted", report.accepted), ("duplicate", report.duplicates),
+                               ("rejected", report.rejected)):  # fmt: skip
+            if count:
+                state.metrics.records.add(count, {"verdict": verdict})
+        if report.accepted:
+            state.telemetry.record(organization_id, "usage.records", report.accepted, at)
+
+    call_after_commit(session, counted)
 
 
 async def _record_quota(

@@ -347,6 +347,7 @@ EXPECTED_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("DELETE", ALERTS + "/rules/{rule_id}"): MANAGERS,
     ("GET", ALERTS + "/events"): EVERYONE,
     ("GET", ALERTS + "/events/{event_id}/deliveries"): EVERYONE,
+    ("GET", "/api/v1/telemetry"): EVERYONE,
     # Billing is the owner's alone (it spends the organisation's money).
     ("GET", f"{BILLING}/subscription"): OWNER,
     ("GET", f"{BILLING}/subscription/events"): OWNER,
@@ -600,6 +601,7 @@ def test_rbac_enforcement_integration(
                 path.replace("{rule_id}", new_rule()),
             ),
             ("GET", ALERTS + "/events"): lambda: (None, path),
+            ("GET", "/api/v1/telemetry"): lambda: (None, path),
             ("GET", ALERTS + "/events/{event_id}/deliveries"): lambda: (
                 None,
                 path.replace("{event_id}", alert_event),
@@ -740,6 +742,7 @@ TENANT_TABLES = (
     "usage_records", "usage_rollups", "usage_hash_rollups", "usage_hash_totals", "usage_imports",
     "usage_import_problems", "agent_runs", "threads", "subscriptions", "subscription_events",
     "invoices", "payments", "findings", "alert_rules", "alert_events", "alert_deliveries",
+    "telemetry_points",
 )  # fmt: skip
 # Reads that are the same for everyone (the plan catalogue): they must not leak A's data,
 # and hold no one's.

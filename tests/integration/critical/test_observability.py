@@ -8,11 +8,13 @@ does.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -21,12 +23,15 @@ import pytest
 
 from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
 from tests.harness.llm import LlmServer
+from tests.harness.otlp import OtlpReceiver
 from tests.harness.payments import PaymentsServer
-from tests.harness.procs import wait_until
+from tests.harness.procs import free_port, wait_until
+from tests.harness.prometheus import PrometheusServer
 from tests.harness.smtp import SmtpServer
 from tests.harness.webhooks import WebhookReceiver
-from tests.integration.conftest import SharedMail
-from tests.integration.critical.conftest import bearer, signup
+from tests.integration.conftest import SharedMail, apex_env
+from tests.integration.critical.conftest import bearer, database_name, signup
+from tests.integration.critical.test_realtime import open_session, receive_type
 
 PROBE_INTERVAL = 0.5  # health_probe_interval_seconds of the server under test
 CHECK_TIMEOUT = 1.0  # health_check_timeout
@@ -380,3 +385,289 @@ def _rule(client: httpx.Client, auth: dict[str, str], rule_id: str) -> dict[str,
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+# --- metrics scraped by a real Prometheus, product telemetry --------------------------------
+
+METRICS_TOKEN = "scrape-" + uuid.uuid4().hex
+EVENTS = "/api/v1/usage/events"
+
+
+def _record(record_id: str) -> dict[str, Any]:
+    return {"id": record_id, "timestamp": datetime.now(UTC).isoformat(), "provider": "openai",
+            "model": "gpt-4o-mini", "workload": "search", "input_tokens": 300,
+            "output_tokens": 40, "end_user": "u-1"}  # fmt: skip
+
+
+def _eventually_equal(read: Callable[[], float | None], want: float, within: float) -> float | None:
+    """Poll `read` until it equals `want` (Prometheus sees a value one scrape later)."""
+    seen: list[float | None] = [None]
+
+    def check() -> bool:
+        seen[0] = read()
+        return seen[0] == want
+
+    wait_until(check, within, interval=0.2)
+    return seen[0]
+
+
+def test_telemetry_pipeline_integration(
+    fresh_postgres: PostgresCluster,
+    fresh_redis: RedisServer,
+    start_apex: Callable[..., ApexServer],
+    start_worker: Callable[..., ApexWorker],
+) -> None:
+    fresh_postgres.create_database("apex")
+    database_url = fresh_postgres.url("apex")
+    # Instance 2 would store its product points only every minute: what it holds when it
+    # gets SIGTERM (all of them) is stored by the flush on shutdown, or lost.
+    servers = [start_apex(database_url, fresh_redis.url, auto_migrate=str(i == 0).lower(),
+                          metrics_token=METRICS_TOKEN, shutdown_grace_seconds="1",
+                          telemetry_flush_seconds="60" if i == 2 else "0.5")
+               for i in range(3)]  # fmt: skip
+    worker_port = free_port()
+    worker = start_worker(database_url, fresh_redis.url, worker_metrics_port=str(worker_port))
+    prometheus = PrometheusServer({
+        "apex-serve": ([f"127.0.0.1:{s.port}" for s in servers], METRICS_TOKEN),
+        "apex-worker": ([f"127.0.0.1:{worker_port}"], None),
+    }).start()  # fmt: skip
+    try:
+        every_target_up = ["up"] * 4
+        assert wait_until(lambda: list(prometheus.targets_up().values()) == every_target_up, 30)
+        clients = [server.client() for server in servers]
+        # Without the token, /metrics is refused even to a loopback client.
+        assert clients[0].get("/metrics").status_code == 403
+        auth = bearer(signup(clients[0]))
+        accepted_by = _assert_exact_request_and_record_counts(prometheus, servers, clients, auth)
+        assert "apex_queue_backlog" in httpx.get(f"http://127.0.0.1:{worker_port}/metrics").text
+        assert prometheus.scalar('up{job="apex-worker"}') == 1
+        _assert_product_points_survive_sigterm(fresh_postgres, servers, clients, auth, accepted_by)
+        for client in clients:
+            client.close()
+    finally:
+        prometheus.destroy()
+    assert worker.process is not None
+    assert worker.process.alive()
+
+
+def _assert_exact_request_and_record_counts(
+    prometheus: PrometheusServer,
+    servers: list[ApexServer],
+    clients: list[httpx.Client],
+    auth: dict[str, str],
+) -> dict[int, int]:
+    """A scripted workload, counted here as it is sent; PromQL over what Prometheus scraped
+    from the three instances must give the same numbers exactly."""
+    sent = {i: 0 for i in range(3)}  # POST /usage/events answered 200, per instance
+    accepted_by = {i: 0 for i in range(3)}
+    verdicts = {"accepted": 0, "duplicate": 0, "rejected": 0}
+    for n in range(30):
+        i = n % 3
+        batch = [_record(f"prom-{n}-{k}") for k in range(10)]
+        if n % 5 == 0:
+            batch.append({"id": f"prom-{n}-bad", "input_tokens": -1})  # rejected
+        if n % 6 == 0:
+            batch.append(_record(f"prom-{n}-0"))  # a duplicate within the batch
+        answer = clients[i].post(EVENTS, headers=auth, json={"records": batch})
+        assert answer.status_code == 200, answer.text
+        sent[i] += 1
+        body = answer.json()
+        accepted_by[i] += body["accepted"]
+        for verdict, field in (("accepted", "accepted"), ("duplicate", "duplicates"),
+                               ("rejected", "rejected")):  # fmt: skip
+            verdicts[verdict] += body[field]
+    assert verdicts == {"accepted": 300, "duplicate": 5, "rejected": 6}
+    for client in clients:  # one unmatched path per instance, to see it labelled so
+        assert client.get("/api/v1/no-such-thing", headers=auth).status_code == 404
+
+    posted = (
+        'sum(apex_http_requests_total{route="/api/v1/usage/events",method="POST",status="200"})'
+    )
+    assert _eventually_equal(lambda: prometheus.scalar(posted), 30, 20) == 30
+    by_instance = prometheus.query(
+        'sum by (instance) (apex_http_requests_total{route="/api/v1/usage/events",method="POST"})'
+    )
+    port_of = {f"127.0.0.1:{s.port}": i for i, s in enumerate(servers)}
+    assert {port_of[r["metric"]["instance"]]: float(r["value"][1]) for r in by_instance} == {
+        i: float(count) for i, count in sent.items()
+    }
+    for verdict, count in verdicts.items():
+        assert prometheus.scalar(f'sum(apex_usage_records_total{{verdict="{verdict}"}})') == count
+    unmatched = 'sum(apex_http_requests_total{route="unmatched",status="404"})'
+    assert _eventually_equal(lambda: prometheus.scalar(unmatched), 3, 10) == 3
+    assert prometheus.scalar("count(apex_http_request_duration_seconds_count)") is not None
+    assert prometheus.scalar('count(apex_db_pool_in_use{job="apex-serve"})') == 3
+    return accepted_by
+
+
+def _assert_product_points_survive_sigterm(
+    postgres: PostgresCluster,
+    servers: list[ApexServer],
+    clients: list[httpx.Client],
+    auth: dict[str, str],
+    accepted_by: dict[int, int],
+) -> None:
+    """1,000 more records, one per request, round-robin over the three instances; instance 2
+    gets SIGTERM a third of the way in, and what it no longer takes goes to the next one.
+    Every accepted record is counted in one product point: all of them stored, each by the
+    instance that accepted it, the stopped one's included."""
+    for n in range(1000):
+        if n == 333:
+            assert servers[2].process is not None
+            servers[2].process.signal_group(signal.SIGTERM)
+        for i in (n % 3, (n + 1) % 3, (n + 2) % 3):
+            try:
+                answer = clients[i].post(EVENTS, headers=auth,
+                                         json={"records": [_record(f"point-{n}")]})  # fmt: skip
+            except httpx.TransportError:
+                assert (i, n >= 333) == (2, True), n
+                continue  # it stopped listening: the next instance takes the record
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["accepted"] == 1, answer.text
+            accepted_by[i] += 1
+            break
+    assert sum(accepted_by.values()) == 1300
+    assert 333 // 3 <= accepted_by[2] < 1300 // 3  # it took its share until SIGTERM, then none
+    stopped = servers[2].process
+    assert stopped is not None
+    assert stopped.popen.wait(timeout=20) in (0, -signal.SIGTERM)
+
+    database = database_name(servers[0].env["APEX_DATABASE_URL"])
+    instance_of = {server.process.pid: i for i, server in enumerate(servers) if server.process}
+
+    def stored() -> dict[int, int]:
+        rows = postgres.sql(
+            "SELECT instance, sum(value) FROM telemetry_points "
+            "WHERE metric = 'usage.records' GROUP BY instance",
+            database,
+        ).split()
+        return {instance_of[int(r.split("|")[0].rsplit(":", 1)[1])]: int(r.split("|")[1])
+                for r in rows}  # fmt: skip
+
+    assert wait_until(lambda: stored() == accepted_by, 15), (stored(), accepted_by)
+    total = clients[0].get("/api/v1/telemetry", headers=auth, params={"bucket": "hour"})
+    assert total.status_code == 200, total.text
+    assert total.json()["total"] == 1300
+    assert "Traceback" not in servers[2].logs()
+
+
+# --- distributed tracing ---------------------------------------------------------------------
+
+
+def _short_calls(tag: str) -> list[dict[str, Any]]:
+    """Yesterday's short calls on a big model: the run finds them a cheaper model."""
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    return [{"id": f"{tag}-{i}", "provider": "openai", "model": "gpt-4o", "workload": "triage",
+             "timestamp": (yesterday + timedelta(minutes=i)).isoformat(),
+             "input_tokens": 500, "output_tokens": 20, "end_user": f"u{i % 5}"}
+            for i in range(60)]  # fmt: skip
+
+
+async def _ask_in_chat(server: ApexServer, token: str, question: str) -> None:
+    ws = await open_session(server, token)
+    await ws.send(json.dumps({"type": "create_thread", "payload": {"title": "Savings"}}))
+    thread_id = (await receive_type(ws, "thread_created"))["payload"]["thread"]["id"]
+    await ws.send(json.dumps({"type": "switch_thread", "payload": {"thread_id": thread_id}}))
+    await receive_type(ws, "thread_switched")  # following it: the run's events come here
+    asked = {"type": "user_message", "id": "q1",
+             "payload": {"thread_id": thread_id, "content": question}}  # fmt: skip
+    await ws.send(json.dumps(asked))
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(90):  # the run's events come back through the thread
+            while not seen or seen[-1] != "final_report":
+                frame = json.loads(await ws.recv())
+                seen.append(frame["type"] if frame["type"] != "error" else str(frame))
+    except TimeoutError:
+        raise AssertionError(f"no final report; frames: {seen}") from None
+    await ws.close()
+
+
+def _ancestors(span: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> list[str]:
+    names = []
+    while span["parent_span_id"] is not None:
+        span = by_id[span["parent_span_id"]]
+        names.append(span["name"])
+    return names
+
+
+def test_distributed_tracing_integration(
+    fresh_postgres: PostgresCluster, fresh_redis: RedisServer
+) -> None:
+    fresh_postgres.create_database("apex")
+    database_url = fresh_postgres.url("apex")
+    otlp, llm = OtlpReceiver().start(), LlmServer().start()
+    exported = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint}
+    provider = {"llm_provider": "openai", "llm_base_url": llm.base_url, "llm_api_key": "sk-test"}
+    server = ApexServer({**apex_env(database_url, fresh_redis.url, auto_migrate="true",
+                                    **provider), **exported})  # fmt: skip
+    worker = ApexWorker({**apex_env(database_url, fresh_redis.url, **provider), **exported})
+    try:
+        server.start()
+        worker.start()
+        with server.client() as client:
+            answer = signup(client)
+            sent = client.post(EVENTS, headers=bearer(answer),
+                               json={"records": _short_calls("trace")})  # fmt: skip
+            assert sent.json()["accepted"] == 60, sent.text
+            # A caller's W3C context is continued: the server's span is its child.
+            caller_trace, caller_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+            traceparent = f"00-{caller_trace}-{caller_span}-01"
+            me = client.get(
+                "/api/v1/users/me", headers={**bearer(answer), "traceparent": traceparent}
+            )
+            assert me.headers["x-trace-id"] == caller_trace
+        asyncio.run(_ask_in_chat(server, answer.json()["access_token"], "Where can we save?"))
+
+        def the_trace() -> list[dict[str, Any]]:
+            spans = otlp.spans()
+            roots = [s for s in spans if s["name"] == "WS user_message"]
+            if len(roots) != 1:
+                return []
+            found = [s for s in spans if s["trace_id"] == roots[0]["trace_id"]]
+            steps = [s for s in found if s["name"].startswith("agent.step ")]
+            jobs = [s for s in found if s["name"] == "job apex.agents.run_step"]
+            done = len(jobs) >= 2 and len(steps) == len(jobs)
+            return found if done and not any(s["name"] == "job" for s in found) else []
+
+        assert wait_until(lambda: the_trace() != [], 30), otlp.spans()[-20:]
+        time.sleep(1.5)  # the exporters' last batches
+        spans, everything = the_trace(), otlp.spans()
+        trace_id = spans[0]["trace_id"]
+        by_id = {s["span_id"]: s for s in spans}
+        (root,) = [s for s in spans if s["parent_span_id"] is None]
+        assert (root["name"], root["service"], root["kind"]) == ("WS user_message", "apex-serve",
+                                                                  "SERVER")  # fmt: skip
+        # One trace: every span's parent is in it, and no job ran outside it.
+        assert all(s["parent_span_id"] in by_id for s in spans if s is not root)
+        assert {s["trace_id"] for s in everything if s["name"].startswith("job ")} == {trace_id}
+        assert {s["service"] for s in spans} == {"apex-serve", "apex-worker"}
+        jobs = [s for s in spans if s["name"] == "job apex.agents.run_step"]
+        steps = [s for s in spans if s["name"].startswith("agent.step ")]
+        llm_calls = [s for s in spans if s["name"] == "llm openai"]
+        assert all((s["service"], s["kind"]) == ("apex-worker", "CONSUMER") for s in jobs)
+        assert all(by_id[s["parent_span_id"]]["name"] == "job apex.agents.run_step" for s in steps)
+        # The first job was queued from the chat message; each next one from the step before.
+        assert sorted(len(_ancestors(j, by_id)) > 0 for j in jobs) == [True] * len(jobs)
+        assert all(_ancestors(j, by_id)[-1] == "WS user_message" for j in jobs)
+        # Every LLM call the provider received is a client span under a step.
+        assert len(llm_calls) == len(llm.requests()) >= 1
+        assert all(
+            any(a.startswith("agent.step ") for a in _ancestors(c, by_id)) for c in llm_calls
+        )
+        for service in ("apex-serve", "apex-worker"):
+            names = {s["name"].split()[0] for s in spans if s["service"] == service}
+            assert {"SQL", "redis"} <= names, (service, names)
+        continuation = [s for s in everything if s["trace_id"] == caller_trace]
+        served = [(s["name"], s["parent_span_id"]) for s in continuation if s["kind"] == "SERVER"]
+        assert served == [("GET /api/v1/users/me", caller_span)]
+        # The trace id is in the log lines of both processes.
+        for logs in (server.logs(), worker.logs()):
+            lines = [json.loads(line) for line in logs.splitlines() if trace_id in line]
+            assert lines, "no log line carries the trace id"
+            assert all(line["trace_id"] == trace_id for line in lines)
+    finally:
+        worker.stop()
+        server.stop()
+        llm.stop()
+        otlp.destroy()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import structlog
+from opentelemetry.trace import SpanKind
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from apex.agents.llm.base import (
@@ -30,6 +31,7 @@ from apex.agents.llm.base import (
     LLMUnavailable,
 )
 from apex.kit.clock import Clock, SystemClock
+from apex.observability import tracing
 from apex.usage.pricing import Catalogue, cost_of, default_catalogue
 
 log = structlog.get_logger(__name__)
@@ -148,10 +150,13 @@ class LLMChain:
                     raise CircuitOpen(f"{provider.name}: circuit open", provider=provider.name)
                 attempts += 1
                 try:
-                    if on_chunk is None:
-                        response = await provider.complete(request)
-                    else:
-                        response = await provider.stream(request, on_chunk)
+                    with tracing.span(f"llm {provider.name}", kind=SpanKind.CLIENT,
+                                      attributes={"gen_ai.system": provider.name,
+                                         "apex.llm.attempt": attempts}):  # fmt: skip
+                        if on_chunk is None:
+                            response = await provider.complete(request)
+                        else:
+                            response = await provider.stream(request, on_chunk)
                 except LLMUnavailable:
                     breaker.record_failure()
                     raise

@@ -55,6 +55,7 @@ from apex.observability import endpoints as observability_endpoints
 from apex.observability import health
 from apex.observability.dependencies import build_checks
 from apex.observability.logging import RequestContextMiddleware, configure_logging
+from apex.observability.logstore import LogShipper
 from apex.observability.metrics import Metrics, observe_pool, observe_replicas
 from apex.observability.telemetry import PointBuffer
 from apex.observability.tracing import configure_tracing, shutdown_tracing
@@ -160,6 +161,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     keyring.start(settings.signing_keys_refresh_seconds)
     await app.state.hub.start()
     app.state.health.start()
+    app.state.log_shipper = LogShipper.from_settings(settings)
     app.state.telemetry = PointBuffer(
         database,
         app.state.metrics,
@@ -244,6 +246,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await database.dispose()
         log.info("apex_stopped")
         shutdown_tracing()
+        if app.state.log_shipper is not None:  # last: it ships the lines of the shutdown too
+            await app.state.log_shipper.uninstall()
 
 
 def _body_limits(settings: Settings) -> dict[str, int]:
@@ -268,7 +272,7 @@ def create_app(
     settings: Settings | None = None, *, clock: Clock | None = None, mailer: Mailer | None = None
 ) -> FastAPI:
     settings = settings or load_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, service="apex-serve")
     app = FastAPI(
         title="Apex",
         version=__version__,

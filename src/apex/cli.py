@@ -515,6 +515,7 @@ def worker(
     from apex.kit.queue import JobQueue, WorkerRegistry, serve_jobs
     from apex.kit.redis import create_redis
     from apex.observability.logging import configure_logging
+    from apex.observability.logstore import LogShipper
     from apex.observability.metrics import Metrics, observe_worker, serve_metrics
     from apex.observability.tracing import configure_tracing, shutdown_tracing
     from apex.usage.maintenance import keep_maintaining
@@ -522,10 +523,11 @@ def worker(
     settings = _settings()
     if settings.redis_url is None:
         _fail("apex worker needs APEX_REDIS_URL (the embedded default runs jobs in-process).", 2)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, service="apex-worker")
     configure_tracing("apex-worker")
 
     async def run() -> None:
+        shipper = LogShipper.from_settings(settings)
         database = Database(settings)
         redis = create_redis(settings)
         # What this process changes (plans, at a billing period's end) is seen at once by
@@ -579,6 +581,8 @@ def worker(
             await database.dispose()
             structlog.get_logger("apex.worker").info("worker_stopped")
             shutdown_tracing()
+            if shipper is not None:
+                await shipper.uninstall()
 
     asyncio.run(run())
 

@@ -360,6 +360,21 @@ class Settings(BaseSettings):
         description="Product points held in memory before they are stored; beyond, new points "
         "are dropped and counted (apex_telemetry_points_dropped_total).",
     )
+    log_store_url: SecretStr | None = Field(
+        default=None,
+        description="postgresql://... where every process ships its log lines (table "
+        "log_records, created if missing); none: logs go to stderr only.",
+    )
+    log_ship_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="How often buffered log lines are shipped."
+    )
+    log_buffer_lines: int = Field(
+        default=100_000,
+        ge=1000,
+        le=10_000_000,
+        description="Log lines held per process while the log store is away; beyond, new "
+        "lines are dropped (and counted).",
+    )
     telemetry_flush_seconds: float = Field(
         default=1.0, gt=0, le=300, description="How often buffered product points are stored."
     )

@@ -143,6 +143,9 @@ async def advance(runtime: Runtime, run_id: uuid.UUID) -> bool:
     if claim is None:
         return False
     info = claim.run
+    structlog.contextvars.bind_contextvars(
+        organization_id=str(info["organization_id"]), run_id=str(run_id)
+    )
     events = RunEvents(runtime.redis, run_id, info["thread_id"], runtime.clock)
     budget = Budget(
         tokens=info["token_budget"],

@@ -11,6 +11,9 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apex.audit.models import AuditRecord
+from apex.kit.db import call_after_commit
+
+log = structlog.get_logger("apex.audit")
 
 
 async def record(
@@ -40,3 +43,10 @@ async def record(
         )
     )
     await session.flush()
+
+    async def exported() -> None:  # once committed: the trail goes out with the logs too
+        log.info("audit", action=action, audit_organization_id=str(organization_id or ""),
+                 actor_id=str(actor_id or ""), target_type=None if target is None else target[0],
+                 target_id=None if target is None else str(target[1]))  # fmt: skip
+
+    call_after_commit(session, exported)

@@ -75,6 +75,8 @@ async def get_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     principal = await _authenticated(request, session, cache, credentials)
+    # Every later line of this request (its access line included) names the organisation.
+    structlog.contextvars.bind_contextvars(organization_id=str(principal.organization_id))
     await _within_plan_api_limit(request, session, cache, principal.organization_id)
     return principal
 

@@ -134,6 +134,15 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
     )
 
 
+def dialect_insert(session: AsyncSession, model: Any) -> Any:
+    """INSERT with the backend's ON CONFLICT clauses (PostgreSQL or SQLite)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(model)
+    return sqlite.insert(model)
+
+
 def trace_statements(engine: AsyncEngine) -> AsyncEngine:
     """A client span per SQL statement (its text, never its parameters), child of whatever
     span is current (the request, the job)."""

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import hmac
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
 
 from apex.identity.deps import CurrentOperator, Principal, RequirePermission
 from apex.kit.clock import UtcInstant
 from apex.kit.db import SessionDep
-from apex.kit.errors import Forbidden, ValidationFailed
+from apex.kit.errors import Forbidden, NotFound, ServiceUnavailable, ValidationFailed
 from apex.observability.health import HealthMonitor, HealthReport
+from apex.observability.logstore import as_line
 from apex.observability.metrics import CONTENT_TYPE, Metrics
 from apex.observability.repository import TelemetryRepository
 
@@ -94,3 +96,44 @@ async def prometheus_metrics(request: Request) -> Response:
         raise Forbidden("Metrics are for the installation's scraper.")
     metrics: Metrics = request.app.state.metrics
     return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+class LogLine(BaseModel):
+    """One stored line: its fields as the process wrote them (JSON), plus its id."""
+
+    model_config = {"extra": "allow"}
+    id: str
+
+
+@router.get("/logs", response_model=list[LogLine])
+async def aggregated_logs(
+    request: Request,
+    _: CurrentOperator,
+    level: Annotated[str | None, Query(max_length=10)] = None,
+    service: Annotated[str | None, Query(max_length=50)] = None,
+    process: Annotated[str | None, Query(max_length=100)] = None,
+    trace_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$")] = None,
+    request_id: Annotated[str | None, Query(max_length=128)] = None,
+    organization_id: Annotated[str | None, Query(max_length=36)] = None,
+    event: Annotated[str | None, Query(max_length=200)] = None,
+    since: Annotated[UtcInstant | None, Query(description="Default: until - 1 hour.")] = None,
+    until: Annotated[UtcInstant | None, Query(description="Default: now.")] = None,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+) -> list[dict[str, Any]]:
+    """Every process's log lines from the log store (`APEX_LOG_STORE_URL`), oldest first,
+    filtered by any of the fields (operators only)."""
+    shipper = request.app.state.log_shipper
+    if shipper is None:
+        raise NotFound("No log store is configured (APEX_LOG_STORE_URL).")
+    until = until or request.app.state.clock.now()
+    since = since or until - timedelta(hours=1)
+    given = {
+        "level": level, "service": service, "process": process, "trace_id": trace_id,
+        "request_id": request_id, "organization_id": organization_id, "event": event,
+    }  # fmt: skip
+    filters = {name: value for name, value in given.items() if value is not None}
+    try:
+        rows = await shipper.store.query(filters, since, until, limit)
+    except (OSError, SQLAlchemyError) as exc:
+        raise ServiceUnavailable("The log store is unreachable; try again.", retry_after=2) from exc
+    return [as_line(row) for row in rows]

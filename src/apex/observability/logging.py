@@ -7,7 +7,9 @@ go through the same renderer, so an aggregator sees one format.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 import sys
 import time
 import uuid
@@ -27,39 +29,60 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 log = structlog.get_logger("apex.http")
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    """Route structlog and stdlib logging through one renderer at `level`."""
-    shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        tracing.add_trace_ids,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.StackInfoRenderer(),
-    ]
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
-    structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
-    )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+_identity = {"service": "apex", "process": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def add_process(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: which service and process wrote the line."""
+    event.setdefault("service", _identity["service"])
+    event.setdefault("process", _identity["process"])
+    return event
+
+
+SHARED: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    tracing.add_trace_ids,
+    add_process,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    structlog.processors.StackInfoRenderer(),
+]
+
+
+def formatter(renderer: Any) -> logging.Formatter:
+    """Lines from structlog and from stdlib loggers, through the same chain."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=SHARED,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
             renderer,
         ],
     )
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json", service: str = "apex") -> None:
+    """Route structlog and stdlib logging through one renderer at `level`; every line says
+    which `service` and process wrote it."""
+    _identity["service"] = service
+    _identity["process"] = f"{socket.gethostname()}:{os.getpid()}"
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter)
+    handler.setFormatter(formatter(renderer))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    shippers = [h for h in root.handlers if getattr(h, "ships_logs", False)]
+    root.handlers[:] = [handler, *shippers]
     logging.captureWarnings(True)  # library warnings become log records too, in the same format
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):

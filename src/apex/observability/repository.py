@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
+from apex.kit.db import dialect_insert
 from apex.observability.models import TelemetryPoint
 from apex.usage.rollups import utc_day, utc_hour
 
@@ -18,8 +19,12 @@ class TelemetryRepository:
         self.session = session
 
     async def add_many(self, points: Sequence[dict[str, Any]]) -> None:
+        """Store points; one already stored (same id: a batch written again) is skipped."""
         if points:
-            await self.session.execute(insert(TelemetryPoint), list(points))
+            statement = dialect_insert(self.session, TelemetryPoint).on_conflict_do_nothing(
+                index_elements=["id"]
+            )
+            await self.session.execute(statement, list(points))
 
     async def sums(
         self,

@@ -40,11 +40,11 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
+from apex.kit.db import dialect_insert
 from apex.kit.models import UtcDateTime
 from apex.usage.models import (
     CallStatus,
@@ -282,12 +282,6 @@ _OVER_RECORDS = _Definitions(RECORDS_TABLE)
 _OVER_STAGING = _Definitions(STAGING_TABLE)
 
 
-def _dialect_insert(session: AsyncSession, model: Any) -> Any:
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert(model)
-    return sqlite.insert(model)
-
-
 def _upsert(
     session: AsyncSession,
     model: type[Any],
@@ -308,7 +302,7 @@ def _upsert(
         .order_by(*grouping)
     )
     table = model.__table__  # Core, not the ORM's bulk-insert path
-    insert = _dialect_insert(session, table)
+    insert = dialect_insert(session, table)
     statement: Insert = insert.from_select([*keys, *values], grouped).on_conflict_do_update(
         index_elements=list(keys),
         set_={
@@ -441,7 +435,7 @@ def _totals_from_hours(session: AsyncSession, organization_id: uuid.UUID) -> Ins
         "calls", "cost_nanos", "prefix_tokens", "first_record_id", "last_record_id",
         "first_hour", "last_hour",
     ]  # fmt: skip
-    statement: Insert = _dialect_insert(session, T.__table__).from_select(columns, summed)
+    statement: Insert = dialect_insert(session, T.__table__).from_select(columns, summed)
     return statement
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -671,3 +672,78 @@ def test_distributed_tracing_integration(
         server.stop()
         llm.stop()
         otlp.destroy()
+
+
+# --- log aggregation ---------------------------------------------------------------------------
+
+
+def test_log_aggregation_integration(
+    fresh_postgres: PostgresCluster,
+    fresh_redis: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    """500 requests over three `apex serve` processes, each with its own request id and W3C
+    trace: every access line reaches the log store with exact fields, although the store is
+    killed after the 250th request and started again after the 400th."""
+    fresh_postgres.create_database("apex")
+    store = PostgresCluster(name="logstore").init().start()
+    store.create_database("logs")
+    operator = f"ops-{uuid.uuid4().hex[:8]}@example.test"
+    shipping = {"log_store_url": store.url("logs"), "log_ship_seconds": "0.2",
+                "operator_emails": operator}  # fmt: skip
+    try:
+        servers = [start_apex(fresh_postgres.url("apex"), fresh_redis.url,
+                              auto_migrate=str(i == 0).lower(), **shipping)
+                   for i in range(3)]  # fmt: skip
+        clients = [server.client() for server in servers]
+        processes = [f"{socket.gethostname()}:{s.process.pid}" for s in servers if s.process]
+        answer = signup(clients[0], email=operator)
+        auth, organization_id = bearer(answer), answer.json()["organization_id"]
+        tag = uuid.uuid4().hex[:8]
+        expected: dict[str, dict[str, Any]] = {}
+        for n in range(500):
+            if n == 250:
+                store.kill()
+            if n == 400:
+                store.start()
+            i, trace = n % 3, uuid.uuid4().hex
+            request_id = f"agg-{tag}-{n}"
+            headers = {**auth, "X-Request-ID": request_id,
+                       "traceparent": f"00-{trace}-{uuid.uuid4().hex[:16]}-01"}  # fmt: skip
+            assert clients[i].get("/api/v1/users/me", headers=headers).status_code == 200
+            expected[request_id] = {
+                "event": "request", "level": "info", "service": "apex-serve",
+                "process": processes[i],
+                "trace_id": trace, "organization_id": organization_id,
+                "method": "GET", "path": "/api/v1/users/me", "status": 200,
+            }  # fmt: skip
+
+        def stored() -> dict[str, dict[str, Any]]:
+            lines = clients[0].get("/api/v1/operator/logs", headers=auth, params={
+                "event": "request", "organization_id": organization_id, "limit": 5000,
+            })  # fmt: skip
+            assert lines.status_code == 200, lines.text
+            ours = [line for line in lines.json() if line["request_id"].startswith(f"agg-{tag}-")]
+            assert len({line["request_id"] for line in ours}) == len(ours), "a line twice"
+            return {line["request_id"]: line for line in ours}
+
+        assert wait_until(lambda: len(stored()) == 500, 30), len(stored())
+        lines = stored()
+        fields = ("event", "level", "service", "process", "trace_id", "organization_id",
+                  "method", "path", "status")  # fmt: skip
+        assert {rid: {f: line[f] for f in fields} for rid, line in lines.items()} == expected
+        # Joined to its trace: the one line of request 7.
+        trace_7 = expected[f"agg-{tag}-7"]["trace_id"]
+        joined = clients[0].get("/api/v1/operator/logs", headers=auth,
+                                params={"trace_id": trace_7})  # fmt: skip
+        assert [line["request_id"] for line in joined.json()] == [f"agg-{tag}-7"]
+        # The outage is in the store too: each process said once that shipping failed.
+        failed = clients[0].get("/api/v1/operator/logs", headers=auth,
+                                params={"event": "batch_flush_failed"}).json()  # fmt: skip
+        assert sorted(line["process"] for line in failed) == sorted(processes)
+        stranger = bearer(signup(clients[0]))
+        assert clients[0].get("/api/v1/operator/logs", headers=stranger).status_code == 403
+        for client in clients:
+            client.close()
+    finally:
+        store.destroy()

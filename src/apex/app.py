@@ -103,6 +103,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         else None
     )
     queue = JobQueue(settings, app.state.metrics)
+    if runtime is not None:  # the embedded default: the agents run here
+        runtime.llm.metrics = app.state.metrics
     register_agent_tasks(queue, runtime)
     payments = build_gateway(settings)
     app.state.mailer = app.state.mailer or create_mailer(settings)

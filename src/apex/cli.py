@@ -563,6 +563,7 @@ def worker(
         )  # fmt: skip
         registry = WorkerRegistry(redis, settings, SystemClock())
         observe_worker(metrics, registry, runtime.llm)
+        runtime.llm.metrics = metrics
         heartbeat = asyncio.create_task(registry.keep_beating(stop))
         alerting = asyncio.create_task(
             keep_alerting(database, SystemClock(), mailer, settings, stop)

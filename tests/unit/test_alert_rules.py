@@ -10,7 +10,7 @@ import pytest
 
 from apex.alerts.delivery import DeliveryRefused, backoff_seconds, check_url
 from apex.alerts.models import AlertKind, AlertRule
-from apex.alerts.service import in_quiet_hours, measure, release_time
+from apex.alerts.service import anomaly, in_quiet_hours, measure, quota_used, release_time
 from apex.settings import Settings
 from apex.usage.spend import WindowTotals
 
@@ -86,3 +86,17 @@ def test_public_and_allowed_private_webhooks_pass() -> None:
     check_url("http://127.0.0.1:8080/hook", allow_private=True)
     with pytest.raises(DeliveryRefused):  # a scheme is never allowed
         check_url("file:///etc/passwd", allow_private=True)
+
+
+def test_spend_anomaly_is_a_multiple_of_the_usual_window() -> None:
+    # A week of baseline, 84 windows of 2 hours, $8.40 in all: $0.10 a window is usual.
+    baseline = WindowTotals(840, 0, 8_400_000_000)
+    assert anomaly(WindowTotals(10, 0, 350_000_000), baseline, 84) == Decimal("3.500000")
+    assert anomaly(WindowTotals(10, 0, 0), baseline, 84) == Decimal("0.000000")
+    assert anomaly(WindowTotals(10, 0, 350_000_000), WindowTotals(0, 0, 0), 84) is None
+
+
+def test_quota_used_is_a_percent_of_the_plan() -> None:
+    assert quota_used(80_000, 100_000) == Decimal("80.000000")
+    assert quota_used(1, 3) == Decimal("33.333333")
+    assert quota_used(5_000_000, None) is None  # a plan without a quota

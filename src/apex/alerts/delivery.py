@@ -78,10 +78,22 @@ def backoff_seconds(settings: Settings, attempts: int) -> float:
     return float(min(settings.alert_retry_base_seconds * 2**exponent, MAX_BACKOFF_SECONDS))
 
 
+WHAT = {
+    AlertKind.SPEND: "Spend",
+    AlertKind.ERROR_RATE: "Error rate",
+    AlertKind.SPEND_ANOMALY: "Spend against its usual level",
+    AlertKind.QUOTA: "Monthly record quota used",
+}
+
+
 def _amount(rule: AlertRule, value: Decimal | None) -> str:
     if value is None:
-        return "not measured (too few calls)"
-    return f"${value:,.2f}" if rule.kind == AlertKind.SPEND else f"{value:.2f}%"
+        return "not measured (too little traffic)"
+    if rule.kind == AlertKind.SPEND:
+        return f"${value:,.2f}"
+    if rule.kind == AlertKind.SPEND_ANOMALY:
+        return f"{value:.2f}x"
+    return f"{value:.2f}%"
 
 
 def _scope(rule: AlertRule) -> str:
@@ -96,8 +108,10 @@ def _at(instant: datetime | None) -> str:
 
 def describe(rule: AlertRule, event: AlertEvent, notice: str) -> tuple[str, str]:
     """The subject and text of a notice, as a person reads them."""
-    what = "Spend" if rule.kind == AlertKind.SPEND else "Error rate"
-    window = f"the last {rule.window_minutes} minutes"
+    what = WHAT[AlertKind(rule.kind)]
+    window = (
+        "this month" if rule.kind == AlertKind.QUOTA else f"the last {rule.window_minutes} minutes"
+    )
     threshold = _amount(rule, event.threshold)
     if notice == Notice.FIRING:
         subject = f"[Apex] FIRING: {rule.name}"

@@ -32,6 +32,8 @@ from apex.kit.models import DecimalText, RecordModel, enum_check
 class AlertKind(enum.StrEnum):
     SPEND = "spend"  # dollars spent over the trailing window above `threshold`
     ERROR_RATE = "error_rate"  # percent of calls failed over the window above `threshold`
+    SPEND_ANOMALY = "spend_anomaly"  # spend over the window, as a multiple of its usual
+    QUOTA = "quota"  # percent of the plan's monthly record quota used this month
 
 
 class Notice(enum.StrEnum):

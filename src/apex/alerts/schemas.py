@@ -16,6 +16,7 @@ from apex.kit.text import Text
 Url = Annotated[Text, Field(min_length=8, max_length=500)]
 Scope = Annotated[Text, Field(min_length=1, max_length=100)]
 MAX_PERCENT = Decimal(100)
+PERCENT_KINDS = (AlertKind.ERROR_RATE, AlertKind.QUOTA)
 
 
 class EmailChannel(BaseModel):
@@ -53,7 +54,8 @@ class RuleFields(BaseModel):
         gt=0,
         max_digits=18,
         decimal_places=6,
-        description="Dollars (spend) or percent of calls failed (error_rate).",
+        description="Dollars (spend), percent of calls failed (error_rate), a multiple of "
+        "the usual spend (spend_anomaly: 3 = three times), percent of the quota (quota).",
     )
     window_minutes: int | None = Field(default=None, ge=5, le=10_080)
     min_calls: int | None = Field(
@@ -81,8 +83,8 @@ class RuleIn(RuleFields):
 
     @model_validator(mode="after")
     def _percent_at_most_100(self) -> Self:
-        if self.kind == AlertKind.ERROR_RATE and self.threshold > MAX_PERCENT:
-            raise ValueError("threshold: an error rate is a percent, at most 100")
+        if self.kind in PERCENT_KINDS and self.threshold > MAX_PERCENT:
+            raise ValueError(f"threshold: a {self.kind} rule's threshold is a percent, at most 100")
         return self
 
 

@@ -33,13 +33,15 @@ from apex.alerts.models import (
     Notice,
 )
 from apex.alerts.repository import AlertEventRepository, AlertRuleRepository
-from apex.alerts.schemas import MAX_PERCENT
+from apex.alerts.schemas import MAX_PERCENT, PERCENT_KINDS
 from apex.audit import service as audit
+from apex.billing.plans import plan_for
+from apex.identity.repository import OrganizationRepository
 from apex.kit.db import Database
 from apex.kit.errors import Conflict, ValidationFailed
 from apex.usage.models import nanos_to_usd
 from apex.usage.rollups import SpendRepository
-from apex.usage.spend import Window, WindowTotals
+from apex.usage.spend import Window, WindowTotals, month_start
 
 VALUE_PLACES = Decimal("0.000001")
 log = structlog.get_logger(__name__)
@@ -52,13 +54,54 @@ class Evaluation:
     outcome: str  # "fired", "resolved", "firing", "pending", "ok"
 
 
+BASELINE_DAYS = 7
+
+
 def measure(rule: AlertRule, totals: WindowTotals) -> Decimal | None:
-    """The rule's value over its window; None when there is too little traffic to judge."""
+    """The value of a spend or error-rate rule over its window; None when there is too
+    little traffic to judge."""
     if rule.kind == AlertKind.SPEND:
         return nanos_to_usd(totals.cost_nanos).quantize(VALUE_PLACES)
     if totals.calls == 0 or totals.calls < rule.min_calls:
         return None
     return (Decimal(totals.failed_calls * 100) / totals.calls).quantize(VALUE_PLACES)
+
+
+def anomaly(
+    window: WindowTotals, baseline: WindowTotals, windows_in_baseline: int
+) -> Decimal | None:
+    """Spend in the window as a multiple of the average window of the baseline (the
+    `BASELINE_DAYS` before it); None without any baseline spend to compare with."""
+    if baseline.cost_nanos == 0 or windows_in_baseline == 0:
+        return None
+    usual = Decimal(baseline.cost_nanos) / windows_in_baseline
+    return (Decimal(window.cost_nanos) / usual).quantize(VALUE_PLACES)
+
+
+def quota_used(records: int, quota: int | None) -> Decimal | None:
+    """Percent of the monthly record quota used; None on a plan without a quota."""
+    if not quota:
+        return None
+    return (Decimal(records * 100) / quota).quantize(VALUE_PLACES)
+
+
+async def _value(session: AsyncSession, rule: AlertRule, now: datetime) -> Decimal | None:
+    spend = SpendRepository(session)
+    scope = {"workload": rule.workload, "model": rule.model}
+    window = Window(now - timedelta(minutes=rule.window_minutes), now).whole_hours()
+    if rule.kind == AlertKind.QUOTA:
+        month = Window(month_start(now), now).whole_hours()
+        used = await spend.totals(rule.organization_id, month)
+        organization = await OrganizationRepository(session).get(rule.organization_id)
+        tier = organization.tier if organization is not None else "free"
+        return quota_used(used.calls, plan_for(tier).records_per_month)
+    totals = await spend.totals(rule.organization_id, window, **scope)
+    if rule.kind != AlertKind.SPEND_ANOMALY:
+        return measure(rule, totals)
+    length = window.end - window.start
+    before = Window(window.start - timedelta(days=BASELINE_DAYS), window.start)
+    baseline = await spend.totals(rule.organization_id, before, **scope)
+    return anomaly(totals, baseline, int(timedelta(days=BASELINE_DAYS) / length))
 
 
 def in_quiet_hours(rule: AlertRule, instant: datetime) -> bool:
@@ -109,11 +152,7 @@ async def evaluate_rule(
     rule = await AlertRuleRepository(session).locked(rule_id)
     if rule is None or not rule.enabled:
         return None
-    window = Window(now - timedelta(minutes=rule.window_minutes), now).whole_hours()
-    totals = await SpendRepository(session).totals(
-        rule.organization_id, window, workload=rule.workload, model=rule.model
-    )
-    value = measure(rule, totals)
+    value = await _value(session, rule, now)
     rule.last_value, rule.last_evaluated_at = value, now
     events = AlertEventRepository(session)
     open_event = await events.open_of(rule.id)
@@ -246,7 +285,7 @@ async def update_rule(
     rule = await AlertRuleRepository(session).owned(organization_id, rule_id, lock=True)
     if fields.get("channels") is not None:
         check_channels(fields["channels"], allow_private=allow_private)
-    if rule.kind == AlertKind.ERROR_RATE and (fields.get("threshold") or 0) > MAX_PERCENT:
+    if rule.kind in PERCENT_KINDS and (fields.get("threshold") or 0) > MAX_PERCENT:
         raise ValidationFailed(
             "An error rate is a percent.",
             errors=[{"field": "threshold", "message": "at most 100"}],

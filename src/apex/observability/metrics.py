@@ -76,6 +76,19 @@ class Metrics:
             "apex_queue_job_duration", unit="s", description="Job run time.",
             explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
         )  # fmt: skip
+        self.llm_calls = meter.create_counter(
+            "apex_llm_calls", description="LLM requests sent, by provider and outcome."
+        )
+        self.llm_tokens = meter.create_counter(
+            "apex_llm_tokens", description="LLM tokens, by provider and kind (input, output)."
+        )
+        self.llm_cost = meter.create_counter(
+            "apex_llm_cost_usd", description="What the agents' LLM calls cost, by provider."
+        )
+        self.llm_latency = meter.create_histogram(
+            "apex_llm_request_duration", unit="s", description="LLM request latency.",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )  # fmt: skip
         self.points_written = meter.create_counter(
             "apex_telemetry_points_written", description="Product points stored."
         )

@@ -56,6 +56,7 @@ class Connection:
         self.channels = channels
         self.claims = claims
         self.clock: Clock = websocket.app.state.clock
+        self.sent = websocket.app.state.metrics.websocket_messages  # frames out, counted
         self.token_id: str | None = claims.token_id
         self.queue: asyncio.Queue[dict[str, Any] | Event | CatchUp] = asyncio.Queue(SEND_QUEUE)
         self.cursors: dict[str, Cursor] = {}
@@ -188,3 +189,4 @@ class Connection:
 
     async def _send(self, frame: dict[str, Any]) -> None:
         await self.websocket.send_text(json.dumps(frame, default=str))
+        self.sent.add(1, {"direction": "out"})

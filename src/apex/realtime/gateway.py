@@ -67,6 +67,7 @@ async def gateway(websocket: WebSocket) -> None:
 async def _serve(connection: Connection) -> None:
     state = connection.websocket.app.state
     state.hub.connections.add(connection)
+    state.metrics.websocket_connections.add(1)
     writer = asyncio.create_task(connection.send_all())
     tasks = [
         writer,
@@ -91,6 +92,7 @@ async def _serve(connection: Connection) -> None:
         for channel in list(connection.cursors):
             await connection.unfollow(channel)
         state.hub.connections.discard(connection)
+        state.metrics.websocket_connections.add(-1)
         connection.finished.set()
         if connection.closed.is_set():
             with contextlib.suppress(Exception):
@@ -266,6 +268,9 @@ async def _handle_traced(
     HTTP request is (pings are not)."""
     organization = str(connection.organization_id)
     started = time.perf_counter()
+    connection.websocket.app.state.metrics.websocket_messages.add(
+        1, {"direction": "in", "type": frame.type}
+    )
     with tracing.span(f"WS {frame.type}", kind=SpanKind.SERVER, new_trace=True,
                       attributes={"apex.organization_id": organization}):  # fmt: skip
         try:

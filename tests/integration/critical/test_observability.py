@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
 from tests.harness.llm import LlmServer
@@ -584,6 +585,16 @@ async def _ask_in_chat(server: ApexServer, token: str, question: str) -> None:
     await ws.close()
 
 
+def _samples(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text → {(sample name, sorted labels): value} (parsed by prometheus_client,
+    not by the code under test)."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+
+
 def _ancestors(span: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> list[str]:
     names = []
     while span["parent_span_id"] is not None:
@@ -602,7 +613,9 @@ def test_distributed_tracing_integration(
     provider = {"llm_provider": "openai", "llm_base_url": llm.base_url, "llm_api_key": "sk-test"}
     server = ApexServer({**apex_env(database_url, fresh_redis.url, auto_migrate="true",
                                     **provider), **exported})  # fmt: skip
-    worker = ApexWorker({**apex_env(database_url, fresh_redis.url, **provider), **exported})
+    worker_port = free_port()
+    worker = ApexWorker({**apex_env(database_url, fresh_redis.url, worker_metrics_port=str(
+        worker_port), **provider), **exported})  # fmt: skip
     try:
         server.start()
         worker.start()
@@ -662,6 +675,15 @@ def test_distributed_tracing_integration(
         continuation = [s for s in everything if s["trace_id"] == caller_trace]
         served = [(s["name"], s["parent_span_id"]) for s in continuation if s["kind"] == "SERVER"]
         assert served == [("GET /api/v1/users/me", caller_span)]
+        # The same hops, counted in each process's metrics.
+        worker_metrics = _samples(httpx.get(f"http://127.0.0.1:{worker_port}/metrics").text)
+        server_metrics = _samples(server.client().get("/metrics").text)
+        llm_ok = ("apex_llm_calls_total", (("outcome", "ok"), ("provider", "openai")))
+        jobs_ok = ("apex_queue_jobs_total", (("outcome", "ok"), ("task", "apex.agents.run_step")))
+        asked = ("apex_websocket_messages_total", (("direction", "in"), ("type", "user_message")))
+        assert (worker_metrics[llm_ok], worker_metrics[jobs_ok]) == (len(llm_calls), len(jobs))
+        assert server_metrics[asked] == 1
+        assert server_metrics[("apex_websocket_connections", ())] == 0  # closed again
         # The trace id is in the log lines of both processes.
         for logs in (server.logs(), worker.logs()):
             lines = [json.loads(line) for line in logs.splitlines() if trace_id in line]

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -32,6 +33,7 @@ from apex.agents.llm.base import (
 )
 from apex.kit.clock import Clock, SystemClock
 from apex.observability import tracing
+from apex.observability.metrics import Metrics
 from apex.usage.pricing import Catalogue, cost_of, default_catalogue
 
 log = structlog.get_logger(__name__)
@@ -126,6 +128,7 @@ class LLMChain:
             for p in self.providers
         }
         self.catalogue = catalogue or default_catalogue()
+        self.metrics: Metrics | None = None  # set by the process that has metrics
 
     def _cost(self, response: LLMResponse) -> Decimal:
         price = self.catalogue.find(response.provider, response.model)
@@ -149,6 +152,7 @@ class LLMChain:
                 if not breaker.allow():
                     raise CircuitOpen(f"{provider.name}: circuit open", provider=provider.name)
                 attempts += 1
+                started = time.perf_counter()
                 try:
                     with tracing.span(f"llm {provider.name}", kind=SpanKind.CLIENT,
                                       attributes={"gen_ai.system": provider.name,
@@ -159,11 +163,29 @@ class LLMChain:
                             response = await provider.stream(request, on_chunk)
                 except LLMUnavailable:
                     breaker.record_failure()
+                    self._measure(provider.name, "error", started)
                     raise
                 breaker.record_success()
+                self._measure(provider.name, "ok", started, response)
                 response.attempts = attempts
                 return response
         raise AssertionError("unreachable: tenacity reraises the last error")
+
+    def _measure(
+        self, provider: str, outcome: str, started: float, response: LLMResponse | None = None
+    ) -> None:
+        if self.metrics is None:
+            return
+        labels = {"provider": provider}
+        self.metrics.llm_calls.add(1, {**labels, "outcome": outcome})
+        self.metrics.llm_latency.record(time.perf_counter() - started, labels)
+        if response is not None:
+            tokens = response.tokens
+            self.metrics.llm_tokens.add(tokens.input + tokens.cached_input + tokens.cache_write,
+                                        {**labels, "kind": "input"})  # fmt: skip
+            self.metrics.llm_tokens.add(tokens.output + tokens.reasoning,
+                                        {**labels, "kind": "output"})  # fmt: skip
+            self.metrics.llm_cost.add(float(self._cost(response)), labels)
 
     async def complete(
         self,

@@ -51,7 +51,10 @@ def upgrade() -> None:
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.CheckConstraint("kind IN ('spend', 'error_rate')", name=op.f("ck_alert_rules_kind")),
+        sa.CheckConstraint(
+            "kind IN ('spend', 'error_rate', 'spend_anomaly', 'quota')",
+            name=op.f("ck_alert_rules_kind"),
+        ),
         sa.ForeignKeyConstraint(
             ["organization_id"],
             ["organizations.id"],

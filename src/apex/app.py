@@ -56,7 +56,7 @@ from apex.observability import health
 from apex.observability.dependencies import build_checks
 from apex.observability.logging import RequestContextMiddleware, configure_logging
 from apex.observability.logstore import LogShipper
-from apex.observability.metrics import Metrics, observe_pool, observe_replicas
+from apex.observability.metrics import Metrics, observe_cache, observe_pool, observe_replicas
 from apex.observability.telemetry import PointBuffer
 from apex.observability.tracing import configure_tracing, shutdown_tracing
 from apex.realtime import gateway
@@ -172,6 +172,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.telemetry.start()
     observe_pool(app.state.metrics, database.pool_status)
+    observe_cache(app.state.metrics, cache.stats)
     observe_replicas(app.state.metrics, database.replicas)
     restore_sigterm = gateway.install_drain(
         app.state.hub,
@@ -275,6 +276,7 @@ def create_app(
 ) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format, service="apex-serve")
+    configure_tracing("apex-serve")  # once per process; ids on every line even unexported
     app = FastAPI(
         title="Apex",
         version=__version__,
@@ -334,7 +336,6 @@ def create_app_from_env() -> ASGIApp:
     """Factory for `uvicorn --factory` (each worker process reads the environment); with
     the demo checkout's gateway beside the app when the settings turn it on."""
     settings = load_settings()
-    configure_tracing("apex-serve")
     app = create_app(settings)
     if not settings.payments_sandbox or settings.stripe_webhook_secret is None:
         return app

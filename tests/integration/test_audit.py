@@ -58,6 +58,12 @@ def test_audit_trail_records_what_changed_and_cannot_be_rewritten(
     assert client.delete(f"{INVITATIONS}/{invited.json()['id']}", headers=auth).status_code == 204
     key = client.post(KEYS, headers=auth, json={"name": "ci", "permissions": ["usage:write"]})
     assert key.status_code == 201, key.text
+    as_key = {"Authorization": f"Bearer {key.json()['key']}"}
+    for n in range(3):  # used three times within the hour: its use is recorded once
+        record = {"id": f"k{n}", "timestamp": "2026-11-20T10:00:00Z", "provider": "openai",
+                  "model": "gpt-4o", "input_tokens": 10}  # fmt: skip
+        sent = client.post("/api/v1/usage/events", headers=as_key, json={"records": [record]})
+        assert sent.status_code == 200, sent.text
     assert client.delete(f"{KEYS}/{key.json()['id']}", headers=auth).status_code == 204
     assert [(r["action"], r["actor_id"]) for r in trail()] == [
         ("auth.login_failed", owner_id),
@@ -67,6 +73,7 @@ def test_audit_trail_records_what_changed_and_cannot_be_rewritten(
         ("invitation.created", owner_id),
         ("invitation.revoked", owner_id),
         ("api_key.created", owner_id),
+        ("api_key.used", None),  # the key acted, not a person
         ("api_key.revoked", owner_id),
     ]
     (created,) = trail(action="api_key.created")
@@ -75,7 +82,11 @@ def test_audit_trail_records_what_changed_and_cannot_be_rewritten(
     )  # fmt: skip
     assert created["request_id"]  # joinable to the request's log lines
     assert key.json()["key"] not in str(trail())  # never the secret
-    assert [r["action"] for r in trail(action="api_key.")] == ["api_key.created", "api_key.revoked"]
+    assert [r["action"] for r in trail(action="api_key.")] == [
+        "api_key.created", "api_key.used", "api_key.revoked"]  # fmt: skip
+    (used,) = trail(action="api_key.used")
+    first_use = {"name": "ci", "first_use": True}
+    assert (used["target_id"], used["details"]) == (key.json()["id"], first_use)
     (paid,) = trail(action="payment.succeeded")
     assert (paid["details"]["amount_usd"], paid["details"]["number"]) == ("99.00", 1)
     # A sign-in to an address with no account is the installation's, not this trail's.

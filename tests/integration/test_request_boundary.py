@@ -117,9 +117,14 @@ async def test_error_after_flush_rolls_everything_back(
         json=[{"name": "A", "slug": "a"}, {"name": "B", "slug": "b", "fail_after_flush": True}],
     )
     assert response.status_code == 500
+    # The ids to report it with, in the body and the headers, as for any other response.
+    request_id, trace_id = response.headers["x-request-id"], response.headers["x-trace-id"]
+    assert len(trace_id) == 32
     assert response.json() == {
         "error": "InternalError",
         "detail": "An unexpected error occurred; it has been logged.",
+        "request_id": request_id,
+        "trace_id": trace_id,
     }
     assert "boom" not in response.text  # internals never leak to the client
     assert await _count(app) == 0

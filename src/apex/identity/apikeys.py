@@ -11,10 +11,11 @@ import hmac
 import secrets
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apex.audit import service as audit
 from apex.identity.models import ApiKey
 from apex.identity.policy import LEAST_ROLE
 from apex.identity.repository import ApiKeyRepository
@@ -59,6 +60,11 @@ async def create(
     return key, f"{PREFIX}{prefix}_{secret}"
 
 
+# A key's use is audited once per hour it is used (its first use, then hourly while used):
+# the trail shows which keys act and when, without a record per request.
+USE_AUDITED_EVERY = timedelta(hours=1)
+
+
 async def authenticate(session: AsyncSession, token: str, now: datetime) -> ApiKey:
     prefix, _, secret = token.removeprefix(PREFIX).partition("_")
     key = await ApiKeyRepository(session, None).by_prefix(prefix) if prefix and secret else None
@@ -66,7 +72,12 @@ async def authenticate(session: AsyncSession, token: str, now: datetime) -> ApiK
         raise Unauthorized("Invalid API key.")
     if key.revoked_at is not None:
         raise Unauthorized("This API key was revoked.")
-    key.last_used_at = now
+    previous, key.last_used_at = key.last_used_at, now
+    if previous is None or now - previous >= USE_AUDITED_EVERY:
+        # In the request's transaction: a use the request rolls back is not recorded.
+        await audit.record(session, "api_key.used", now=now, organization_id=key.organization_id,
+                           target=("api_key", key.id), name=key.name,
+                           first_use=previous is None)  # fmt: skip
     return key
 
 

@@ -204,11 +204,18 @@ async def _redis_unavailable(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unhandled_error(_: Request, exc: Exception) -> JSONResponse:
+    """The outermost handler (outside the request middleware): the request's ids, still
+    bound to the log context, go in the body and headers so a report can be found."""
     log.exception("unhandled_error", error=type(exc).__name__)
+    bound = structlog.contextvars.get_contextvars()
+    ids = {"request_id": bound.get("request_id"), "trace_id": bound.get("trace_id")}
+    headers = {f"x-{name.replace('_', '-')}": str(value) for name, value in ids.items() if value}
     return JSONResponse(
-        {"error": "InternalError", "detail": "An unexpected error occurred; it has been logged."},
+        {"error": "InternalError", "detail": "An unexpected error occurred; it has been logged.",
+         **{name: value for name, value in ids.items() if value}},
         status_code=500,
-    )
+        headers=headers,
+    )  # fmt: skip
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -126,13 +126,16 @@ class RequestContextMiddleware:
             return
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=_incoming_request_id(scope))
-        try:
-            if scope["type"] == "websocket":  # long-lived: each message gets its own span
+        if scope["type"] == "websocket":  # long-lived: each message gets its own span
+            try:
                 await self.app(scope, receive, send)
-            else:
-                await self._http(scope, receive, send)
-        finally:
-            structlog.contextvars.clear_contextvars()
+            finally:
+                structlog.contextvars.clear_contextvars()
+            return
+        await self._http(scope, receive, send)
+        # Cleared only on success: an unhandled error goes on to the outer error handler,
+        # which answers the 500 with these ids (kit.errors).
+        structlog.contextvars.clear_contextvars()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = structlog.contextvars.get_contextvars()["request_id"]
@@ -144,6 +147,7 @@ class RequestContextMiddleware:
             method, kind=SpanKind.SERVER, parent=_trace_headers(scope), attributes=attributes
         ) as current:
             trace_id = tracing.current_trace_id() or ""
+            structlog.contextvars.bind_contextvars(trace_id=trace_id or None)
 
             async def send_with_ids(message: Message) -> None:
                 nonlocal status

@@ -115,6 +115,20 @@ class Metrics:
 
         self._meter.create_observable_gauge(name, callbacks=[observe], description=description)
 
+    def counted(
+        self,
+        name: str,
+        description: str,
+        read: Callable[[], Iterable[tuple[float, dict[str, str]]]],
+    ) -> None:
+        """A cumulative count kept elsewhere, read at each scrape (a counter, `_total`)."""
+
+        def observe(_: CallbackOptions) -> Iterable[Observation]:
+            for value, labels in read():
+                yield Observation(value, labels)
+
+        self._meter.create_observable_counter(name, callbacks=[observe], description=description)
+
     def record_request(self, scope: Scope, status: int, seconds: float) -> None:
         route = scope.get("route")
         labels = {
@@ -178,4 +192,13 @@ def observe_replicas(metrics: Metrics, replicas: Any) -> None:
         "apex_db_replica_lag_seconds", "How far each replica is behind the primary.",
         lambda: [(replica.lag_seconds, {"replica": replica.name})
                  for replica in replicas.replicas],
+    )  # fmt: skip
+
+
+def observe_cache(metrics: Metrics, stats: dict[str, int]) -> None:
+    """The two-level cache's lookups by result (`TwoLevelCache.stats`); the hit ratio is
+    `sum(rate(...{result=~".*_hits"}))` over `sum(rate(...))`."""
+    metrics.counted(
+        "apex_cache_lookups", "Cache lookups by result (l1_hits, l2_hits, misses, bypassed).",
+        lambda: [(float(count), {"result": result}) for result, count in stats.items()],
     )  # fmt: skip

@@ -499,6 +499,8 @@ def _assert_exact_request_and_record_counts(
     assert _eventually_equal(lambda: prometheus.scalar(unmatched), 3, 10) == 3
     assert prometheus.scalar("count(apex_http_request_duration_seconds_count)") is not None
     assert prometheus.scalar('count(apex_db_pool_in_use{job="apex-serve"})') == 3
+    # Every instance reports its cache lookups by result (the hit ratio's two sides).
+    assert prometheus.scalar('count(apex_cache_lookups_total{job="apex-serve"})') == 3 * 4
     return accepted_by
 
 

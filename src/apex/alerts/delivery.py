@@ -223,16 +223,20 @@ async def send(
                 "Apex-Signature": signature_header(notification.secret, int(now.timestamp()), body),
                 "Apex-Delivery-Id": str(notification.delivery_id),
             }
-        response = await http.post(
+        # Streamed and never read: only the status matters, and the receiver is the
+        # customer's, so its body could be of any size.
+        async with http.stream(
+            "POST",
             notification.target,
             content=body,
             headers={"Content-Type": "application/json", "User-Agent": "Apex-Alerts", **headers},
-        )
+        ) as response:
+            status = response.status_code
     except Exception as exc:  # any failure is retried, never the end of the pass
         return Outcome(False, error=f"{type(exc).__name__}: {exc}"[:500])
-    if 200 <= response.status_code < 300:
-        return Outcome(True, response.status_code)
-    return Outcome(False, response.status_code, f"answered {response.status_code}")
+    if 200 <= status < 300:
+        return Outcome(True, status)
+    return Outcome(False, status, f"answered {status}")
 
 
 async def _claim(database: Database, now: datetime, lease: timedelta) -> list[Notification]:

@@ -96,11 +96,12 @@ def http_check(name: str, url: str, timeout: float) -> HealthCheck:
     it is up; no credentials are sent)."""
 
     async def probe() -> dict[str, Any]:
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-            response = await client.get(url)
-        if response.status_code >= 500:
-            raise RuntimeError(f"answered {response.status_code}")
-        return {"host": urlsplit(url).netloc, "status_code": response.status_code}
+        client = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        async with client, client.stream("GET", url) as response:  # the status, not the body
+            status = response.status_code
+        if status >= 500:
+            raise RuntimeError(f"answered {status}")
+        return {"host": urlsplit(url).netloc, "status_code": status}
 
     return HealthCheck(name, probe, critical=False, background=True)
 

@@ -148,6 +148,14 @@ async def test_constraint_violation_is_a_conflict_and_keeps_nothing(
     assert app.state.undone == [1]  # and undid its side effects
 
 
+def _ids(response: httpx.Response) -> dict[str, str]:
+    """Every error body carries the ids a report is found by: the same as the headers."""
+    return {
+        "request_id": response.headers["x-request-id"],
+        "trace_id": response.headers["x-trace-id"],
+    }
+
+
 async def test_domain_error_has_the_documented_body(client: httpx.AsyncClient) -> None:
     missing = uuid.uuid4()
     response = await client.get(f"/t/orgs/{missing}")
@@ -155,6 +163,7 @@ async def test_domain_error_has_the_documented_body(client: httpx.AsyncClient) -
     assert response.json() == {
         "error": "NotFound",
         "detail": f"Organization {missing} was not found.",
+        **_ids(response),
     }
 
     response = await client.get("/t/limited")
@@ -165,6 +174,7 @@ async def test_domain_error_has_the_documented_body(client: httpx.AsyncClient) -
         "detail": "Too many requests for the Free tier.",
         "retry_after": 42.4,
         "upgrade_to": "early",
+        **_ids(response),
     }
 
 
@@ -187,7 +197,12 @@ async def test_validation_error_names_each_field(client: httpx.AsyncClient) -> N
 async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/v1/nothing-here")
     assert response.status_code == 404
-    assert response.json() == {"error": "NotFound", "detail": "Not Found"}
+    # Every error body carries the ids a report is found by, the same as the headers.
+    ids = {
+        "request_id": response.headers["x-request-id"],
+        "trace_id": response.headers["x-trace-id"],
+    }
+    assert response.json() == {"error": "NotFound", "detail": "Not Found", **ids}
     response = await client.delete("/health/live")
     assert response.status_code == 405
     assert response.json()["error"] == "MethodNotAllowed"

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, or_, select
 
 from apex.alerts.models import AlertDelivery, AlertEvent, AlertRule, DeliveryStatus
 from apex.kit.errors import NotFound
@@ -33,9 +33,32 @@ class AlertRuleRepository(Repository[AlertRule]):
             raise NotFound("No such alert rule in your organisation.")
         return found
 
-    async def enabled_ids(self) -> Sequence[uuid.UUID]:
-        statement = select(AlertRule.id).where(AlertRule.enabled).order_by(AlertRule.id)
-        return (await self.session.scalars(statement)).all()
+    async def due_ids(self, evaluated_before: datetime | None) -> Sequence[uuid.UUID]:
+        """Enabled rules not evaluated since `evaluated_before` (None: every enabled rule)."""
+        statement = select(AlertRule.id).where(AlertRule.enabled, *_due(evaluated_before))
+        return (await self.session.scalars(statement.order_by(AlertRule.id))).all()
+
+    async def claim(
+        self, rule_id: uuid.UUID, evaluated_before: datetime | None
+    ) -> AlertRule | None:
+        """The rule, locked, if it is enabled, still due and no other worker holds it: the
+        workers of a fleet share the rules rather than each evaluating all of them."""
+        statement = (
+            self.select()
+            .where(AlertRule.id == rule_id, AlertRule.enabled, *_due(evaluated_before))
+            .with_for_update(skip_locked=evaluated_before is not None)
+            .execution_options(populate_existing=True)
+        )
+        rule: AlertRule | None = await self.session.scalar(statement)
+        return rule
+
+
+def _due(evaluated_before: datetime | None) -> list[ColumnElement[bool]]:
+    if evaluated_before is None:
+        return []
+    return [
+        or_(AlertRule.last_evaluated_at.is_(None), AlertRule.last_evaluated_at < evaluated_before)
+    ]
 
 
 class AlertEventRepository(Repository[AlertEvent]):

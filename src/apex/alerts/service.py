@@ -147,10 +147,15 @@ async def queue_notices(
 
 
 async def evaluate_rule(
-    session: AsyncSession, rule_id: uuid.UUID, now: datetime
+    session: AsyncSession,
+    rule_id: uuid.UUID,
+    now: datetime,
+    evaluated_before: datetime | None = None,
 ) -> Evaluation | None:
-    rule = await AlertRuleRepository(session).locked(rule_id)
-    if rule is None or not rule.enabled:
+    """Evaluate the rule under its row lock; None when it is disabled or gone, or (with
+    `evaluated_before`) when another worker holds it or evaluated it since."""
+    rule = await AlertRuleRepository(session).claim(rule_id, evaluated_before)
+    if rule is None:
         return None
     value = await _value(session, rule, now)
     rule.last_value, rule.last_evaluated_at = value, now
@@ -183,16 +188,21 @@ async def evaluate_rule(
     return Evaluation(rule.id, value, "resolved")
 
 
-async def evaluate_all(database: Database, now: datetime) -> list[Evaluation]:
-    """One pass over every enabled rule, each in its own transaction (a failing rule does
-    not stop the others)."""
+async def evaluate_all(
+    database: Database, now: datetime, every: timedelta | None = None
+) -> list[Evaluation]:
+    """One pass over the enabled rules, each in its own transaction (a failing rule does
+    not stop the others). With `every`, only the rules nobody evaluated in the last
+    `every` and that no other worker is evaluating: a fleet of workers shares the rules,
+    each evaluated about once per `every` whichever worker gets to it."""
+    evaluated_before = None if every is None else now - every
     async with database.unit_of_work(primary=True) as session:
-        rule_ids = await AlertRuleRepository(session).enabled_ids()
+        rule_ids = await AlertRuleRepository(session).due_ids(evaluated_before)
     done: list[Evaluation] = []
     for rule_id in rule_ids:
         try:
             async with database.unit_of_work(primary=True) as session:
-                evaluation = await evaluate_rule(session, rule_id, now)
+                evaluation = await evaluate_rule(session, rule_id, now, evaluated_before)
         except Conflict:  # another worker opened the event first: it notifies
             continue
         except Exception:

@@ -27,6 +27,7 @@ connection failure that reaches the handler (where no fallback exists) is a 503 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -161,10 +162,23 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def request_ids() -> dict[str, str]:
+    """The request's ids still bound to the log context (`request_id`, `trace_id`): every
+    error body carries them so that a report can be found in the logs and traces."""
+    bound = structlog.contextvars.get_contextvars()
+    return {name: str(bound[name]) for name in ("request_id", "trace_id") if bound.get(name)}
+
+
+def _error_json(
+    body: dict[str, Any], status_code: int, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({**body, **request_ids()}, status_code=status_code, headers=headers)
+
+
 def error_response(exc: ApexError) -> JSONResponse:
     """The documented error body, for the rare endpoint that must answer an error without
     raising (so that its transaction still commits)."""
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
+    return _error_json(exc.body(), exc.status_code, exc.headers())
 
 
 async def _apex_error(_: Request, exc: Exception) -> JSONResponse:
@@ -182,16 +196,14 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     ]
     fields = ", ".join(sorted({e["field"] for e in errors}))
     body = {"error": "ValidationFailed", "detail": f"Invalid request: {fields}", "errors": errors}
-    return JSONResponse(body, status_code=422)
+    return _error_json(body, 422)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     name = _STATUS_NAMES.get(exc.status_code, "HTTPError")
-    return JSONResponse(
-        {"error": name, "detail": str(exc.detail)},
-        status_code=exc.status_code,
-        headers=getattr(exc, "headers", None),
+    return _error_json(
+        {"error": name, "detail": str(exc.detail)}, exc.status_code, getattr(exc, "headers", None)
     )
 
 
@@ -207,15 +219,9 @@ async def _unhandled_error(_: Request, exc: Exception) -> JSONResponse:
     """The outermost handler (outside the request middleware): the request's ids, still
     bound to the log context, go in the body and headers so a report can be found."""
     log.exception("unhandled_error", error=type(exc).__name__)
-    bound = structlog.contextvars.get_contextvars()
-    ids = {"request_id": bound.get("request_id"), "trace_id": bound.get("trace_id")}
-    headers = {f"x-{name.replace('_', '-')}": str(value) for name, value in ids.items() if value}
-    return JSONResponse(
-        {"error": "InternalError", "detail": "An unexpected error occurred; it has been logged.",
-         **{name: value for name, value in ids.items() if value}},
-        status_code=500,
-        headers=headers,
-    )  # fmt: skip
+    headers = {f"x-{name.replace('_', '-')}": value for name, value in request_ids().items()}
+    body = {"error": "InternalError", "detail": "An unexpected error occurred; it has been logged."}
+    return _error_json(body, 500, headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

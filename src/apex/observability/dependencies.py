@@ -4,7 +4,7 @@
 |------------------|----------|------------------------------------------------------------|
 | database         | yes      | per request: SELECT 1 on the primary, and its pool         |
 | redis            | yes      | per request: PING                                          |
-| replica:<name>   | no       | per request: SELECT 1; reads fall back to the primary      |
+| replica:<n>      | no       | per request: SELECT 1; reads fall back to the primary      |
 | queue            | no       | per request: live `apex worker`s, backlog; jobs wait       |
 | llm:<provider>   | no       | background: any HTTP answer below 500 from its base URL    |
 | payments         | no       | background: any HTTP answer below 500 from the gateway     |
@@ -55,18 +55,20 @@ def replica_checks(database: Database) -> list[HealthCheck]:
         return []
     replicas = database.replicas
 
-    def check(replica: Replica) -> HealthCheck:
+    def check(number: int, replica: Replica) -> HealthCheck:
         async def probe() -> dict[str, Any]:
             async with replica.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
             return {
+                "url": replica.name,  # password hidden; operators only (see health.public_view)
                 "lag_seconds": round(replica.lag_seconds, 3),
                 "serving_reads": replicas.usable(replica),
             }
 
-        return HealthCheck(f"replica:{replica.name}", probe, critical=False)
+        # Numbered in APEX_DATABASE_REPLICA_URLS order: the name is public, the URL is not.
+        return HealthCheck(f"replica:{number}", probe, critical=False)
 
-    return [check(replica) for replica in replicas.replicas]
+    return [check(number, replica) for number, replica in enumerate(replicas.replicas, 1)]
 
 
 def redis_check(redis: Redis) -> HealthCheck:

@@ -119,6 +119,28 @@ def _overall(results: list[CheckResult]) -> tuple[Overall, list[str]]:
     return ("degraded" if failed else "ok"), reasons
 
 
+# Details that name where a dependency lives: for operators, never for anyone who can reach
+# `/health/ready` (a load balancer, or an outsider on a misconfigured network).
+ADDRESS_DETAILS = frozenset({"host", "url"})
+
+
+def _without_address(result: CheckResult) -> CheckResult:
+    """The error's type (its message may hold a host or an address) and the details that
+    name no place."""
+    error = result.error.split(":", 1)[0] if result.error else None
+    details = {k: v for k, v in (result.details or {}).items() if k not in ADDRESS_DETAILS}
+    return result.model_copy(update={"error": error, "details": details or None})
+
+
+def public_view(readiness: Readiness) -> Readiness:
+    """Readiness as `/health/ready` answers it: the same statuses, no addresses."""
+    checks = [_without_address(result) for result in readiness.checks]
+    _, reasons = _overall(checks)
+    if readiness.status == "draining":
+        reasons = [readiness.reasons[0], *reasons]
+    return readiness.model_copy(update={"checks": checks, "reasons": reasons})
+
+
 class HealthMonitor:
     """The checks of one process, their latest results and when each last changed."""
 
@@ -223,8 +245,10 @@ async def live() -> dict[str, str]:
 @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
 async def ready(request: Request) -> JSONResponse:
     """200 while this instance should get traffic (status `ok` or `degraded`, with the
-    reasons); 503 when a critical dependency failed or the instance is shutting down."""
+    reasons); 503 when a critical dependency failed or the instance is shutting down.
+    Unauthenticated, so it names no host: operators read the whole report at
+    `/api/v1/operator/health`."""
     monitor: HealthMonitor = request.app.state.health
     readiness = await monitor.readiness()
     code = 503 if readiness.status in ("fail", "draining") else 200
-    return JSONResponse(readiness.model_dump(mode="json"), status_code=code)
+    return JSONResponse(public_view(readiness).model_dump(mode="json"), status_code=code)

@@ -74,6 +74,8 @@ def test_transaction_rollback_integration(
             "error": "Conflict",
             "detail": "The change conflicts with existing data.",
             "reason": "uq_organizations_slug",
+            "request_id": clash.headers["x-request-id"],
+            "trace_id": clash.headers["x-trace-id"],
         }
         # The process raises between steps (after user, organisation, membership and thread).
         crash = signup(bad_client, email="second@example.test", organization_slug="second")

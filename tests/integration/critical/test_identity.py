@@ -113,7 +113,9 @@ def test_jwt_lifecycle_management_integration(
     time.sleep(max(0.0, expires_at + 1.1 - time.time()))  # `exp` is whole seconds
     expired = _me(ca, brief["access_token"])
     assert expired.status_code == 401
-    assert expired.json() == {"error": "Unauthorized", "detail": "The access token has expired."}
+    assert expired.json() == {"error": "Unauthorized", "detail": "The access token has expired.",
+                              "request_id": expired.headers["x-request-id"],
+                              "trace_id": expired.headers["x-trace-id"]}  # fmt: skip
 
     # Refresh rotates; presenting the old refresh token again revokes the whole family.
     renewed = cb.post("/api/v1/auth/refresh", json={"refresh_token": brief["refresh_token"]})

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -93,6 +94,13 @@ def _ready(client: httpx.Client) -> tuple[int, dict[str, Any]]:
     return response.status_code, response.json()
 
 
+def _names_no_address(body: dict[str, Any]) -> bool:
+    """Readiness is unauthenticated: every dependency here listens on loopback, so any
+    address it gave away would show as one."""
+    text = json.dumps(body)
+    return "127.0.0.1" not in text and "localhost" not in text
+
+
 def _failing(body: dict[str, Any]) -> set[str]:
     return {check["name"] for check in body["checks"] if check["status"] == "fail"}
 
@@ -156,6 +164,7 @@ def test_health_check_cascade_integration(
         assert (status, body["status"], body["reasons"]) == (200, "ok", [])
         assert {check["name"] for check in body["checks"]} == ALL_CHECKS
         assert next(c for c in body["checks"] if c["name"] == "queue")["details"]["workers"] == 1
+        assert _names_no_address(body), body
         auth = bearer(signup(client, mail_server=mail, email=operator))
 
         measured: dict[str, tuple[float, float]] = {}
@@ -171,6 +180,7 @@ def test_health_check_cascade_integration(
             (status, body), detected = _wait_for(client, in_state, 30)
             assert (status, body["status"]) == (code, overall), (name, body)
             assert _failing(body) == failing, name
+            assert _names_no_address(body), body
             limit = DETECT_WITHIN["queue" if name == "worker" else "background"] + SLACK
             assert detected <= limit, f"{name}: seen after {detected:.2f}s"
             for check in body["checks"]:
@@ -191,6 +201,9 @@ def test_health_check_cascade_integration(
         # The operator view explains: every check that failed, and when it came back.
         report = client.get("/api/v1/operator/health", headers=auth)
         assert report.status_code == 200, report.text
+        llm_host = urlsplit(llm.base_url).netloc
+        llm_check = next(c for c in report.json()["checks"] if c["name"] == "llm:openai")
+        assert llm_check["details"]["host"] == llm_host, llm_check  # operators see where
         changes = [(t["check"], t["status"]) for t in reversed(report.json()["transitions"])]
         for name, (failing, _, _) in CASCADE.items():
             for check in failing:

@@ -25,6 +25,7 @@ from apex.alerts.schemas import RuleIn
 from apex.kit.clock import FrozenClock
 from apex.kit.db import Database
 from apex.kit.mail import FileMailer
+from apex.kit.sealing import Sealer
 from apex.settings import Settings
 from apex.usage import service as usage
 
@@ -55,7 +56,7 @@ async def _rule(database: Database, org: uuid.UUID, fields: dict[str, Any]) -> u
         body = RuleIn.model_validate({"channels": [{"type": "email", "to": "o@x.test"}], **fields})
         rule, _ = await alerts.create_rule(
             session, org, body.model_dump(mode="json") | {"threshold": body.threshold},
-            actor_id=uuid.uuid4(), now=NOW, allow_private=False,
+            actor_id=uuid.uuid4(), now=NOW, allow_private=False, sealer=Sealer(None),
         )  # fmt: skip
     return rule.id
 
@@ -83,7 +84,7 @@ def test_spend_anomaly_fires_once_against_the_usual_level(database_url: str) -> 
                     session, org,
                     {"name": "3x usual", "kind": "spend_anomaly", "threshold": Decimal(3),
                      "window_minutes": 60, "channels": [{"type": "email", "to": "o@x.test"}]},
-                    actor_id=uuid.uuid4(), now=NOW, allow_private=False,
+                    actor_id=uuid.uuid4(), now=NOW, allow_private=False, sealer=Sealer(None),
                 )  # fmt: skip
             rule_id = rule.id
             # Two calls in the window: 2x the usual, under 3x: nothing fires.

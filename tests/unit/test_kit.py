@@ -82,3 +82,25 @@ async def test_the_embedded_mailer_writes_each_mail_as_a_file(tmp_path: Path) ->
         "Hello",
     )
     assert mail.get_payload() == "Token: abc\n"
+
+
+def test_sealed_secrets_open_only_with_their_key() -> None:
+    from apex.kit.sealing import PREFIX, SealBroken, Sealer
+
+    sealer = Sealer("the-key")
+    sealed = sealer.seal("whsec_abc")
+    assert sealed.startswith(PREFIX)
+    assert "whsec_abc" not in sealed
+    assert sealed != sealer.seal("whsec_abc")  # a fresh nonce every time
+    assert sealer.open(sealed) == "whsec_abc"
+    assert sealer.open("whsec_plain") == "whsec_plain"  # stored before a key was set
+    with pytest.raises(SealBroken, match="does not open"):
+        Sealer("another-key").open(sealed)
+    middle = len(PREFIX) + 20
+    tampered = sealed[:middle] + ("A" if sealed[middle] != "A" else "B") + sealed[middle + 1 :]
+    for altered in (tampered, sealed[:-3], sealed + "!"):
+        with pytest.raises(SealBroken):
+            sealer.open(altered)
+    with pytest.raises(SealBroken, match="needs APEX_SECRET_KEY"):
+        Sealer(None).open(sealed)
+    assert Sealer(None).seal("whsec_abc") == "whsec_abc"  # the embedded default

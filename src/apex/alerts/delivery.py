@@ -42,6 +42,7 @@ from apex.alerts.repository import (
 from apex.kit.clock import Clock
 from apex.kit.db import Database
 from apex.kit.mail import Mailer
+from apex.kit.sealing import Sealer
 from apex.kit.signatures import signature_header
 from apex.settings import Settings
 
@@ -219,8 +220,9 @@ async def send(
         else:
             body = json.dumps(notification.payload, separators=(",", ":")).encode()
             assert notification.secret is not None
+            secret = Sealer.from_settings(settings).open(notification.secret)
             headers = {
-                "Apex-Signature": signature_header(notification.secret, int(now.timestamp()), body),
+                "Apex-Signature": signature_header(secret, int(now.timestamp()), body),
                 "Apex-Delivery-Id": str(notification.delivery_id),
             }
         # Streamed and never read: only the status matters, and the receiver is the

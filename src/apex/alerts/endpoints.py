@@ -25,6 +25,7 @@ from apex.alerts.schemas import (
 )
 from apex.identity.deps import Principal, RequirePermission
 from apex.kit.db import SessionDep
+from apex.kit.sealing import Sealer
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
 Reader = Annotated[Principal, RequirePermission("usage:read")]
@@ -67,6 +68,7 @@ async def create_rule(
             "threshold": body.threshold},
         actor_id=principal.user_id, now=request.app.state.clock.now(),
         allow_private=_allow_private(request),
+        sealer=Sealer.from_settings(request.app.state.settings),
     )  # fmt: skip
     return {**await _out(session, rule), "webhook_secret": secret}
 
@@ -90,6 +92,7 @@ async def update_rule(
         session, principal.organization_id, rule_id, fields,
         actor_id=principal.user_id, now=request.app.state.clock.now(),
         allow_private=_allow_private(request),
+        sealer=Sealer.from_settings(request.app.state.settings),
     )  # fmt: skip
     return {**await _out(session, rule), "webhook_secret": secret}
 

@@ -75,7 +75,9 @@ class AlertRule(RecordModel):
     quiet_end_hour: Mapped[int | None] = mapped_column(SmallInteger)
     channels: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     webhook_secret: Mapped[str | None] = mapped_column(
-        String(100), comment="Signs webhook deliveries; shown once, when the rule is created."
+        String(200),
+        comment="Signs webhook deliveries; shown once, when the rule is created; stored "
+        "sealed with APEX_SECRET_KEY (kit/sealing.py).",
     )
     enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     breached_since: Mapped[datetime | None] = mapped_column(

@@ -39,6 +39,7 @@ from apex.billing.plans import plan_for
 from apex.identity.repository import OrganizationRepository
 from apex.kit.db import Database
 from apex.kit.errors import Conflict, ValidationFailed
+from apex.kit.sealing import Sealer
 from apex.usage.models import nanos_to_usd
 from apex.usage.rollups import SpendRepository
 from apex.usage.spend import Window, WindowTotals, month_start
@@ -260,8 +261,10 @@ async def create_rule(
     actor_id: uuid.UUID,
     now: datetime,
     allow_private: bool,
+    sealer: Sealer,
 ) -> tuple[AlertRule, str | None]:
-    """The new rule and its webhook secret (None without a webhook channel)."""
+    """The new rule and its webhook secret (None without a webhook channel), which is
+    stored sealed and answered only now."""
     check_channels(fields["channels"], allow_private=allow_private)
     rules = AlertRuleRepository(session)
     if len(await rules.of_organization(organization_id)) >= MAX_RULES_PER_ORGANIZATION:
@@ -272,7 +275,7 @@ async def create_rule(
     quiet = _quiet(fields)  # pops quiet_hours out of fields
     rule = AlertRule(organization_id=organization_id, **quiet, **fields)
     secret = new_webhook_secret() if _needs_secret(rule) else None
-    rule.webhook_secret = secret
+    rule.webhook_secret = sealer.seal(secret) if secret is not None else None
     await rules.add(rule)
     await audit.record(
         session, "alert_rule.created", now=now, organization_id=organization_id,
@@ -290,6 +293,7 @@ async def update_rule(
     actor_id: uuid.UUID,
     now: datetime,
     allow_private: bool,
+    sealer: Sealer,
 ) -> tuple[AlertRule, str | None]:
     """The changed rule, and a new webhook secret if a webhook channel was added first now."""
     rule = await AlertRuleRepository(session).owned(organization_id, rule_id, lock=True)
@@ -307,7 +311,7 @@ async def update_rule(
         rule.breached_since = None
     secret = new_webhook_secret() if _needs_secret(rule) else None
     if secret is not None:
-        rule.webhook_secret = secret
+        rule.webhook_secret = sealer.seal(secret)
     await session.flush()
     await audit.record(session, "alert_rule.updated", now=now, organization_id=organization_id,
                        actor_id=actor_id, target=("alert_rule", rule.id),

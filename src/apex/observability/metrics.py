@@ -104,16 +104,9 @@ class Metrics:
         read: Callable[[], float | Iterable[tuple[float, dict[str, str]]]],
     ) -> None:
         """A value read at each scrape: one number, or (value, labels) pairs."""
-
-        def observe(_: CallbackOptions) -> Iterable[Observation]:
-            value = read()
-            if isinstance(value, int | float):
-                yield Observation(value)
-                return
-            for each, labels in value:
-                yield Observation(each, labels)
-
-        self._meter.create_observable_gauge(name, callbacks=[observe], description=description)
+        self._meter.create_observable_gauge(
+            name, callbacks=[_observing(read)], description=description
+        )
 
     def counted(
         self,
@@ -122,12 +115,9 @@ class Metrics:
         read: Callable[[], Iterable[tuple[float, dict[str, str]]]],
     ) -> None:
         """A cumulative count kept elsewhere, read at each scrape (a counter, `_total`)."""
-
-        def observe(_: CallbackOptions) -> Iterable[Observation]:
-            for value, labels in read():
-                yield Observation(value, labels)
-
-        self._meter.create_observable_counter(name, callbacks=[observe], description=description)
+        self._meter.create_observable_counter(
+            name, callbacks=[_observing(read)], description=description
+        )
 
     def record_request(self, scope: Scope, status: int, seconds: float) -> None:
         route = scope.get("route")
@@ -202,3 +192,19 @@ def observe_cache(metrics: Metrics, stats: dict[str, int]) -> None:
         "apex_cache_lookups", "Cache lookups by result (l1_hits, l2_hits, misses, bypassed).",
         lambda: [(float(count), {"result": result}) for result, count in stats.items()],
     )  # fmt: skip
+
+
+def _observing(
+    read: Callable[[], float | Iterable[tuple[float, dict[str, str]]]],
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    """An OpenTelemetry callback over `read`: one number, or (value, labels) pairs."""
+
+    def observe(_: CallbackOptions) -> Iterable[Observation]:
+        value = read()
+        if isinstance(value, int | float):
+            yield Observation(value)
+            return
+        for each, labels in value:
+            yield Observation(each, labels)
+
+    return observe

@@ -311,6 +311,11 @@ def test_alert_notification_integration(
         assert rule.status_code == 201, rule.text
         rule_id, secret = rule.json()["id"], rule.json()["webhook_secret"]
         assert secret.startswith("whsec_")
+        # Stored sealed with APEX_SECRET_KEY: a copy of the database alone signs nothing.
+        query = f"SELECT webhook_secret FROM alert_rules WHERE id = '{rule_id}'"  # noqa: S608
+        stored = fresh_postgres.sql(query, "apex").strip()
+        assert stored.startswith("sealed:v1:"), stored
+        assert secret not in stored
         assert "webhook_secret" not in client.get(f"/api/v1/alerts/rules/{rule_id}",
                                                   headers=auth).json()  # fmt: skip
         receiver.verify_with(secret)

@@ -166,6 +166,7 @@ class LLMChain:
                     self._measure(provider.name, "error", started)
                     raise
                 breaker.record_success()
+                response.cost_usd = self._cost(response)
                 self._measure(provider.name, "ok", started, response)
                 response.attempts = attempts
                 return response
@@ -185,7 +186,7 @@ class LLMChain:
                                         {**labels, "kind": "input"})  # fmt: skip
             self.metrics.llm_tokens.add(tokens.output + tokens.reasoning,
                                         {**labels, "kind": "output"})  # fmt: skip
-            self.metrics.llm_cost.add(float(self._cost(response)), labels)
+            self.metrics.llm_cost.add(float(response.cost_usd), labels)
 
     async def complete(
         self,
@@ -204,7 +205,6 @@ class LLMChain:
                 if index + 1 < len(self.providers) and on_fallback is not None:
                     await on_fallback(provider.name, self.providers[index + 1].name, str(exc))
                 continue
-            response.cost_usd = self._cost(response)
             response.fallbacks = errors
             return response
         raise LLMUnavailable("every LLM provider failed: " + "; ".join(errors), provider="chain")

@@ -65,6 +65,7 @@ from apex.settings import Settings, load_settings
 from apex.usage import endpoints as usage_endpoints
 from apex.usage.files import IMPORT_PATH
 from apex.usage.maintenance import keep_maintaining
+from apex.web.app import mount_app
 from apex.web.docs import mount_docs
 
 log = structlog.get_logger("apex.app")
@@ -314,6 +315,7 @@ def create_app(
     app.add_middleware(RequestContextMiddleware, on_response=app.state.metrics.record_request)
     app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]
     mount_docs(app)
+    mount_app(app)
     app.include_router(health.router)
     app.include_router(identity_endpoints.router)
     app.include_router(identity_endpoints.well_known)

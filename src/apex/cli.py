@@ -668,12 +668,11 @@ def demo(
     )
     out.print(
         f"Run {run.id}: {run.llm_calls} LLM calls, {run.tokens_used} tokens. "
-        "Start `apex serve` to explore it over the API (/docs)."
+        "Start `apex serve` and open it in a browser (the API is at /docs)."
     )
     if result.password is not None:
         out.print(
-            f"Log in as {DEMO_EMAIL} with password {result.password} (shown once) "
-            "to read it over the API.",
+            f"Sign in as {DEMO_EMAIL} with password {result.password} (shown once).",
             markup=False,
         )
 

@@ -33,16 +33,18 @@ from apex.identity.schemas import (
     OrganizationUpdate,
     PasswordResetConfirm,
     PasswordResetRequest,
+    ProviderOut,
     RefreshRequest,
     RoleChange,
     SessionInfo,
     SessionOut,
+    SessionToken,
     SignupRequest,
     TokenIn,
     TokenResponse,
     UserOut,
 )
-from apex.identity.sessions import COOKIE
+from apex.identity.sessions import COOKIE, BrowserSession
 from apex.identity.tokens import issue_access_token
 from apex.kit.db import SessionDep
 from apex.kit.digest import sha256_hex
@@ -285,6 +287,53 @@ async def start_session(
     )
 
 
+# A browser session's WebSocket token lives this long at most: a session that ends (logout,
+# idle, revoked) leaves its socket open no longer than this.
+SESSION_TOKEN_TTL_SECONDS = 300
+
+
+def _browser_session(principal: Principal) -> BrowserSession:
+    if principal.session is None:
+        raise Unauthorized("This needs a browser session: sign in at POST /api/v1/auth/session.")
+    return principal.session
+
+
+@router.get("/auth/session", response_model=SessionOut)
+async def current_session(principal: CurrentPerson) -> SessionOut:
+    """The browser session the cookie names, with its CSRF token: how the app picks up a
+    session after a reload or an OpenID Connect login (a page of another origin cannot
+    read this answer)."""
+    browser = _browser_session(principal)
+    return SessionOut(
+        id=browser.public_id,
+        user_id=browser.user_id,
+        organization_id=browser.organization_id,
+        csrf_token=browser.csrf_token,
+    )
+
+
+@router.post("/auth/session/token", response_model=SessionToken)
+async def session_token(principal: CurrentPerson, request: Request) -> SessionToken:
+    """An access token for this browser session's WebSocket (CSRF-checked like any change)."""
+    browser = _browser_session(principal)
+    state = request.app.state
+    ttl = min(SESSION_TOKEN_TTL_SECONDS, state.settings.access_token_ttl_seconds)
+    token = issue_access_token(
+        state.keyring,
+        user_id=browser.user_id,
+        organization_id=browser.organization_id,
+        family_id=None,
+        now=state.clock.now(),
+        ttl_seconds=ttl,
+    )
+    return SessionToken(access_token=token, expires_in=ttl)
+
+
+def _navigation(request: Request) -> bool:
+    """A browser following a redirect (it asks for a page), not an API client."""
+    return "text/html" in request.headers.get("accept", "")
+
+
 def _set_session_cookie(request: Request, response: Response, session_id: str) -> None:
     settings = request.app.state.settings
     response.set_cookie(
@@ -295,6 +344,16 @@ def _set_session_cookie(request: Request, response: Response, session_id: str) -
         secure=settings.session_cookie_secure,
         samesite="lax",
     )
+
+
+@router.get("/auth/providers", response_model=list[ProviderOut])
+async def identity_providers(request: Request) -> list[ProviderOut]:
+    """The OpenID Connect providers this installation signs in with (the sign-in page's
+    buttons); public, like the login page that shows them."""
+    return [
+        ProviderOut(name=p.name, display_name=p.name.replace("-", " ").title())
+        for p in request.app.state.settings.oidc_providers
+    ]
 
 
 @router.get("/auth/oidc/{provider}/login", status_code=302, response_class=RedirectResponse)
@@ -313,7 +372,11 @@ async def oidc_login(provider: str, request: Request) -> RedirectResponse:
     return response
 
 
-@router.get("/auth/oidc/{provider}/callback", response_model=SessionOut)
+@router.get(
+    "/auth/oidc/{provider}/callback",
+    response_model=SessionOut,
+    responses={303: {"description": "A browser's navigation: back to the app, signed in."}},
+)
 async def oidc_callback(
     provider: str,
     request: Request,
@@ -322,8 +385,9 @@ async def oidc_callback(
     code: str | None = None,
     state: str | None = None,
     error: str | None = None,
-) -> SessionOut:
-    """Finish the login: verify the provider's answer, then open a browser session."""
+) -> SessionOut | RedirectResponse:
+    """Finish the login: verify the provider's answer, then open a browser session (a
+    browser is sent back to the app; an API client gets the session as JSON)."""
     request.app.state.oidc.provider(provider)  # 404 for an unknown one, before anything else
     if error or not code or not state:
         raise Unauthorized(
@@ -343,6 +407,11 @@ async def oidc_callback(
         now=apex.clock.now(),
         replacing=request.cookies.get(COOKIE),
     )
+    if _navigation(request):  # the browser app: back to it, which reads the session
+        redirect = RedirectResponse("/#/", status_code=303)
+        _set_session_cookie(request, redirect, browser.id)
+        redirect.delete_cookie(BINDING_COOKIE)
+        return redirect
     _set_session_cookie(request, response, browser.id)
     response.delete_cookie(BINDING_COOKIE)
     return SessionOut(

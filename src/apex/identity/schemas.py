@@ -110,6 +110,20 @@ class SessionOut(BaseModel):
     csrf_token: str = Field(description="Send as X-CSRF-Token with state-changing requests.")
 
 
+class ProviderOut(BaseModel):
+    name: str = Field(description="Sign in at GET /api/v1/auth/oidc/{name}/login.")
+    display_name: str
+
+
+class SessionToken(BaseModel):
+    """A short-lived access token for this browser session's WebSocket (`/ws` takes tokens,
+    not cookies): ask for a new one before `expires_in` runs out, and after a reconnect."""
+
+    access_token: str
+    token_type: str = "bearer"  # noqa: S105 (the OAuth token type, not a secret)
+    expires_in: int
+
+
 class SessionInfo(BaseModel):
     id: str
     user_agent: str

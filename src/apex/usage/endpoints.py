@@ -28,6 +28,7 @@ from apex.usage.schemas import (
     IngestReport,
     PriceIn,
     PriceOut,
+    SpendOut,
     TokensOut,
     UsageBatchIn,
     UsageMeterOut,
@@ -211,6 +212,26 @@ async def usage_meter(
         records_included=plan.records_per_month,
         tokens=TokensOut(**dataclasses.asdict(reading.tokens)),
         cost_usd=nanos_to_usd(reading.cost_nanos),
+    )
+
+
+@router.get("/usage/spend", response_model=SpendOut)
+async def usage_spend(
+    request: Request,
+    principal: Annotated[Principal, RequirePermission("usage:read")],
+    session: SessionDep,
+    period: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$",
+            description="YYYY-MM (UTC); default: the month of the latest usage.",
+        ),
+    ] = None,
+) -> SpendOut:
+    """Where a month's LLM money went: totals, each day (per workload), by workload, model
+    and provider, and what the figures stand on. Read from the hourly rollups."""
+    return await service.spend(
+        session, principal.organization_id, period, request.app.state.clock.now()
     )
 
 

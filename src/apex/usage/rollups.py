@@ -58,6 +58,7 @@ from apex.usage.models import (
 from apex.usage.pricing import Tokens
 from apex.usage.repository import STAGING
 from apex.usage.spend import (
+    BreakdownRow,
     DayRow,
     DuplicateRow,
     FitRow,
@@ -571,6 +572,46 @@ class SpendRepository:
             )
             for row in (await self.session.execute(statement)).all()
         ]
+
+    async def breakdown(self, organization_id: uuid.UUID, window: Window) -> list[BreakdownRow]:
+        """Spend per UTC day, workload, provider and model: what the spend page draws."""
+        day = utc_day(R.hour)
+        keys = (R.workload, R.provider, R.model)
+
+        def calls_costed(source: CostSource) -> Any:
+            return func.sum(case((R.cost_source == source.value, R.calls), else_=0))
+
+        statement = (
+            select(
+                day,
+                *keys,
+                func.sum(R.calls),
+                func.sum(R.input_tokens + R.cached_input_tokens + R.cache_write_tokens),
+                func.sum(R.output_tokens + R.reasoning_tokens),
+                func.sum(R.cost_nanos),
+                calls_costed(CostSource.UNPRICED),
+                calls_costed(CostSource.REPORTED),
+            )
+            .where(*_in(organization_id, window.whole_hours()))
+            .group_by(day, *keys)
+            .order_by(day, *keys)
+        )
+        return [
+            BreakdownRow(row[0], row[1], row[2], row[3], *(int(value) for value in row[4:]))
+            for row in (await self.session.execute(statement)).all()
+        ]
+
+    async def latest_hour(self, organization_id: uuid.UUID) -> datetime | None:
+        """The last hour with usage (the spend page opens on its month)."""
+        statement = select(func.max(R.hour)).where(R.organization_id == organization_id)
+        latest: datetime | None = await self.session.scalar(statement)
+        return latest.replace(tzinfo=UTC) if latest and latest.tzinfo is None else latest
+
+    async def months(self, organization_id: uuid.UUID) -> list[str]:
+        """The UTC months (YYYY-MM) with usage, newest first (from the daily rollup keys)."""
+        month = func.substr(utc_day(R.hour), 1, 7)
+        statement = select(month).where(R.organization_id == organization_id).distinct()
+        return sorted((await self.session.scalars(statement)).all(), reverse=True)
 
     async def days(self, organization_id: uuid.UUID, window: Window) -> list[DayRow]:
         day = utc_day(R.hour)

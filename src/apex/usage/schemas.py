@@ -255,3 +255,62 @@ class ImportOut(BaseModel):
     @property
     def problems_url(self) -> str:
         return f"/api/v1/usage/imports/{self.id}/problems"
+
+
+class SpendLine(BaseModel):
+    """Calls, tokens and cost of one slice of a month (a workload, a model, a provider...)."""
+
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal = Field(description="Exact (nano-dollar) sum; round only to display.")
+
+
+class WorkloadSpend(SpendLine):
+    workload: str
+
+
+class ModelSpend(SpendLine):
+    provider: str
+    model: str
+
+
+class ProviderSpend(SpendLine):
+    provider: str
+
+
+class SpendRow(SpendLine):
+    workload: str
+    provider: str
+    model: str
+
+
+class DaySpend(SpendLine):
+    day: date
+    workloads: dict[str, Decimal] = Field(description="Cost per workload that day.")
+
+
+class SpendCoverage(BaseModel):
+    """What the figures stand on: calls priced from the catalogue, from the cost the
+    customer reported, or not priced at all (counted, cost 0 until a price exists)."""
+
+    catalogue_calls: int
+    reported_calls: int
+    unpriced_calls: int
+
+
+class SpendOut(BaseModel):
+    """Where one UTC month's LLM money went, from the hourly rollups (milliseconds at any
+    volume): totals, every day, and by workload, model and provider, largest first."""
+
+    period: str = Field(description="YYYY-MM, UTC.")
+    start: datetime
+    end: datetime
+    months: list[str] = Field(description="Months with usage, newest first (the picker).")
+    total: SpendLine
+    coverage: SpendCoverage
+    days: list[DaySpend]
+    workloads: list[WorkloadSpend]
+    models: list[ModelSpend]
+    providers: list[ProviderSpend]
+    rows: list[SpendRow] = Field(description="Workload x provider x model, largest first.")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,17 +19,25 @@ from apex.usage.models import CostSource, PriceOverride, nanos_to_usd, usd_to_na
 from apex.usage.pricing import Catalogue, ModelPrice, Tokens, cost_of, default_catalogue
 from apex.usage.quota import RecordQuota
 from apex.usage.repository import PriceOverrideRepository, UsageRepository
-from apex.usage.rollups import Meter, MeterRepository, RollupRepository
+from apex.usage.rollups import Meter, MeterRepository, RollupRepository, SpendRepository
 from apex.usage.schemas import (
+    DaySpend,
     FieldProblem,
     IngestReport,
+    ModelSpend,
     PriceIn,
+    ProviderSpend,
     RecordResult,
+    SpendCoverage,
+    SpendLine,
+    SpendOut,
+    SpendRow,
     UsageRecordIn,
     UsageRecordOut,
+    WorkloadSpend,
     echo,
 )
-from apex.usage.spend import Window, month_start, next_month
+from apex.usage.spend import BreakdownRow, Window, month_start, next_month
 
 
 def tokens_of(record: UsageRecordIn) -> Tokens:
@@ -327,3 +335,79 @@ def month_of(period: str | None, now: datetime) -> tuple[str, Window]:
 
 async def meter(session: AsyncSession, organization_id: uuid.UUID, window: Window) -> Meter:
     return await MeterRepository(session).read(organization_id, window)
+
+
+# --- the spend page ------------------------------------------------------------------------
+
+
+async def spend(
+    session: AsyncSession, organization_id: uuid.UUID, period: str | None, now: datetime
+) -> SpendOut:
+    """One month's spend (`period`; default: the month of the latest usage, or now's)."""
+    rollups = SpendRepository(session)
+    if period is None:
+        period = f"{await rollups.latest_hour(organization_id) or now:%Y-%m}"
+    month, window = month_of(period, now)
+    rows = await rollups.breakdown(organization_id, window)
+    by_workload = _grouped(rows, lambda r: r.workload)
+    by_model = _grouped(rows, lambda r: (r.provider, r.model))
+    by_provider = _grouped(rows, lambda r: r.provider)
+    by_row = _grouped(rows, lambda r: (r.workload, r.provider, r.model))
+    return SpendOut(
+        period=month,
+        start=window.start,
+        end=window.end,
+        months=await rollups.months(organization_id),
+        total=SpendLine(**_sums(rows)),
+        coverage=_coverage(rows),
+        days=[_day(day, of) for day, of in _grouped(rows, lambda r: r.day)],
+        workloads=_largest(WorkloadSpend(workload=w, **_sums(of)) for w, of in by_workload),
+        models=_largest(ModelSpend(provider=p, model=m, **_sums(of)) for (p, m), of in by_model),
+        providers=_largest(ProviderSpend(provider=p, **_sums(of)) for p, of in by_provider),
+        rows=_largest(
+            SpendRow(workload=w, provider=p, model=m, **_sums(of)) for (w, p, m), of in by_row
+        ),
+    )
+
+
+def _coverage(rows: Sequence[BreakdownRow]) -> SpendCoverage:
+    unpriced, reported = sum(r.unpriced_calls for r in rows), sum(r.reported_calls for r in rows)
+    return SpendCoverage(
+        catalogue_calls=sum(r.calls for r in rows) - unpriced - reported,
+        reported_calls=reported,
+        unpriced_calls=unpriced,
+    )
+
+
+def _day(day: str, rows: Sequence[BreakdownRow]) -> DaySpend:
+    workloads = {
+        workload: nanos_to_usd(sum(r.cost_nanos for r in of))
+        for workload, of in _grouped(rows, lambda r: r.workload)
+    }
+    return DaySpend(day=date.fromisoformat(day), workloads=workloads, **_sums(rows))
+
+
+K = TypeVar("K")
+L = TypeVar("L", bound=SpendLine)
+
+
+def _grouped(
+    rows: Sequence[BreakdownRow], key: Callable[[BreakdownRow], K]
+) -> list[tuple[K, list[BreakdownRow]]]:
+    groups: dict[K, list[BreakdownRow]] = {}
+    for row in rows:
+        groups.setdefault(key(row), []).append(row)
+    return list(groups.items())
+
+
+def _sums(rows: Sequence[BreakdownRow]) -> dict[str, Any]:
+    return {
+        "calls": sum(r.calls for r in rows),
+        "input_tokens": sum(r.input_tokens for r in rows),
+        "output_tokens": sum(r.output_tokens for r in rows),
+        "cost_usd": nanos_to_usd(sum(r.cost_nanos for r in rows)),
+    }
+
+
+def _largest(lines: Iterable[L]) -> list[L]:
+    return sorted(lines, key=lambda line: (-line.cost_usd, -line.calls))

@@ -111,6 +111,22 @@ class DayRow:
 
 
 @dataclass(frozen=True, slots=True)
+class BreakdownRow:
+    """Calls, tokens and cost of one workload x provider x model on one UTC day."""
+
+    day: str  # YYYY-MM-DD, UTC
+    workload: str
+    provider: str
+    model: str
+    calls: int
+    input_tokens: int  # prompt tokens of every kind (cached and cache writes included)
+    output_tokens: int  # completion tokens, reasoning included
+    cost_nanos: int
+    unpriced_calls: int  # stored before any price was known: cost 0 until one exists
+    reported_calls: int  # costed from the cost the customer sent
+
+
+@dataclass(frozen=True, slots=True)
 class PrefixRow:
     """Calls sharing a prompt prefix (`prefix_hash`) that neither read nor wrote a cache."""
 

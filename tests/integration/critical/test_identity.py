@@ -320,6 +320,7 @@ EXPECTED_ACCESS: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/usage/events"): WRITERS,
     ("GET", "/api/v1/usage/events/{record_id}"): EVERYONE,
     ("GET", "/api/v1/usage/meter"): EVERYONE,
+    ("GET", "/api/v1/usage/spend"): EVERYONE,
     ("POST", "/api/v1/usage/events:import"): WRITERS,
     ("GET", "/api/v1/usage/imports"): EVERYONE,
     ("GET", "/api/v1/usage/imports/{import_id}"): EVERYONE,
@@ -537,6 +538,7 @@ def test_rbac_enforcement_integration(
             ),
             ("GET", "/api/v1/pricing"): lambda: (None, path),
             ("GET", "/api/v1/usage/meter"): lambda: (None, path),
+            ("GET", "/api/v1/usage/spend"): lambda: (None, path),
             ("POST", "/api/v1/usage/events:import"): lambda: (ndjson_record(), path),
             ("GET", "/api/v1/usage/imports"): lambda: (None, path),
             ("GET", "/api/v1/usage/imports/{import_id}"): lambda: (

@@ -1,0 +1,92 @@
+// The shell: who is signed in, the navigation, and one page at a time by the URL's hash
+// (`#/findings`), so that every page has an address and the back button works.
+import * as api from "./api.js";
+import { failure, h, loading, replace } from "./dom.js";
+import { billingPage } from "./pages/billing.js";
+import { chatPage } from "./pages/chat.js";
+import { findingsPage } from "./pages/findings.js";
+import { signInPage } from "./pages/signin.js";
+import { spendPage } from "./pages/spend.js";
+import { teamPage } from "./pages/team.js";
+
+const PAGES = {
+  "": { title: "Spend", render: spendPage },
+  findings: { title: "Findings", render: findingsPage },
+  chat: { title: "Chat", render: chatPage },
+  billing: { title: "Plan & billing", render: billingPage },
+  team: { title: "Team", render: teamPage },
+};
+
+// What every page is given: the person, their role here and the organisation.
+export const context = { me: null, role: null, organization: null, leave: null };
+
+const MANAGERS = new Set(["owner", "admin"]);
+const WRITERS = new Set(["owner", "admin", "member"]);
+export const canManage = () => MANAGERS.has(context.role);
+export const canWrite = () => WRITERS.has(context.role);
+
+async function loadContext() {
+  const [me, organization] = await Promise.all([api.get("/users/me"), api.get("/organizations/current")]);
+  const membership = me.memberships.find((m) => m.organization_id === organization.id);
+  Object.assign(context, { me, organization, role: membership?.role ?? "viewer" });
+  replace(document.getElementById("who"), `${me.email} · ${organization.name} (${context.role})`);
+  document.getElementById("bar").hidden = false;
+}
+
+async function route() {
+  const main = document.getElementById("main");
+  if (context.leave) {
+    context.leave();
+    context.leave = null;
+  }
+  const name = location.hash.replace(/^#\/?/, "").split("?")[0];
+  if (!api.session()) {
+    document.getElementById("bar").hidden = true;
+    document.title = "Sign in · Apex";
+    replace(main, await signInPage(started));
+    return;
+  }
+  const page = PAGES[name] ?? PAGES[""];
+  document.title = `${page.title} · Apex`;
+  for (const link of document.querySelectorAll("#nav a")) {
+    const current = link.getAttribute("href") === `#/${name}`;
+    link.toggleAttribute("aria-current", current);
+    if (current) link.setAttribute("aria-current", "page");
+  }
+  replace(main, loading());
+  try {
+    replace(main, await page.render(context));
+  } catch (error) {
+    if (error.status === 401) return expired();
+    replace(main, h("h1", {}, page.title), failure(error));
+  }
+}
+
+async function started() {
+  await loadContext();
+  if (location.hash && location.hash !== "#/") location.hash = "#/";
+  else await route();
+}
+
+async function expired() {
+  await api.signOut().catch(() => {});
+  await route();
+}
+
+async function boot() {
+  document.getElementById("signout").addEventListener("click", async () => {
+    await api.signOut().catch(() => {});
+    location.hash = "#/";
+    await route();
+  });
+  window.addEventListener("hashchange", route);
+  try {
+    if (await api.resume()) await loadContext();
+  } catch (error) {
+    replace(document.getElementById("main"), failure(error));
+    return;
+  }
+  await route();
+}
+
+boot();

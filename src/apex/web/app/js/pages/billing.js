@@ -1,0 +1,102 @@
+import * as api from "../api.js";
+import { count, empty, h, panel, toast, usd, when } from "../dom.js";
+import { canManage, context } from "../main.js";
+
+const ORDER = ["free", "early", "mid", "enterprise"];
+const title = (tier) => tier[0].toUpperCase() + tier.slice(1);
+
+export async function billingPage() {
+  const [plans, subscription, meter, invoices] = await Promise.all([
+    api.get("/billing/plans"), api.get("/billing/subscription"), api.get("/usage/meter"),
+    api.get("/billing/invoices").catch((e) => (e.status === 403 ? null : Promise.reject(e))),
+  ]);
+  const tier = subscription.tier;
+  const wanted = new URLSearchParams(location.hash.split("?")[1] ?? "").get("upgrade");
+  return h("div", {},
+    h("div", { class: "page-head" }, h("h1", {}, "Plan & billing")),
+    h("div", { class: "cards" },
+      card("Plan", title(tier), status(subscription), "plan"),
+      card("Records this month", count(meter.records),
+        meter.records_included ? `of ${count(meter.records_included)} included (${percent(meter.records, meter.records_included)})` : "no limit", "records"),
+      card("Metered cost", usd(meter.cost_usd), `${meter.period}, as billed`),
+    ),
+    meter.records_included ? quota(meter) : null,
+    subscription.scheduled_tier ? h("p", { class: "notice" }, `Changes to ${title(subscription.scheduled_tier)} at the end of this period.`) : null,
+    panel("Plans", h("div", { class: "plans" }, plans
+      .sort((a, b) => ORDER.indexOf(a.tier) - ORDER.indexOf(b.tier))
+      .map((plan) => planCard(plan, tier, wanted)))),
+    invoices === null ? null : panel("Invoices", invoices.length ? invoiceTable(invoices) : empty("No invoices yet.")),
+  );
+}
+
+function card(label, value, note, id) {
+  return h("div", { class: "card" }, h("p", { class: "card-label" }, label),
+    h("p", { class: "card-value", id: id ?? null }, value), h("p", { class: "muted" }, note));
+}
+
+function status(subscription) {
+  if (subscription.status === "none") return tierNote(subscription.tier);
+  const renews = subscription.period_end ? ` · ${subscription.cancel_at_period_end ? "ends" : "renews"} ${when(subscription.period_end)}` : "";
+  return `${subscription.status.replace("_", " ")}${renews}`;
+}
+
+function tierNote(tier) {
+  return tier === "free" ? "free, no card needed" : "set by your operator, no subscription";
+}
+
+function percent(used, of) {
+  return `${Math.floor((100 * used) / of)}%`;
+}
+
+function quota(meter) {
+  const share = Math.min(100, Math.floor((100 * meter.records) / meter.records_included));
+  return h("div", { class: "quota" },
+    h("label", { for: "quota" }, "Monthly records used"),
+    h("progress", { id: "quota", max: 100, value: share }, `${share}%`));
+}
+
+function planCard(plan, tier, wanted) {
+  const current = plan.tier === tier;
+  const higher = ORDER.indexOf(plan.tier) > ORDER.indexOf(tier);
+  const features = [
+    plan.records_per_month ? `${count(plan.records_per_month)} records a month` : "Unlimited records",
+    plan.api_requests_per_hour ? `${count(plan.api_requests_per_hour)} API requests an hour` : "Unlimited API requests",
+    `${plan.websocket_messages_per_minute} chat messages a minute`,
+    `${plan.concurrent_agent_runs} concurrent agent run${plan.concurrent_agent_runs === 1 ? "" : "s"}`,
+    plan.seats ? `${plan.seats} seats` : "Unlimited seats",
+    `${plan.retention_days} days of history`,
+    Number(plan.savings_share) ? `${Math.round(Number(plan.savings_share) * 100)}% of verified savings` : null,
+  ].filter(Boolean);
+  let action = null;
+  if (current) action = h("p", { class: "your-plan" }, "Your plan");
+  else if (higher && canManage() && plan.tier !== "free") {
+    action = h("button", { type: "button", class: plan.tier === wanted ? "primary pulse" : "primary",
+      dataset: { tier: plan.tier } }, `Upgrade to ${title(plan.tier)}`);
+    action.addEventListener("click", () => checkout(plan.tier, action));
+  }
+  return h("article", { class: current ? "plan current" : "plan", "aria-label": `${title(plan.tier)} plan` },
+    h("h3", {}, title(plan.tier)),
+    h("p", { class: "price" }, `${usd(plan.monthly_fee_usd)}`, h("span", { class: "muted" }, " / month")),
+    h("ul", {}, features.map((f) => h("li", {}, f))), action);
+}
+
+async function checkout(tier, button) {
+  button.disabled = true;
+  try {
+    const session = await api.post("/billing/checkout", { tier });
+    location.assign(session.url); // the payment gateway's hosted page, then back here
+  } catch (error) {
+    toast(error.message);
+    button.disabled = false;
+  }
+}
+
+function invoiceTable(invoices) {
+  return h("table", {}, h("caption", {}, `Invoices of ${context.organization.name}`),
+    h("thead", {}, h("tr", {}, ["Number", "Issued", "Period", "Status", "Total", ""].map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", {}, invoices.map((i) => h("tr", {},
+      h("td", {}, `#${i.number}`), h("td", {}, when(i.issued_at)),
+      h("td", {}, `${i.period_start.slice(0, 10)} – ${i.period_end.slice(0, 10)}`),
+      h("td", {}, i.status), h("td", { class: "num" }, usd(i.total_usd)),
+      h("td", {}, h("a", { href: `/api/v1/billing/invoices/${i.id}/html`, target: "_blank", rel: "noopener" }, "View"))))));
+}

@@ -44,6 +44,9 @@ def test_run_demo_reports_savings_then_serves_healthy(tmp_path: Path) -> None:
     assert "Recommendations (projected savings $69.05/month)" in out
     assert "Analysed $232.32 of $232.32 (100.0%); left out $0.00." in out
     assert f"at http://127.0.0.1:{port}: OK" in result.stdout
+    # The browser app's address and the one-time demo login, to sign in with.
+    assert "Sign in as demo@apex.invalid with password" in out
+    assert f"Apex is serving http://127.0.0.1:{port}: open it in a browser" in out
     assert "database │ ok" in result.stdout
     assert "redis    │ ok" in result.stdout
     assert (tmp_path / "data" / "apex.db").exists()  # the embedded SQLite file, migrated

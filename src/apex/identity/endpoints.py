@@ -40,6 +40,7 @@ from apex.identity.schemas import (
     SessionOut,
     SessionToken,
     SignupRequest,
+    SwitchOrganization,
     TokenIn,
     TokenResponse,
     UserOut,
@@ -279,17 +280,21 @@ async def start_session(
         actor_id=user.id, method="browser_session",
     )  # fmt: skip
     _set_session_cookie(request, response, browser.id)
-    return SessionOut(
-        id=browser.public_id,
-        user_id=user.id,
-        organization_id=organization_id,
-        csrf_token=browser.csrf_token,
-    )
+    return _session_out(browser)
 
 
 # A browser session's WebSocket token lives this long at most: a session that ends (logout,
 # idle, revoked) leaves its socket open no longer than this.
 SESSION_TOKEN_TTL_SECONDS = 300
+
+
+def _session_out(browser: BrowserSession) -> SessionOut:
+    return SessionOut(
+        id=browser.public_id,
+        user_id=browser.user_id,
+        organization_id=browser.organization_id,
+        csrf_token=browser.csrf_token,
+    )
 
 
 def _browser_session(principal: Principal) -> BrowserSession:
@@ -304,12 +309,33 @@ async def current_session(principal: CurrentPerson) -> SessionOut:
     session after a reload or an OpenID Connect login (a page of another origin cannot
     read this answer)."""
     browser = _browser_session(principal)
-    return SessionOut(
-        id=browser.public_id,
+    return _session_out(browser)
+
+
+@router.post("/auth/session/switch", response_model=SessionOut)
+async def switch_organization(
+    body: SwitchOrganization,
+    principal: CurrentPerson,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+) -> SessionOut:
+    """Act for another organisation you belong to: a new browser session (new cookie, new
+    CSRF token) replaces this one; no password again, the person is the same."""
+    memberships = await MembershipRepository(session).for_user(principal.user_id)
+    if body.organization_id not in {m.organization_id for m in memberships}:
+        raise Forbidden("You are not a member of that organisation.", field="organization_id")
+    browser = _browser_session(principal)
+    state = request.app.state
+    switched = await state.sessions.create(
         user_id=browser.user_id,
-        organization_id=browser.organization_id,
-        csrf_token=browser.csrf_token,
+        organization_id=body.organization_id,
+        user_agent=request.headers.get("user-agent", ""),
+        now=state.clock.now(),
+        replacing=request.cookies.get(COOKIE),
     )
+    _set_session_cookie(request, response, switched.id)
+    return _session_out(switched)
 
 
 @router.post("/auth/session/token", response_model=SessionToken)
@@ -414,12 +440,7 @@ async def oidc_callback(
         return redirect
     _set_session_cookie(request, response, browser.id)
     response.delete_cookie(BINDING_COOKIE)
-    return SessionOut(
-        id=browser.public_id,
-        user_id=user.id,
-        organization_id=organization_id,
-        csrf_token=browser.csrf_token,
-    )
+    return _session_out(browser)
 
 
 @router.get("/auth/sessions", response_model=list[SessionInfo])

@@ -110,6 +110,12 @@ class SessionOut(BaseModel):
     csrf_token: str = Field(description="Send as X-CSRF-Token with state-changing requests.")
 
 
+class SwitchOrganization(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    organization_id: uuid.UUID = Field(description="One of your memberships (GET /users/me).")
+
+
 class ProviderOut(BaseModel):
     name: str = Field(description="Sign in at GET /api/v1/auth/oidc/{name}/login.")
     display_name: str

@@ -750,7 +750,9 @@ TENANT_TABLES = (
 )  # fmt: skip
 # Reads that are the same for everyone (the plan catalogue): they must not leak A's data,
 # and hold no one's.
-SHARED_READS = {"/api/v1/billing/plans"}
+SHARED_READS = {"/api/v1/billing/plans", "/api/v1/auth/providers"}
+# Reads of the browser session itself: a token (B's here) has none, and is told so.
+BROWSER_SESSION_READS = {"/api/v1/auth/session"}
 
 
 def _properties(schema: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
@@ -939,6 +941,10 @@ def test_tenant_isolation_integration(
                     assert response.status_code in refusals, (method, url, response.text)
                     assert not any(secret in response.text for secret in a_secrets), (method, url)
                     checked_ids += 1
+            elif method == "get" and path in BROWSER_SESSION_READS:
+                response = client.get(path, headers=b_auth)
+                assert response.status_code == 401, (path, response.text)
+                assert not any(secret in response.text for secret in a_secrets), path
             elif method == "get":
                 # Lists, with A's identifiers in the query too (they must change nothing).
                 for query in (

@@ -56,6 +56,10 @@ export async function resume() {
   }
 }
 
+export async function switchTo(organizationId) {
+  remember(await request("POST", "/auth/session/switch", { organization_id: organizationId }));
+}
+
 export async function signOut() {
   try {
     await request("POST", "/auth/logout");

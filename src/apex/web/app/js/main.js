@@ -29,8 +29,21 @@ async function loadContext() {
   const [me, organization] = await Promise.all([api.get("/users/me"), api.get("/organizations/current")]);
   const membership = me.memberships.find((m) => m.organization_id === organization.id);
   Object.assign(context, { me, organization, role: membership?.role ?? "viewer" });
-  replace(document.getElementById("who"), `${me.email} · ${organization.name} (${context.role})`);
+  replace(document.getElementById("who"), `${me.email} (${context.role}) · `, switcher(me, organization));
   document.getElementById("bar").hidden = false;
+}
+
+// The organisation switcher: a new session for another of the person's organisations.
+function switcher(me, organization) {
+  if (me.memberships.length < 2) return organization.name;
+  const select = h("select", { id: "organization", "aria-label": "Organisation" },
+    me.memberships.map((m) => h("option", { value: m.organization_id, selected: m.organization_id === organization.id }, m.organization_name)));
+  select.addEventListener("change", async () => {
+    await api.switchTo(select.value);
+    await loadContext();
+    await route();
+  });
+  return select;
 }
 
 async function route() {

@@ -6,10 +6,13 @@ const ORDER = ["free", "early", "mid", "enterprise"];
 const title = (tier) => tier[0].toUpperCase() + tier.slice(1);
 
 export async function billingPage() {
-  const [plans, subscription, meter, invoices] = await Promise.all([
-    api.get("/billing/plans"), api.get("/billing/subscription"), api.get("/usage/meter"),
-    api.get("/billing/invoices").catch((e) => (e.status === 403 ? null : Promise.reject(e))),
+  // Subscriptions and invoices are for owners and admins: others see the plan and usage.
+  const forManagers = (promise) => promise.catch((e) => (e.status === 403 ? null : Promise.reject(e)));
+  const [plans, found, meter, invoices] = await Promise.all([
+    api.get("/billing/plans"), forManagers(api.get("/billing/subscription")), api.get("/usage/meter"),
+    forManagers(api.get("/billing/invoices")),
   ]);
+  const subscription = found ?? { tier: context.organization.tier, status: "managed", period_end: null };
   const tier = subscription.tier;
   const wanted = new URLSearchParams(location.hash.split("?")[1] ?? "").get("upgrade");
   return h("div", {},
@@ -36,6 +39,7 @@ function card(label, value, note, id) {
 
 function status(subscription) {
   if (subscription.status === "none") return tierNote(subscription.tier);
+  if (subscription.status === "managed") return "billing is managed by owners and admins";
   const renews = subscription.period_end ? ` · ${subscription.cancel_at_period_end ? "ends" : "renews"} ${when(subscription.period_end)}` : "";
   return `${subscription.status.replace("_", " ")}${renews}`;
 }

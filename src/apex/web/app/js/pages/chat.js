@@ -70,7 +70,7 @@ export async function chatPage() {
     const steps = h("ol", { class: "steps" });
     const stream = h("p", { class: "stream" });
     const body = h("div", {}, steps, stream);
-    const item = h("li", { class: "run", dataset: { run: runId } }, h("p", { class: "who" }, "Apex agents"), body);
+    const item = h("li", { class: "run", dataset: { run: runId } }, h("p", { class: "author" }, "Apex agents"), body);
     log.append(item);
     const card = { steps, stream, body, item };
     runs.set(runId, card);
@@ -132,7 +132,7 @@ export async function chatPage() {
 
 function message(m) {
   return h("li", { class: `message ${m.role}`, dataset: { seq: String(m.seq) } },
-    h("p", { class: "who" }, m.role === "user" ? "You" : "Apex", " · ", when(m.created_at)),
+    h("p", { class: "author" }, m.role === "user" ? "You" : "Apex", " · ", when(m.created_at)),
     m.role === "user" ? h("div", { class: "content" }, m.content) : markdown(m.content));
 }
 

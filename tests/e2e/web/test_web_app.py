@@ -1,0 +1,217 @@
+"""The browser app in real Chromium (Debian's) against real `apex serve` on PostgreSQL and
+Redis, as its users meet it: sign in, read the month's spend (every figure checked to the
+cent against sums this test computes from the records it sent), act on findings, and what
+a viewer may not do. Every page is checked with axe-core and at a phone's width.
+
+`APEX_SCREENSHOTS=docs/screenshots` saves the pages shown in the README."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import httpx
+import pytest
+
+from tests.harness import ApexServer, PostgresCluster, RedisServer
+from tests.harness.browser import PHONE, Browser
+from tests.harness.smtp import SmtpServer
+from tests.integration.critical.conftest import bearer, join, set_tier, signup
+
+MONTH = "2026-10"
+WORKLOADS = ("support-chat", "code-review", "ticket-triage", "nightly-digest")
+SHOTS = Path(os.environ["APEX_SCREENSHOTS"]) if os.environ.get("APEX_SCREENSHOTS") else None
+# axe-core impacts a page may not have (moderate and minor ones are reported, not failed).
+SERIOUS = {"serious", "critical"}
+
+
+def cents(amount: Decimal) -> str:
+    """How the page shows money: half up to the cent, thousands separated."""
+    return f"${amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,}"
+
+
+Spend = dict[tuple[str, str], Decimal]  # (workload, model) → dollars
+
+
+def month_of_records(seed: int) -> tuple[list[dict[str, Any]], Spend]:
+    """A month of calls with the costs the customer reported (so every dollar is known
+    here), user ids on every call, and the expected spend per workload and model."""
+    rng = random.Random(seed)
+    records, spend = [], defaultdict(Decimal)
+    for n in range(600):
+        workload, model = rng.choice(WORKLOADS), rng.choice(["gpt-4o", "gpt-4o-mini"])
+        cost = Decimal(rng.randint(1, 250_000)) / 1_000_000  # up to $0.25, to the micro-dollar
+        spend[workload, model] += cost
+        records.append({
+            "id": f"call-{seed}-{n}", "timestamp": f"{MONTH}-{1 + n % 28:02d}T{n % 24:02d}:15:00Z",
+            "provider": "openai", "model": model,
+            "workload": workload, "end_user": f"user-{rng.randint(1, 40)}",
+            "input_tokens": rng.randint(50, 4000), "output_tokens": rng.randint(5, 800),
+            "cost_usd": str(cost),
+        })  # fmt: skip
+    return records, dict(spend)
+
+
+@pytest.fixture
+def server(
+    database_url: str, fresh_redis: RedisServer, start_apex: Callable[..., ApexServer]
+) -> ApexServer:
+    return start_apex(database_url, fresh_redis.url, session_cookie_secure="false")
+
+
+@pytest.fixture
+def browsers() -> Iterator[Callable[..., Browser]]:
+    opened: list[Browser] = []
+
+    def open_browser(base_url: str, **options: Any) -> Browser:
+        browser = Browser(base_url, **options)
+        opened.append(browser)
+        return browser
+
+    yield open_browser
+    for browser in opened:
+        browser.close()
+
+
+class Owner(NamedTuple):
+    auth: dict[str, str]
+    email: str
+    organization_id: str
+    spend: Spend
+
+
+def owner_with_usage(client: httpx.Client, mail_server: SmtpServer) -> Owner:
+    account = signup(client, mail_server=mail_server)
+    assert account.status_code == 201, account.text
+    auth = bearer(account)
+    email = client.get("/api/v1/users/me", headers=auth).json()["email"]
+    records, spend = month_of_records(seed=7)
+    sent = client.post("/api/v1/usage/events", headers=auth, json={"records": records})
+    assert sent.json()["accepted"] == len(records), sent.text[:500]
+    retried = client.post("/api/v1/usage/events", headers=auth, json={"records": records[:50]})
+    assert retried.json()["duplicates"] == 50, retried.text[:500]  # retries are not spend twice
+    return Owner(auth, email, account.json()["organization_id"], spend)
+
+
+def assert_accessible(browser: Browser, page: str) -> None:
+    violations = [v for v in browser.axe() if v.get("impact") in SERIOUS]
+    assert not violations, (
+        page,
+        [(v["id"], v["help"], len(v.get("nodes", []))) for v in violations],
+    )
+
+
+def shoot(browser: Browser, name: str) -> None:
+    if SHOTS is not None:
+        browser.screenshot(SHOTS / f"{name}.png")
+
+
+def test_sign_in_and_the_months_spend_to_the_cent(
+    server: ApexServer, mail_server: SmtpServer, browsers: Callable[..., Browser]
+) -> None:
+    client = httpx.Client(base_url=server.base_url, timeout=30)
+    _, email, _, spend = owner_with_usage(client, mail_server)
+    total = sum(spend.values(), Decimal(0))
+
+    browser = browsers(server.base_url)
+    browser.open("/")
+    browser.wait_for("#email")
+    assert_accessible(browser, "sign-in")
+    shoot(browser, "signin")
+    # A wrong password is refused on the page, with words that do not say whether the
+    # account exists.
+    browser.find("#email").send_keys(email)
+    browser.find("#password").send_keys("not the password")
+    browser.find("form.signin button[type=submit]").click()
+    assert "Wrong email or password." in browser.wait_for("[role=alert]").text
+    browser.sign_in(email, "correct horse battery staple")
+
+    # The month's total, every workload's and every row's spend, to the cent, as computed here.
+    assert browser.wait_for("#total-spend").text == cents(total)
+    assert browser.find("#period").get_attribute("value") == MONTH
+    shown = {
+        (cells[0], cells[2]): cells[-1]
+        for row in browser.find_all(".table-wrap tbody tr")
+        if (cells := [c.text for c in row.find_elements("css selector", "td")])
+    }
+    assert shown == {key: cents(amount) for key, amount in spend.items()}
+    per_workload: dict[str, Decimal] = defaultdict(Decimal)
+    for (workload, _), amount in spend.items():
+        per_workload[workload] += amount
+    bars = [t.text for t in browser.find_all("svg[aria-label='Spend by workload'] text.bar-value")]
+    assert bars == [cents(a) for _, a in sorted(per_workload.items(), key=lambda i: -i[1])]
+    assert "600 calls priced" not in browser.text("#coverage")  # the customer reported them
+    assert "600 at the cost you reported" in browser.text("#coverage")
+    assert_accessible(browser, "spend")
+    shoot(browser, "spend")
+
+    # The table filters and sorts.
+    browser.find(".table-tools input").send_keys("nightly")
+    browser.wait_until(lambda: all(r.text.startswith("nightly-digest")
+                                   for r in browser.find_all(".table-wrap tbody tr")),
+                       message="the filter keeps only nightly-digest")  # fmt: skip
+
+    # Every page opens, accessible, and nothing failed in the console.
+    for route, ready, name in (("#/findings", ".page-head h1", "findings"),
+                               ("#/billing", "#plan", "billing"),
+                               ("#/team", ".panel table", "team")):  # fmt: skip
+        browser.go(route, ready)
+        assert_accessible(browser, name)
+        shoot(browser, name)
+    # Nothing failed in the console but the 401s asked for (no session yet; a wrong password).
+    errors = [e for e in browser.console_errors() if "status of 401" not in e]
+    assert errors == [], errors
+
+    # A phone's width: the same figures, nothing cut off sideways.
+    phone = browsers(server.base_url, size=PHONE)
+    phone.sign_in(email, "correct horse battery staple")
+    assert phone.wait_for("#total-spend").text == cents(total)
+    width = phone.driver.execute_script("return document.documentElement.scrollWidth")
+    assert width <= PHONE[0], f"the page is {width}px wide on a {PHONE[0]}px screen"
+    shoot(phone, "spend-phone")
+
+
+def test_a_viewer_sees_no_mutating_control_and_a_forged_one_is_refused(
+    server: ApexServer,
+    mail_server: SmtpServer,
+    browsers: Callable[..., Browser],
+    postgres: PostgresCluster,
+    database_url: str,
+) -> None:
+    client = httpx.Client(base_url=server.base_url, timeout=30)
+    owner = owner_with_usage(client, mail_server)
+    set_tier(postgres, database_url, owner.organization_id, "mid")  # Free has one seat
+    viewer = join(client, owner.auth, "viewer")
+
+    browser = browsers(server.base_url)
+    browser.sign_in(viewer["email"], "correct horse battery staple")
+    # The viewer joined the owner's organisation: switch to it on the page.
+    browser.wait_for("#organization")
+    browser.driver.execute_script(
+        "const s = document.getElementById('organization');"
+        "s.value = [...s.options].find(o => o.text !== s.selectedOptions[0].text).value;"
+        "s.dispatchEvent(new Event('change'));"
+    )
+    browser.wait_until(lambda: "(viewer)" in browser.text("#who"), message="acting as the viewer")
+    for route, ready in (("#/team", ".panel table"), ("#/billing", "#plan"),
+                         ("#/findings", ".page-head h1")):  # fmt: skip
+        browser.go(route, ready)
+        controls = [b.text for b in browser.find_all("main button, main select, main form")
+                    if b.get_attribute("class") != "sort"]  # fmt: skip
+        assert controls == [], (route, controls)
+    # A change forged from the page's own session (cookie and CSRF token) is refused.
+    answer = browser.driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "import('/app/js/api.js').then(api => api.post('/organizations/current/invitations',"
+        " {email: 'forged@example.test', role: 'admin'})).then(() => done('accepted'),"
+        " e => done(e.status + ' ' + e.message));"
+    )
+    assert answer.startswith("403 "), answer
+    invitations = client.get("/api/v1/organizations/current/invitations", headers=owner.auth)
+    assert invitations.status_code == 200, invitations.text
+    assert "forged@example.test" not in {i["email"] for i in invitations.json()}

@@ -18,10 +18,13 @@ from typing import Any, NamedTuple
 import httpx
 import pytest
 
-from tests.harness import ApexServer, PostgresCluster, RedisServer
+from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
 from tests.harness.browser import PHONE, Browser
+from tests.harness.llm import LlmServer
+from tests.harness.nginx import NginxServer
 from tests.harness.smtp import SmtpServer
 from tests.integration.critical.conftest import bearer, join, set_tier, signup
+from tests.integration.critical.test_realtime import instance_of
 
 MONTH = "2026-10"
 WORKLOADS = ("support-chat", "code-review", "ticket-triage", "nightly-digest")
@@ -215,3 +218,66 @@ def test_a_viewer_sees_no_mutating_control_and_a_forged_one_is_refused(
     invitations = client.get("/api/v1/organizations/current/invitations", headers=owner.auth)
     assert invitations.status_code == 200, invitations.text
     assert "forged@example.test" not in {i["email"] for i in invitations.json()}
+
+
+def test_chat_streams_a_run_and_carries_on_when_its_instance_dies(
+    database_url: str,
+    fresh_redis: RedisServer,
+    mail_server: SmtpServer,
+    start_apex: Callable[..., ApexServer],
+    start_worker: Callable[..., ApexWorker],
+    browsers: Callable[..., Browser],
+) -> None:
+    """Two instances behind the production nginx configuration and a worker whose LLM
+    answers slowly: a message in the chat starts a run whose events stream onto the page;
+    the instance holding the page's WebSocket is killed mid-run; the page reconnects
+    through nginx to the other and resumes: every event of the run shows once, in order,
+    and the report appears."""
+    llm = LlmServer().start()
+    try:
+        llm.script({"delay": 2}, {"delay": 2}, {"delay": 2})  # the run outlives the kill
+        servers = [start_apex(database_url, fresh_redis.url, session_cookie_secure="false")
+                   for _ in range(2)]  # fmt: skip
+        start_worker(database_url, fresh_redis.url, llm_provider="openai",
+                     llm_base_url=llm.base_url, llm_api_key="sk-test")  # fmt: skip
+        nginx = NginxServer([s.port for s in servers]).start()
+        try:
+            client = httpx.Client(base_url=nginx.base_url, timeout=30)
+            owner = owner_with_usage(client, mail_server)
+            browser = browsers(nginx.base_url)
+            browser.sign_in(owner.email, "correct horse battery staple")
+            browser.go("#/chat", "#message")
+            live = browser.wait_until(lambda: _live_instance(browser), message="the page is live")
+            browser.find("#message").send_keys("Where can we save this month?\n")
+            run = browser.wait_for(".run", timeout=30)
+            run_id = run.get_attribute("data-run")
+            # Mid-run: the instance holding the page's connection dies.
+            assert browser.find_all(".run .report") == [], "the run ended before the kill"
+            [victim] = [s for s in servers if instance_of(s) == live]
+            assert victim.process is not None
+            victim.process.kill()
+            browser.wait_until(lambda: _live_instance(browser) not in (None, live), 30,
+                               "the page is live again on the other instance")  # fmt: skip
+            browser.wait_for(".run .report", timeout=60)
+            assert_accessible(browser, "chat")
+            shoot(browser, "chat")
+            shown = [li.get_attribute("class") for li in browser.find_all(".run .steps li")]
+            events = client.get(f"/api/v1/agents/runs/{run_id}/events", headers=owner.auth)
+            assert events.status_code == 200, events.text
+            steps = [e["type"] for e in events.json()
+                     if e["type"] not in ("stream_chunk", "final_report")]  # fmt: skip
+            assert shown == steps  # every step once, in order, across the reconnection
+            streamed = "".join(e["payload"]["text"] for e in events.json()
+                               if e["type"] == "stream_chunk")  # fmt: skip
+            assert browser.text(".run .stream") == streamed.strip()
+        finally:
+            nginx.stop()
+    finally:
+        llm.stop()
+
+
+def _live_instance(browser: Browser) -> str | None:
+    state = browser.find("#live-state")
+    if state.get_attribute("data-state") != "live":
+        return None
+    return str(state.text).removeprefix("Live (instance ").removesuffix(")")

@@ -180,8 +180,9 @@ async def checkout(body: TierIn, request: Request, principal: Owner) -> Checkout
     base = state.settings.public_url.rstrip("/")
     session_out = await gateway.checkout(
         customer,
-        success_url=f"{base}/?checkout=done",
-        cancel_url=f"{base}/?checkout=canceled",
+        # Back to the browser app's billing page, which waits for the plan to change.
+        success_url=f"{base}/?checkout=done#/billing",
+        cancel_url=f"{base}/?checkout=canceled#/billing",
         metadata={"organization_id": str(principal.organization_id), "tier": tier},
     )
     return CheckoutOut(id=session_out.id, url=session_out.url)

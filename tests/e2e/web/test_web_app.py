@@ -7,6 +7,7 @@ a viewer may not do. Every page is checked with axe-core and at a phone's width.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections import defaultdict
@@ -22,7 +23,10 @@ from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
 from tests.harness.browser import PHONE, Browser
 from tests.harness.llm import LlmServer
 from tests.harness.nginx import NginxServer
+from tests.harness.oidc import OidcProvider
+from tests.harness.payments import PaymentsServer
 from tests.harness.smtp import SmtpServer
+from tests.integration.conftest import apex_env
 from tests.integration.critical.conftest import bearer, join, set_tier, signup
 from tests.integration.critical.test_realtime import instance_of
 
@@ -281,3 +285,71 @@ def _live_instance(browser: Browser) -> str | None:
     if state.get_attribute("data-state") != "live":
         return None
     return str(state.text).removeprefix("Live (instance ").removesuffix(")")
+
+
+def test_sign_in_with_openid_connect_lands_in_the_app(
+    database_url: str, fresh_redis: RedisServer, browsers: Callable[..., Browser]
+) -> None:
+    """The sign-in page offers every configured provider; its button goes through the
+    provider (the harness's, a real OpenID Connect server) and back into the app, signed in:
+    a new account sees the designed empty state, not a blank page."""
+    server = ApexServer(apex_env(database_url, fresh_redis.url, session_cookie_secure="false"))
+    callback = f"{server.base_url}/api/v1/auth/oidc/local/callback"
+    provider = OidcProvider(client_id="apex-web", client_secret="provider-secret-1",
+                            redirect_uri=callback).start()  # fmt: skip
+    server.env["APEX_OIDC_PROVIDERS"] = json.dumps([{
+        "name": "local", "issuer": provider.issuer, "client_id": "apex-web",
+        "client_secret": "provider-secret-1", "redirect_uri": callback}])  # fmt: skip
+    try:
+        server.start()
+        browser = browsers(server.base_url)
+        browser.open("/")
+        browser.wait_for(".providers a.button").click()
+        browser.wait_until(lambda: "oidc-user@example.test" in browser.text("#who"), 30,
+                           "signed in as the provider's user")  # fmt: skip
+        assert browser.driver.current_url == f"{server.base_url}/#/"
+        assert "No LLM calls recorded" in browser.wait_for(".empty").text
+        assert_accessible(browser, "empty spend")
+    finally:
+        server.stop()
+        provider.stop()
+
+
+def test_upgrade_through_checkout_lifts_the_limit_on_the_page(
+    database_url: str,
+    fresh_redis: RedisServer,
+    mail_server: SmtpServer,
+    payments: PaymentsServer,
+    start_apex: Callable[..., ApexServer],
+    start_worker: Callable[..., ApexWorker],
+    browsers: Callable[..., Browser],
+) -> None:
+    """A Free owner sees the Free quota; "Upgrade to Early" goes to the payment gateway's
+    hosted page (the harness's Stripe double), a test card is entered there, and back in
+    the app the plan becomes Early and the page shows Early's quota once the gateway's
+    webhook has arrived."""
+    server = start_apex(database_url, fresh_redis.url, session_cookie_secure="false",
+                        **payments.apex_settings())  # fmt: skip
+    start_worker(database_url, fresh_redis.url, **payments.apex_settings())
+    payments.send_webhooks_to(f"{server.base_url}/api/v1/billing/webhooks/stripe")
+    client = httpx.Client(base_url=server.base_url, timeout=30)
+    owner = owner_with_usage(client, mail_server)
+
+    browser = browsers(server.base_url)
+    browser.sign_in(owner.email, "correct horse battery staple")
+    browser.go("#/billing", "#plan")
+    assert browser.text("#plan") == "Free"
+    assert "of 100,000 included" in browser.text(".card:has(#records)")
+    browser.find("button[data-tier='early']").click()
+    browser.wait_until(lambda: browser.driver.current_url.startswith(payments.url), 15,
+                       "on the gateway's hosted page")  # fmt: skip
+    browser.wait_for("input[name=card_number]").send_keys("4242424242424242")
+    browser.find("form button").click()
+    browser.wait_until(lambda: browser.driver.current_url.startswith(server.base_url), 15,
+                       "back in the app")  # fmt: skip
+    browser.wait_until(lambda: browser.find_all("#plan") and browser.text("#plan") == "Early",
+                       45, "the plan became Early")  # fmt: skip
+    assert "of 5,000,000 included" in browser.text(".card:has(#records)")
+    assert "?checkout" not in browser.driver.current_url  # the notice is shown once
+    subscription = client.get("/api/v1/billing/subscription", headers=owner.auth).json()
+    assert (subscription["tier"], subscription["status"]) == ("early", "active")

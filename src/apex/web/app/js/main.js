@@ -25,7 +25,7 @@ const WRITERS = new Set(["owner", "admin", "member"]);
 export const canManage = () => MANAGERS.has(context.role);
 export const canWrite = () => WRITERS.has(context.role);
 
-async function loadContext() {
+export async function loadContext() {
   const [me, organization] = await Promise.all([api.get("/users/me"), api.get("/organizations/current")]);
   const membership = me.memberships.find((m) => m.organization_id === organization.id);
   Object.assign(context, { me, organization, role: membership?.role ?? "viewer" });

@@ -1,6 +1,6 @@
 import * as api from "../api.js";
 import { count, empty, h, panel, toast, usd, when } from "../dom.js";
-import { canManage, context } from "../main.js";
+import { canManage, context, loadContext } from "../main.js";
 
 const ORDER = ["free", "early", "mid", "enterprise"];
 const title = (tier) => tier[0].toUpperCase() + tier.slice(1);
@@ -13,6 +13,10 @@ export async function billingPage() {
     forManagers(api.get("/billing/invoices")),
   ]);
   const subscription = found ?? { tier: context.organization.tier, status: "managed", period_end: null };
+  const returned = new URLSearchParams(location.search).get("checkout");
+  if (returned) history.replaceState(null, "", `/${location.hash}`); // said once
+  if (returned === "done") awaitNewPlan(subscription.tier);
+  if (returned === "canceled") toast("Checkout canceled: nothing was charged.");
   const tier = subscription.tier;
   const wanted = new URLSearchParams(location.hash.split("?")[1] ?? "").get("upgrade");
   return h("div", {},
@@ -82,6 +86,23 @@ function planCard(plan, tier, wanted) {
     h("h3", {}, title(plan.tier)),
     h("p", { class: "price" }, `${usd(plan.monthly_fee_usd)}`, h("span", { class: "muted" }, " / month")),
     h("ul", {}, features.map((f) => h("li", {}, f))), action);
+}
+
+// Back from the gateway's page: the plan changes when its webhook arrives (seconds).
+function awaitNewPlan(tier) {
+  toast("Card saved: your new plan starts as soon as the payment is confirmed.");
+  let tries = 0;
+  const poll = setInterval(async () => {
+    tries += 1;
+    const now = await api.get("/billing/subscription").catch(() => null);
+    if ((now && now.tier !== tier) || tries >= 30) {
+      clearInterval(poll);
+      if (now && now.tier !== tier && location.hash.startsWith("#/billing")) {
+        await loadContext();
+        window.dispatchEvent(new HashChangeEvent("hashchange"));
+      }
+    }
+  }, 1000);
 }
 
 async function checkout(tier, button) {

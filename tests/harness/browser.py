@@ -40,9 +40,10 @@ class Browser:
         self.profile = tempfile.mkdtemp(prefix="apex-chromium-")
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
+        window = f"--window-size={max(size[0], 800)},{size[1]}"
         for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
                          "--disable-dev-shm-usage", f"--user-data-dir={self.profile}",
-                         f"--window-size={max(size[0], 800)},{size[1]}", "--no-first-run"):  # fmt: skip
+                         window, "--no-first-run"):  # fmt: skip
             options.add_argument(argument)
         if size[0] < 800:  # a window is never that narrow: the phone's screen is emulated
             metrics = {"width": size[0], "height": size[1], "pixelRatio": 2, "touch": True}

@@ -106,7 +106,8 @@ class Browser:
         return violations
 
     def console_errors(self) -> list[str]:
-        return [e["message"] for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
+        entries = self.driver.get_log("browser")  # type: ignore[no-untyped-call]
+        return [e["message"] for e in entries if e["level"] == "SEVERE"]
 
     def screenshot(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

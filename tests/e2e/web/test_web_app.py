@@ -49,7 +49,8 @@ def month_of_records(seed: int) -> tuple[list[dict[str, Any]], Spend]:
     """A month of calls with the costs the customer reported (so every dollar is known
     here), user ids on every call, and the expected spend per workload and model."""
     rng = random.Random(seed)
-    records, spend = [], defaultdict(Decimal)
+    records: list[dict[str, Any]] = []
+    spend: Spend = defaultdict(Decimal)
     for n in range(600):
         workload, model = rng.choice(WORKLOADS), rng.choice(["gpt-4o", "gpt-4o-mini"])
         cost = Decimal(rng.randint(1, 250_000)) / 1_000_000  # up to $0.25, to the micro-dollar

@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -56,17 +60,28 @@ class Browser:
 
     def wait_for(self, css: str, timeout: float = 15) -> WebElement:
         try:
-            return WebDriverWait(self.driver, timeout).until(
+            return WebDriverWait(self.driver, timeout, poll_frequency=0.1).until(
                 EC.visibility_of_element_located((By.CSS_SELECTOR, css))
             )
         except TimeoutException:
             raise AssertionError(f"{css} never appeared; page: {self.text()[:2000]}") from None
 
+    def wait_for_text(self, css: str, text: str, timeout: float = 15) -> str:
+        """The text of `css` once it contains `text` (the page changes it in place)."""
+        found: str = self.wait_until(
+            lambda: next((e.text for e in self.find_all(css) if text in e.text), None),
+            timeout,
+            f"{css} never said {text!r}",
+        )
+        return found
+
     def wait_until(self, condition: Any, timeout: float = 30, message: str = "") -> Any:
         try:
-            return WebDriverWait(self.driver, timeout, poll_frequency=0.1).until(
-                lambda _: condition()
-            )
+            # The page redraws what it shows: an element read mid-redraw is read again.
+            return WebDriverWait(
+                self.driver, timeout, poll_frequency=0.1,
+                ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
+            ).until(lambda _: condition())  # fmt: skip
         except TimeoutException:
             raise AssertionError(f"{message or condition}; page: {self.text()[:2000]}") from None
 
@@ -86,10 +101,11 @@ class Browser:
         self.find("form.signin button[type=submit]").click()
         self.wait_for("#bar .who #who")
 
-    def go(self, route: str, ready: str) -> WebElement:
-        """Follow an in-app link (the hash route) and wait for what shows it loaded."""
+    def go(self, route: str, page: str) -> WebElement:
+        """Follow an in-app link (the hash route) and wait until `page` is drawn (main.js
+        marks `main[data-page]` once a page's data is on screen)."""
         self.driver.execute_script("location.hash = arguments[0]", route)
-        return self.wait_for(ready)
+        return self.wait_for(f"main[data-page='{page}']")
 
     def axe(self) -> list[dict[str, Any]]:
         """axe-core's violations of WCAG 2.x A/AA on the page as it is now."""

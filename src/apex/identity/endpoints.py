@@ -115,7 +115,9 @@ async def signup(body: SignupRequest, request: Request, session: SessionDep) -> 
         if token is None:
             subject, text = "You already have an Apex account", verification.ALREADY_REGISTERED_TEXT
         else:
-            subject, text = "Confirm your address for Apex", verification.verification_text(token)
+            app_url = _app_url(request)
+            subject = "Confirm your address for Apex"
+            text = verification.verification_text(token, app_url)
         send_after_commit(session, state.mailer, body.email, subject, text)
     return MailSent(email=body.email, detail=SENT)
 
@@ -142,7 +144,7 @@ async def request_password_reset(
     token = await verification.request_reset(session, body.email, now)
     purpose = TokenPurpose.RESET_PASSWORD
     if token is not None and await state.mail_limit.allows(purpose, body.email, now.timestamp()):
-        text = verification.reset_text(token)
+        text = verification.reset_text(token, _app_url(request))
         send_after_commit(session, state.mailer, body.email, "Reset your Apex password", text)
     return MailSent(email=body.email, detail=SENT)
 
@@ -286,6 +288,11 @@ async def start_session(
 # A browser session's WebSocket token lives this long at most: a session that ends (logout,
 # idle, revoked) leaves its socket open no longer than this.
 SESSION_TOKEN_TTL_SECONDS = 300
+
+
+def _app_url(request: Request) -> str:
+    """Where people open the browser app (links in mails)."""
+    return str(request.app.state.settings.public_url).rstrip("/")
 
 
 def _session_out(browser: BrowserSession) -> SessionOut:

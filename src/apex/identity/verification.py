@@ -150,10 +150,14 @@ async def verify_signup(
     )
 
 
-def verification_text(token: str) -> str:
+def verification_text(token: str, app_url: str) -> str:
+    # The token rides in the link's fragment: a browser never sends it to a server or in
+    # a Referer, so it reaches no log; the page posts it to the API.
     return (
         "Someone (we hope you) signed up for Apex with this address.\n\n"
-        "To create the account, confirm the address:\n\n"
+        "To create the account, confirm the address: open\n\n"
+        f"    {app_url}/#/verify?token={token}\n\n"
+        "or, from a program:\n\n"
         "    POST /api/v1/auth/verify\n"
         f'    {{"token": "{token}"}}\n\n'
         f"The token works once, within {SIGNUP_HOURS} hours. If it was not you, ignore this mail.\n"
@@ -195,9 +199,10 @@ async def reset_password(session: AsyncSession, token: str, password: str, now: 
     return user
 
 
-def reset_text(token: str) -> str:
+def reset_text(token: str, app_url: str) -> str:
     return (
-        "Someone (we hope you) asked to reset the password of your Apex account.\n\n"
+        "Someone (we hope you) asked to reset the password of your Apex account. Choose a new "
+        f"one at\n\n    {app_url}/#/reset?token={token}\n\nor, from a program:\n\n"
         "    POST /api/v1/auth/password-reset/confirm\n"
         f'    {{"token": "{token}", "password": "<a new password, 12 characters or more>"}}\n\n'
         f"The token works once, within {RESET_MINUTES} minutes, and signs you out everywhere. "

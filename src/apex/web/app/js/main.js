@@ -5,6 +5,7 @@ import { failure, h, loading, replace } from "./dom.js";
 import { billingPage } from "./pages/billing.js";
 import { chatPage } from "./pages/chat.js";
 import { findingsPage } from "./pages/findings.js";
+import { forgotPage, resetPage, signUpPage, verifyPage } from "./pages/account.js";
 import { signInPage } from "./pages/signin.js";
 import { spendPage } from "./pages/spend.js";
 import { teamPage } from "./pages/team.js";
@@ -15,6 +16,14 @@ const PAGES = {
   chat: { title: "Chat", render: chatPage },
   billing: { title: "Plan & billing", render: billingPage },
   team: { title: "Team", render: teamPage },
+};
+
+// The pages of someone not signed in (any other address shows the sign-in page).
+const SIGNED_OUT = {
+  signup: ["Sign up", signUpPage],
+  verify: ["Confirm your address", verifyPage],
+  forgot: ["Reset your password", forgotPage],
+  reset: ["Choose a new password", resetPage],
 };
 
 // What every page is given: the person, their role here and the organisation.
@@ -55,8 +64,9 @@ async function route() {
   const name = location.hash.replace(/^#\/?/, "").split("?")[0];
   if (!api.session()) {
     document.getElementById("bar").hidden = true;
-    document.title = "Sign in · Apex";
-    replace(main, await signInPage(started));
+    const [title, page] = SIGNED_OUT[name] ?? ["Sign in", () => signInPage(started)];
+    document.title = `${title} · Apex`;
+    replace(main, await page());
     return;
   }
   const page = PAGES[name] ?? PAGES[""];
@@ -67,8 +77,10 @@ async function route() {
     if (current) link.setAttribute("aria-current", "page");
   }
   replace(main, loading());
+  main.dataset.page = ""; // set again once the page is drawn (tests and timings wait on it)
   try {
     replace(main, await page.render(context));
+    main.dataset.page = name || "spend";
   } catch (error) {
     if (error.status === 401) return expired();
     replace(main, h("h1", {}, page.title), failure(error));

@@ -31,7 +31,7 @@ export async function billingPage() {
     subscription.scheduled_tier ? h("p", { class: "notice" }, `Changes to ${title(subscription.scheduled_tier)} at the end of this period.`) : null,
     panel("Plans", h("div", { class: "plans" }, plans
       .sort((a, b) => ORDER.indexOf(a.tier) - ORDER.indexOf(b.tier))
-      .map((plan) => planCard(plan, tier, wanted)))),
+      .map((plan) => planCard(plan, subscription, wanted)))),
     invoices === null ? null : panel("Invoices", invoices.length ? invoiceTable(invoices) : empty("No invoices yet.")),
   );
 }
@@ -63,9 +63,13 @@ function quota(meter) {
     h("progress", { id: "quota", max: 100, value: share }, `${share}%`));
 }
 
-function planCard(plan, tier, wanted) {
+const SUBSCRIBED = new Set(["active", "trialing", "past_due"]);
+
+function planCard(plan, subscription, wanted) {
+  const tier = subscription.tier;
   const current = plan.tier === tier;
   const higher = ORDER.indexOf(plan.tier) > ORDER.indexOf(tier);
+  const subscribed = SUBSCRIBED.has(subscription.status);
   const features = [
     plan.records_per_month ? `${count(plan.records_per_month)} records a month` : "Unlimited records",
     plan.api_requests_per_hour ? `${count(plan.api_requests_per_hour)} API requests an hour` : "Unlimited API requests",
@@ -76,16 +80,36 @@ function planCard(plan, tier, wanted) {
     Number(plan.savings_share) ? `${Math.round(Number(plan.savings_share) * 100)}% of verified savings` : null,
   ].filter(Boolean);
   let action = null;
-  if (current) action = h("p", { class: "your-plan" }, "Your plan");
-  else if (higher && canManage() && plan.tier !== "free") {
+  if (current) {
+    action = h("p", { class: "your-plan" }, "Your plan");
+  } else if (plan.tier !== "free" && higher && canManage()) {
     action = h("button", { type: "button", class: plan.tier === wanted ? "primary pulse" : "primary",
       dataset: { tier: plan.tier } }, `Upgrade to ${title(plan.tier)}`);
-    action.addEventListener("click", () => checkout(plan.tier, action));
+    // With a card on file the change applies at once, prorated; otherwise through checkout.
+    const withCard = subscribed && subscription.card_on_file;
+    action.addEventListener("click", () => (withCard ? change(plan.tier, action) : checkout(plan.tier, action)));
+  } else if (plan.tier !== "free" && !higher && subscribed && context.role === "owner") {
+    action = h("button", { type: "button", dataset: { tier: plan.tier } }, `Switch to ${title(plan.tier)} at period end`);
+    action.addEventListener("click", () => change(plan.tier, action));
   }
   return h("article", { class: current ? "plan current" : "plan", "aria-label": `${title(plan.tier)} plan` },
     h("h3", {}, title(plan.tier)),
     h("p", { class: "price" }, `${usd(plan.monthly_fee_usd)}`, h("span", { class: "muted" }, " / month")),
     h("ul", {}, features.map((f) => h("li", {}, f))), action);
+}
+
+async function change(tier, button) {
+  button.disabled = true;
+  try {
+    const changed = await api.post("/billing/subscription/change", { tier });
+    const s = changed.subscription;
+    toast(s.scheduled_tier ? `${title(s.scheduled_tier)} from the end of this period.` : `You are on ${title(s.tier)} now.`);
+    await loadContext();
+    window.dispatchEvent(new HashChangeEvent("hashchange"));
+  } catch (error) {
+    toast(error.message);
+    button.disabled = false;
+  }
 }
 
 // Back from the gateway's page: the plan changes when its webhook arrives (seconds).

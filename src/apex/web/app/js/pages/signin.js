@@ -19,6 +19,8 @@ export async function signInPage(onSignedIn) {
     password,
     button,
     problem,
+    h("p", { class: "muted" }, h("a", { href: "#/signup" }, "Create an account"), " · ",
+      h("a", { href: "#/forgot" }, "Forgot your password?")),
   );
   form.addEventListener("submit", async (event) => {
     event.preventDefault();

@@ -131,6 +131,7 @@ def test_sign_in_and_the_months_spend_to_the_cent(
     browser = browsers(server.base_url)
     browser.open("/")
     browser.wait_for("#email")
+    assert not browser.find("#bar").is_displayed()  # no navigation before signing in
     assert_accessible(browser, "sign-in")
     shoot(browser, "signin")
     # A wrong password is refused on the page, with words that do not say whether the

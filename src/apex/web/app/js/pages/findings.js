@@ -1,5 +1,5 @@
 import * as api from "../api.js";
-import { empty, h, panel, replace, toast, usd, when } from "../dom.js";
+import { empty, h, toast, usd, when } from "../dom.js";
 import { canManage } from "../main.js";
 
 const STATUS = {

@@ -1,6 +1,6 @@
 import * as api from "../api.js";
 import { bars, stackedArea } from "../charts.js";
-import { count, empty, h, panel, replace, usd } from "../dom.js";
+import { count, empty, h, panel, usd } from "../dom.js";
 import { dataTable } from "../table.js";
 
 const SERIES = 5; // the largest workloads drawn on their own; the rest is "other"

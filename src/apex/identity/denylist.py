@@ -21,19 +21,24 @@ class Denylist:
         self._local: set[str] = set()  # what this instance denied, for when Redis is down
 
     @staticmethod
-    def _key(jti: str) -> str:
+    def key(jti: str) -> str:
+        """The Redis key that exists while `jti` is revoked (readable in a caller's MGET)."""
         return f"apex:denylist:{jti}"
 
     async def add(self, jti: str, expires_at: datetime, now: datetime) -> None:
         self._local.add(jti)
         ttl = max(1, int((expires_at - now).total_seconds()) + self.leeway + 1)
-        await self.redis.set(self._key(jti), "1", ex=ttl)
+        await self.redis.set(self.key(jti), "1", ex=ttl)
         # Open WebSocket connections on every instance close at once (the gateway listens).
         await self.redis.publish(REVOKED_SUBJECT, jti)
 
+    def denied_here(self, jti: str) -> bool:
+        """What this instance knows without Redis (for when Redis is unreachable)."""
+        return jti in self._local
+
     async def contains(self, jti: str) -> bool:
         try:
-            return bool(await self.redis.exists(self._key(jti)))
+            return bool(await self.redis.exists(self.key(jti)))
         except RedisError as exc:
             log.warning("denylist_unavailable", error=type(exc).__name__)
-            return jti in self._local
+            return self.denied_here(jti)

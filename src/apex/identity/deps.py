@@ -15,7 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from apex.billing.plans import plan_for
 from apex.identity import apikeys
 from apex.identity.policy import LEAST_ROLE, allows
-from apex.identity.service import is_operator, organization_view, role_in
+from apex.identity.service import (
+    is_operator,
+    organization_key,
+    organization_view,
+    role_in,
+    role_key,
+)
 from apex.identity.sessions import (
     COOKIE,
     CSRF_HEADER,
@@ -153,7 +159,7 @@ async def _authenticated(
         now=state.clock.now(),
         leeway=state.settings.token_leeway_seconds,
     )
-    if await state.denylist.contains(claims.token_id):
+    if await _revoked(state, session, cache, claims):
         raise Unauthorized("This access token was revoked (logged out).")
     # The role is read per request (through the cache), so a change applies on the next request.
     role = await role_in(session, cache, claims.user_id, claims.organization_id)
@@ -161,6 +167,24 @@ async def _authenticated(
         raise Unauthorized("You are no longer a member of this organisation.")
     await request.app.state.read_your_writes.apply(session, str(claims.user_id))
     return Principal(claims.user_id, claims.organization_id, role, claims)
+
+
+async def _revoked(
+    state: Any, session: AsyncSession, cache: TwoLevelCache, claims: AccessClaims
+) -> bool:
+    """Is the token on the denylist? Asked in the same Redis round trip as the cache versions
+    of the caller's role and organisation, which every authenticated request reads next."""
+    user, organization = claims.user_id, claims.organization_id
+    try:
+        (denied,) = await cache.read_versions(
+            session,
+            [role_key(user, organization), organization_key(organization)],
+            also=[state.denylist.key(claims.token_id)],
+        )
+    except RedisError as exc:
+        log.warning("denylist_unavailable", error=type(exc).__name__)
+        return bool(state.denylist.denied_here(claims.token_id))
+    return denied is not None
 
 
 async def _session_principal(

@@ -137,7 +137,9 @@ async def organization_view(
     # Read once per unit of work: the plan check and the endpoint both want it.
     seen: dict[uuid.UUID, dict[str, Any] | None] = session.info.setdefault(_VIEWS, {})
     if organization_id not in seen:
-        seen[organization_id] = await cache.get(organization_key(organization_id), load)
+        seen[organization_id] = await cache.get(
+            organization_key(organization_id), load, session=session
+        )
     return seen[organization_id]
 
 
@@ -150,7 +152,7 @@ async def role_in(
     async def load() -> str | None:
         return await MembershipRepository(session).role_of(user_id, organization_id)
 
-    result: str | None = await cache.get(role_key(user_id, organization_id), load)
+    result: str | None = await cache.get(role_key(user_id, organization_id), load, session=session)
     return result
 
 

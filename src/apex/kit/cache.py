@@ -10,6 +10,9 @@ Why reads cannot be stale after a write's response:
   so an instance that has not yet processed the pub/sub message still refuses its old copy;
 - a reader stores what it loaded only if the version it saw before loading is still
   current (a compare-and-set script), so a slow reader cannot put an old value back.
+A request that knows which keys it will read fetches their versions in one MGET at its
+start (`read_versions`); each remembered version serves one L1 check of that unit of work,
+so the check costs no round trip of its own and is never older than the request.
 When Redis is unreachable, reads bypass both levels and go to the database (no errors);
 invalidations that could not be sent are retried, and L1 is flushed, once Redis is back.
 """
@@ -22,7 +25,7 @@ import json
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -33,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 T = TypeVar("T")
 INVALIDATION_CHANNEL = "apex:cache:invalidate"
 _AFTER_COMMIT_KEYS = "cache_invalidations"
+_READ_VERSIONS = "cache_versions"
 # KEYS: version, data. ARGV: a fresh token, used only if the key has no version yet.
 _READ = """
 local version = redis.call('GET', KEYS[1])
@@ -129,20 +133,46 @@ class TwoLevelCache:
     def _data_key(self, key: str) -> str:
         return f"{self.prefix}:d:{key}"
 
-    async def get(self, key: str, load: Callable[[], Awaitable[Any]]) -> Any:
-        """The cached value of `key`, or `await load()` (which may return None: not cached)."""
+    async def read_versions(
+        self, session: AsyncSession, keys: Sequence[str], *, also: Sequence[str] = ()
+    ) -> list[Any]:
+        """One MGET: the current versions of `keys`, remembered in `session`'s unit of work
+        for its next `get` of each, and the values of the other Redis keys `also` (read in
+        the same round trip); returns the latter. Raises RedisError like any Redis call."""
+        values = await self.redis.mget([*map(self._version_key, keys), *also])
+        remembered: dict[str, Any] = session.info.setdefault(_READ_VERSIONS, {})
+        remembered.update(zip(keys, values[: len(keys)], strict=True))
+        return list(values[len(keys) :])
+
+    async def get(
+        self,
+        key: str,
+        load: Callable[[], Awaitable[Any]],
+        *,
+        session: AsyncSession | None = None,
+    ) -> Any:
+        """The cached value of `key`, or `await load()` (which may return None: not cached).
+        With `session`, a version `read_versions` remembered for it saves the L1 check's GET."""
         try:
-            return await self._get(key, load)
+            return await self._get(key, load, session)
         except RedisError as exc:
             self.stats["bypassed"] += 1
             log.warning("cache_bypassed", key=key, error=type(exc).__name__)
             self.l1.clear()  # we cannot tell what changed while Redis was unreachable
             return await load()
 
-    async def _get(self, key: str, load: Callable[[], Awaitable[Any]]) -> Any:
+    async def _current_version(self, key: str, session: AsyncSession | None) -> Any:
+        remembered = session.info.get(_READ_VERSIONS) if session is not None else None
+        if remembered and key in remembered:
+            return remembered.pop(key)  # once: a second read in the request asks Redis again
+        return await self.redis.get(self._version_key(key))
+
+    async def _get(
+        self, key: str, load: Callable[[], Awaitable[Any]], session: AsyncSession | None
+    ) -> Any:
         local = self.l1.get(key)
         if local is not None:
-            if await self.redis.get(self._version_key(key)) == local[0]:
+            if await self._current_version(key, session) == local[0]:
                 self.stats["l1_hits"] += 1
                 return local[1]
             self.l1.drop(key)
@@ -173,7 +203,7 @@ class TwoLevelCache:
 
     async def invalidate(self, key: str) -> None:
         """Call after the write that changed `key` has committed."""
-        self.l1.drop(key)
+        self.l1.drop(key)  # (a version remembered before the write then never matches L1)
         try:
             await self._invalidate_remote(key)
         except RedisError as exc:

@@ -254,7 +254,8 @@ class Database:
                 session.sync_session.info[USE_PRIMARY] = True
             try:
                 yield session
-                await session.commit()
+                if session.in_transaction():  # nothing ran (all from cache): nothing to end
+                    await session.commit()
             except BaseException as exc:
                 await session.rollback()
                 for undo in session.info.pop(_CALLS_AFTER_ROLLBACK, []):

@@ -55,8 +55,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--parallel",
         metavar="N|auto",
-        default="2",
-        help="pytest-xdist workers; 1 runs in-process (default: 2)",
+        default=None,
+        help="pytest-xdist workers; 1 runs in-process (default: 2; 1 for performance, so no "
+        "benchmark shares the cores with another)",
     )
     parser.add_argument("--list", action="store_true", help="list the selected tests and exit")
     parser.add_argument(
@@ -95,8 +96,9 @@ def pytest_command(args: argparse.Namespace) -> list[str]:
         return [*command, "--collect-only", "-q"]
     if args.fast_fail:
         command.append("-x")
-    if args.parallel not in {"0", "1"}:
-        command += ["-n", args.parallel, "--dist", "loadfile"]
+    parallel = args.parallel or ("1" if level == "performance" else "2")
+    if parallel not in {"0", "1"}:
+        command += ["-n", parallel, "--dist", "loadfile"]
     if not args.no_coverage and level != "performance":
         command += ["--cov=apex", "--cov-report=term:skip-covered"]
     return command

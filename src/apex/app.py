@@ -43,6 +43,7 @@ from apex.kit.clock import Clock, SystemClock
 from apex.kit.db import Database
 from apex.kit.errors import install_error_handlers
 from apex.kit.failpoints import Failpoints
+from apex.kit.heap import freeze_startup_heap
 from apex.kit.http import RequestLimits, document_limits
 from apex.kit.limits import FixedWindow, Quota
 from apex.kit.mail import Mailer, create_mailer
@@ -227,6 +228,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         database=settings.safe_database_url(),
         redis="embedded" if settings.redis_url is None else "external",
     )
+    if getattr(app.state, "owns_process", False):
+        freeze_startup_heap()
     try:
         yield
     finally:
@@ -339,6 +342,7 @@ def create_app_from_env() -> ASGIApp:
     the demo checkout's gateway beside the app when the settings turn it on."""
     settings = load_settings()
     app = create_app(settings)
+    app.state.owns_process = True  # a server process of its own: its heap may be frozen
     if not settings.payments_sandbox or settings.stripe_webhook_secret is None:
         return app
     from apex.billing.sandbox import with_sandbox

@@ -261,6 +261,7 @@ def ingest(
 
     from apex.kit.db import Database
     from apex.kit.failpoints import Failpoints
+    from apex.kit.heap import freeze_startup_heap
     from apex.usage.files import FileFormatError, ingest_file
 
     settings = _settings()
@@ -269,6 +270,7 @@ def ingest(
         database = Database(settings)
         try:
             organization_id = await _organization_id(database, org)
+            freeze_startup_heap()
             task = progress.add_task(f"Ingesting {file.name}", total=None)
             return await ingest_file(
                 database,
@@ -510,6 +512,7 @@ def worker(
     from apex.kit.clock import SystemClock
     from apex.kit.db import Database
     from apex.kit.failpoints import Failpoints
+    from apex.kit.heap import freeze_startup_heap
     from apex.kit.mail import create_mailer
     from apex.kit.mail import drain as drain_mail
     from apex.kit.queue import JobQueue, WorkerRegistry, serve_jobs
@@ -552,6 +555,7 @@ def worker(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         structlog.get_logger("apex.worker").info("worker_started", concurrency=concurrency)
+        freeze_startup_heap()
         maintenance = asyncio.create_task(
             keep_maintaining(database, SystemClock(), settings.usage_maintenance_seconds, stop)
         )

@@ -341,6 +341,13 @@ def test_upgrade_through_checkout_lifts_the_limit_on_the_page(
     browser.go("#/billing", "billing")
     assert browser.text("#plan") == "Free"
     assert "of 100,000 included" in browser.text(".card:has(#records)")
+    # The plan cards, as the brief's catalogue states them (read by a person, not a parser).
+    free = browser.text("article[aria-label='Free plan']").splitlines()
+    assert "1 seat" in free, free
+    assert "10 chat messages a minute" in free, free
+    enterprise = browser.text("article[aria-label='Enterprise plan']").splitlines()
+    assert "1,000 chat messages a minute" in enterprise, enterprise
+    assert "20 concurrent agent runs" in enterprise, enterprise
     browser.find("button[data-tier='early']").click()
     browser.wait_until(lambda: browser.driver.current_url.startswith(payments.url), 15,
                        "on the gateway's hosted page")  # fmt: skip

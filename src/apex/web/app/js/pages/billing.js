@@ -73,9 +73,9 @@ function planCard(plan, subscription, wanted) {
   const features = [
     plan.records_per_month ? `${count(plan.records_per_month)} records a month` : "Unlimited records",
     plan.api_requests_per_hour ? `${count(plan.api_requests_per_hour)} API requests an hour` : "Unlimited API requests",
-    `${plan.websocket_messages_per_minute} chat messages a minute`,
+    `${count(plan.websocket_messages_per_minute)} chat messages a minute`,
     `${plan.concurrent_agent_runs} concurrent agent run${plan.concurrent_agent_runs === 1 ? "" : "s"}`,
-    plan.seats ? `${plan.seats} seats` : "Unlimited seats",
+    plan.seats ? `${count(plan.seats)} seat${plan.seats === 1 ? "" : "s"}` : "Unlimited seats",
     `${plan.retention_days} days of history`,
     Number(plan.savings_share) ? `${Math.round(Number(plan.savings_share) * 100)}% of verified savings` : null,
   ].filter(Boolean);
@@ -118,7 +118,9 @@ function awaitNewPlan(tier) {
   let tries = 0;
   const poll = setInterval(async () => {
     tries += 1;
-    const now = await api.get("/billing/subscription").catch(() => null);
+    // The organisation's tier, not the subscription's: it is what every limit and the meter
+    // read (through the cache), so once it has moved the redrawn page agrees with itself.
+    const now = await api.get("/organizations/current").catch(() => null);
     if ((now && now.tier !== tier) || tries >= 30) {
       clearInterval(poll);
       if (now && now.tier !== tier && location.hash.startsWith("#/billing")) {

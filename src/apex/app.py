@@ -144,6 +144,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis,
         idle_seconds=settings.session_idle_seconds,
         absolute_seconds=settings.session_absolute_seconds,
+        denylist=app.state.denylist,
+        clock=app.state.clock,
     )
     app.state.database = database
     app.state.redis = redis

@@ -46,7 +46,7 @@ from apex.identity.schemas import (
     UserOut,
 )
 from apex.identity.sessions import COOKIE, BrowserSession
-from apex.identity.tokens import issue_access_token
+from apex.identity.tokens import decode_access_token, issue_access_token
 from apex.kit.db import SessionDep
 from apex.kit.digest import sha256_hex
 from apex.kit.errors import (
@@ -285,8 +285,9 @@ async def start_session(
     return _session_out(browser)
 
 
-# A browser session's WebSocket token lives this long at most: a session that ends (logout,
-# idle, revoked) leaves its socket open no longer than this.
+# A browser session's WebSocket token lives this long at most: a session that is logged out
+# or revoked denies its tokens at once; one that lapses (idle, absolute timeout) leaves its
+# socket open no longer than this.
 SESSION_TOKEN_TTL_SECONDS = 300
 
 
@@ -359,6 +360,8 @@ async def session_token(principal: CurrentPerson, request: Request) -> SessionTo
         now=state.clock.now(),
         ttl_seconds=ttl,
     )
+    claims = decode_access_token(token, keyring=state.keyring, now=state.clock.now(), leeway=0)
+    await state.sessions.remember_token(browser.public_id, claims.token_id, claims.expires_at)
     return SessionToken(access_token=token, expires_in=ttl)
 
 

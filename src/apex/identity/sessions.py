@@ -9,6 +9,9 @@
   `APEX_SESSION_ABSOLUTE_SECONDS` after login, measured on the injected clock.
 - Cookie-authenticated requests that change state must send the session's CSRF token in
   `X-CSRF-Token`.
+- The short-lived access tokens a session mints for its WebSocket are remembered with it;
+  when the session is logged out or revoked they go on the denylist, which closes their
+  sockets on every instance at once.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from apex.identity.denylist import Denylist
+from apex.kit.clock import Clock
 from apex.kit.digest import sha256_hex
 
 COOKIE = "apex_session"
@@ -58,10 +63,41 @@ class SessionRejected(Exception):
 
 
 class SessionStore:
-    def __init__(self, redis: Redis, *, idle_seconds: int, absolute_seconds: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        idle_seconds: int,
+        absolute_seconds: int,
+        denylist: Denylist,
+        clock: Clock,
+    ) -> None:
         self.redis = redis
         self.idle = idle_seconds
         self.absolute = absolute_seconds
+        self.denylist = denylist
+        self.clock = clock
+
+    @staticmethod
+    def _tokens(ref: str) -> str:
+        return f"apex:session-tokens:{ref}"
+
+    async def remember_token(self, ref: str, jti: str, expires_at: datetime) -> None:
+        """A token session `ref` (its public id) minted: revoked with the session."""
+        ttl = max(1, int((expires_at - self.clock.now()).total_seconds()) + 1)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._tokens(ref), jti, str(expires_at.timestamp()))
+            pipe.expire(self._tokens(ref), ttl)  # the newest token lives longest
+            await pipe.execute()
+
+    async def _revoke_tokens(self, refs: list[str]) -> None:
+        """Deny the tokens the ended sessions minted (their sockets close everywhere)."""
+        now = self.clock.now()
+        for ref in refs:
+            minted = _strings(await self.redis.hgetall(self._tokens(ref)))
+            for jti, expires in minted.items():
+                await self.denylist.add(jti, datetime.fromtimestamp(float(expires), UTC), now)
+            await self.redis.delete(self._tokens(ref))
 
     @staticmethod
     def _key(session_id: str) -> str:
@@ -149,6 +185,7 @@ class SessionStore:
         await self.redis.delete(key)
         if user_id is not None:
             await self.redis.hdel(self._index(user_id), public_id(session_id))
+        await self._revoke_tokens([public_id(session_id)])
 
     async def list(self, user_id: uuid.UUID) -> list[dict[str, Any]]:
         index = _strings(await self.redis.hgetall(self._index(user_id)))
@@ -176,13 +213,15 @@ class SessionStore:
             return False
         await self.redis.delete(key)
         await self.redis.hdel(self._index(user_id), ref)
+        await self._revoke_tokens([ref])
         return True
 
     async def revoke_all(self, user_id: uuid.UUID) -> int:
-        index = await self.redis.hgetall(self._index(user_id))
+        index = _strings(await self.redis.hgetall(self._index(user_id)))
         if index:
             await self.redis.delete(*index.values())
         await self.redis.delete(self._index(user_id))
+        await self._revoke_tokens(list(index))
         return len(index)
 
 

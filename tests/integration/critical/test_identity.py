@@ -1074,9 +1074,24 @@ def test_session_security_integration(
     ended_after = time.monotonic() - sent
     assert ended_after >= ABSOLUTE_S, ended_after  # never before the absolute timeout
 
-    # List, revoke one, then log out everywhere.
+    def socket_token(client: httpx.Client, cookie: str, csrf: str, agent: str = browser) -> str:
+        """The short-lived access token the app opens its WebSocket with."""
+        minted = client.post(
+            "/api/v1/auth/session/token",
+            headers={"User-Agent": agent, "Cookie": f"apex_session={cookie}", "X-CSRF-Token": csrf},
+        )
+        assert minted.status_code == 200, minted.text
+        return str(minted.json()["access_token"])
+
+    def as_bearer(client: httpx.Client, token: str) -> httpx.Response:
+        return client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
+
+    # List, revoke one, then log out everywhere. The sessions' WebSocket tokens end with them.
     laptop, laptop_csrf = login(ca)
-    phone, _ = login(ca, agent="Apex-Phone/2")
+    phone, phone_csrf = login(ca, agent="Apex-Phone/2")
+    laptop_token = socket_token(ca, laptop, laptop_csrf)
+    phone_token = socket_token(cb, phone, phone_csrf, agent="Apex-Phone/2")
+    assert as_bearer(ca, phone_token).status_code == 200
     listed = ca.get(
         "/api/v1/auth/sessions", headers={"User-Agent": browser, "Cookie": f"apex_session={laptop}"}
     )
@@ -1096,6 +1111,10 @@ def test_session_security_integration(
     assert revoked.status_code == 204
     assert me(ca, phone, agent="Apex-Phone/2").status_code == 401
     assert me(ca, laptop).status_code == 200
+    phone_after = as_bearer(ca, phone_token)  # minted on B, the session revoked on B, used on A
+    assert phone_after.status_code == 401
+    assert phone_after.json()["detail"] == "This access token was revoked (logged out)."
+    assert as_bearer(ca, laptop_token).status_code == 200  # the other session's token stands
 
     other, _ = login(ca, agent="Apex-Tablet/3")
     everywhere = cb.post(
@@ -1108,6 +1127,7 @@ def test_session_security_integration(
     )
     assert everywhere.status_code == 204
     assert me(ca, laptop).status_code == 401
+    assert as_bearer(cb, laptop_token).status_code == 401
     assert me(cb, other, agent="Apex-Tablet/3").status_code == 401
     refreshed = ca.post("/api/v1/auth/refresh", json={"refresh_token": account["refresh_token"]})
     assert refreshed.status_code == 401  # refresh tokens went too

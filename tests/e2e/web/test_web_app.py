@@ -410,3 +410,62 @@ def _link_in(mail: Message, server: ApexServer) -> str:
     assert found is not None, text
     assert found.group(1).startswith(f"{server.base_url}/#/"), found.group(1)
     return found.group(1)
+
+
+def test_the_team_page_sets_up_an_alert_a_negotiated_price_and_an_ingestion_key(
+    server: ApexServer, mail_server: SmtpServer, browsers: Callable[..., Browser]
+) -> None:
+    """An owner fills the team page's forms as a person would: a daily spend alert, a
+    negotiated price for a model the catalogue does not know, and a key for usage ingestion.
+    Each is read back over the API exactly as typed, the page lists it, and the key the page
+    shows once stores records (and only records)."""
+    client = httpx.Client(base_url=server.base_url, timeout=30)
+    owner = owner_with_usage(client, mail_server)
+    browser = browsers(server.base_url)
+    browser.sign_in(owner.email, "correct horse battery staple")
+    browser.go("#/team", "team")
+
+    def fill(css: str, value: str) -> None:
+        field = browser.find(css)
+        field.clear()
+        field.send_keys(value)
+
+    fill("#rule-name", "Daily spend cap")
+    fill("#rule-threshold", "250.50")
+    browser.find("form:has(#rule-name) button[type=submit]").click()
+    browser.wait_for_text("main", "Daily spend cap: spend above 250.50 (ok)")
+    (rule,) = client.get("/api/v1/alerts/rules", headers=owner.auth).json()
+    assert (rule["name"], rule["kind"], Decimal(rule["threshold"]), rule["window_minutes"]) == (
+        "Daily spend cap", "spend", Decimal("250.50"), 1440,
+    )  # fmt: skip
+    assert rule["channels"] == [{"type": "email", "to": owner.email}]
+
+    browser.go("#/team", "team")
+    fill("#price-model", "acme-finetune-7b")
+    fill("#price-in", "0.125")
+    fill("#price-out", "0.5")
+    browser.find("form:has(#price-model) button[type=submit]").click()
+    browser.wait_for_text("main", "openai · acme-finetune-7b: $0.125 in, $0.5 out per million")
+    prices = client.get("/api/v1/pricing", headers=owner.auth).json()
+    (price,) = [p for p in prices if p["model"] == "acme-finetune-7b"]
+    assert (price["provider"], Decimal(price["input"]), Decimal(price["output"])) == (
+        "openai", Decimal("0.125"), Decimal("0.5"),
+    )  # fmt: skip
+
+    browser.go("#/team", "team")
+    fill("#key-name", "collector")
+    browser.find("form:has(#key-name) button[type=submit]").click()
+    key = browser.wait_for("main .notice code").text
+    assert key.startswith("apx_"), key
+    keyed = {"Authorization": f"Bearer {key}"}
+    record = {"id": "from-the-key", "timestamp": f"{MONTH}-03T10:00:00Z", "provider": "openai",
+              "model": "acme-finetune-7b", "workload": "support-chat", "end_user": "user-1",
+              "input_tokens": 8_000_000, "output_tokens": 2_000_000}  # fmt: skip
+    stored = client.post("/api/v1/usage/events", headers=keyed, json={"records": [record]})
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["accepted"] == 1
+    # Costed at the negotiated price typed above: 8 M x $0.125 + 2 M x $0.5 = $2.00.
+    read = client.get("/api/v1/usage/events/from-the-key", headers=owner.auth).json()
+    assert (Decimal(read["cost_usd"]), read["cost_source"]) == (Decimal("2.00"), "catalogue")
+    assert client.get("/api/v1/alerts/rules", headers=keyed).status_code == 403  # records only
+    client.close()

@@ -314,7 +314,7 @@ def _markdown(
         "",
         summary,
         "",
-        f"Spend in the period: **${breakdown['total_usd']}** over {breakdown['calls']} calls; "
+        f"Spend in the period: **${breakdown['total_usd']}** over {breakdown['calls']:,} calls; "
         f"projected monthly savings: **${opt['total_monthly_savings_usd']}**.",
         "",
         "## Spend by model",
@@ -322,7 +322,7 @@ def _markdown(
         "| model | calls | cost (USD) | share |",
         "|---|---:|---:|---:|",
         *(
-            f"| {m['model']} | {m['calls']} | {Decimal(m['cost_usd']):.2f} | {m['share']}% |"
+            f"| {m['model']} | {m['calls']:,} | {Decimal(m['cost_usd']):.2f} | {m['share']}% |"
             for m in breakdown["by_model"]
         ),
         "",

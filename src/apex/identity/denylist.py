@@ -32,13 +32,13 @@ class Denylist:
         # Open WebSocket connections on every instance close at once (the gateway listens).
         await self.redis.publish(REVOKED_SUBJECT, jti)
 
-    def denied_here(self, jti: str) -> bool:
-        """What this instance knows without Redis (for when Redis is unreachable)."""
+    def denied_here(self, jti: str, unreachable: RedisError) -> bool:
+        """The answer when Redis is unreachable: what this instance denied itself."""
+        log.warning("denylist_unavailable", error=type(unreachable).__name__)
         return jti in self._local
 
     async def contains(self, jti: str) -> bool:
         try:
             return bool(await self.redis.exists(self.key(jti)))
         except RedisError as exc:
-            log.warning("denylist_unavailable", error=type(exc).__name__)
-            return self.denied_here(jti)
+            return self.denied_here(jti, exc)

@@ -182,8 +182,7 @@ async def _revoked(
             also=[state.denylist.key(claims.token_id)],
         )
     except RedisError as exc:
-        log.warning("denylist_unavailable", error=type(exc).__name__)
-        return bool(state.denylist.denied_here(claims.token_id))
+        return bool(state.denylist.denied_here(claims.token_id, exc))
     return denied is not None
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
@@ -45,8 +46,8 @@ from apex.identity.schemas import (
     TokenResponse,
     UserOut,
 )
-from apex.identity.sessions import COOKIE, BrowserSession
-from apex.identity.tokens import decode_access_token, issue_access_token
+from apex.identity.sessions import COOKIE, LIVE_TOKENS_PER_SESSION, BrowserSession, TooManyTokens
+from apex.identity.tokens import issue_access_token
 from apex.kit.db import SessionDep
 from apex.kit.digest import sha256_hex
 from apex.kit.errors import (
@@ -352,16 +353,26 @@ async def session_token(principal: CurrentPerson, request: Request) -> SessionTo
     browser = _browser_session(principal)
     state = request.app.state
     ttl = min(SESSION_TOKEN_TTL_SECONDS, state.settings.access_token_ttl_seconds)
+    now, token_id = state.clock.now(), uuid.uuid4().hex
     token = issue_access_token(
         state.keyring,
         user_id=browser.user_id,
         organization_id=browser.organization_id,
         family_id=None,
-        now=state.clock.now(),
+        now=now,
         ttl_seconds=ttl,
+        token_id=token_id,
     )
-    claims = decode_access_token(token, keyring=state.keyring, now=state.clock.now(), leeway=0)
-    await state.sessions.remember_token(browser.public_id, claims.token_id, claims.expires_at)
+    try:  # remembered before it is handed out: a logout always reaches it
+        await state.sessions.remember_token(
+            browser.public_id, token_id, now + timedelta(seconds=ttl)
+        )
+    except TooManyTokens as full:
+        raise RateLimited(
+            f"This session already holds {LIVE_TOKENS_PER_SESSION} live WebSocket tokens; "
+            "one expires shortly.",
+            retry_after=full.retry_after,
+        ) from None
     return SessionToken(access_token=token, expires_in=ttl)
 
 

@@ -11,7 +11,9 @@
   `X-CSRF-Token`.
 - The short-lived access tokens a session mints for its WebSocket are remembered with it;
   when the session is logged out or revoked they go on the denylist, which closes their
-  sockets on every instance at once.
+  sockets on every instance at once. A session holds at most `LIVE_TOKENS_PER_SESSION`
+  unexpired ones: past that, minting is refused (429) until the oldest expires, so a client
+  cannot grow what Redis keeps for it (or what a logout must deny) without bound.
 """
 
 from __future__ import annotations
@@ -32,6 +34,33 @@ from apex.kit.digest import sha256_hex
 COOKIE = "apex_session"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# One per open tab, renewed before it expires: far more than a person keeps open.
+LIVE_TOKENS_PER_SESSION = 50
+
+# KEYS[1] hash {jti: expires at}; ARGV: now, jti, expires at, cap, ttl s. Forgets the
+# expired tokens, then remembers this one if fewer than `cap` are live. Returns 0 when
+# remembered, else the seconds until the oldest live token expires.
+_REMEMBER = """
+local minted = redis.call('HGETALL', KEYS[1])
+local now, live, oldest = tonumber(ARGV[1]), 0, nil
+for i = 1, #minted, 2 do
+  local expires = tonumber(minted[i + 1])
+  if expires <= now then
+    redis.call('HDEL', KEYS[1], minted[i])
+  else
+    live = live + 1
+    if oldest == nil or expires < oldest then oldest = expires end
+  end
+end
+if live >= tonumber(ARGV[4]) then
+  return math.max(1, math.ceil(oldest - now))
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[5]) then
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+end
+return 0
+"""
 
 
 def public_id(session_id: str) -> str:
@@ -62,6 +91,14 @@ class SessionRejected(Exception):
         self.reason = reason
 
 
+class TooManyTokens(Exception):
+    """The session already holds its quota of live tokens; one expires in `retry_after` s."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"{LIVE_TOKENS_PER_SESSION} live tokens; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
 class SessionStore:
     def __init__(
         self,
@@ -77,18 +114,25 @@ class SessionStore:
         self.absolute = absolute_seconds
         self.denylist = denylist
         self.clock = clock
+        self._remember = redis.register_script(_REMEMBER)
 
     @staticmethod
     def _tokens(ref: str) -> str:
         return f"apex:session-tokens:{ref}"
 
     async def remember_token(self, ref: str, jti: str, expires_at: datetime) -> None:
-        """A token session `ref` (its public id) minted: revoked with the session."""
-        ttl = max(1, int((expires_at - self.clock.now()).total_seconds()) + 1)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._tokens(ref), jti, str(expires_at.timestamp()))
-            pipe.expire(self._tokens(ref), ttl)  # the newest token lives longest
-            await pipe.execute()
+        """A token session `ref` (its public id) minted: revoked with the session.
+
+        Raises `TooManyTokens` (nothing remembered) when the session already holds
+        `LIVE_TOKENS_PER_SESSION` unexpired tokens; the caller then hands out none."""
+        now = self.clock.now()
+        ttl = max(1, int((expires_at - now).total_seconds()) + 1)
+        wait = await self._remember(
+            keys=[self._tokens(ref)],
+            args=[now.timestamp(), jti, expires_at.timestamp(), LIVE_TOKENS_PER_SESSION, ttl],
+        )
+        if int(wait):
+            raise TooManyTokens(int(wait))
 
     async def _revoke_tokens(self, refs: list[str]) -> None:
         """Deny the tokens the ended sessions minted (their sockets close everywhere)."""

@@ -48,7 +48,10 @@ def issue_access_token(
     family_id: uuid.UUID | None,
     now: datetime,
     ttl_seconds: int,
+    token_id: str | None = None,
 ) -> str:
+    """A signed access token; `token_id` (its `jti`) is random unless the caller must know
+    it, to remember or revoke the token later."""
     kid, private_key = keyring.signer()
     claims: dict[str, Any] = {
         "iss": ISSUER,
@@ -56,7 +59,7 @@ def issue_access_token(
         "typ": TOKEN_TYPE,
         "sub": str(user_id),
         "org": str(organization_id),
-        "jti": uuid.uuid4().hex,
+        "jti": token_id or uuid.uuid4().hex,
         "iat": int(now.timestamp()),
         "nbf": int(now.timestamp()),
         "exp": int((now + timedelta(seconds=ttl_seconds)).timestamp()),

@@ -1116,6 +1116,30 @@ def test_session_security_integration(
     assert phone_after.json()["detail"] == "This access token was revoked (logged out)."
     assert as_bearer(ca, laptop_token).status_code == 200  # the other session's token stands
 
+    # A session holds at most 50 live WebSocket tokens, counted across instances: the 51st
+    # is refused with a Retry-After no longer than a token lives (300 s), and remembers
+    # nothing; the 50 keep working (and a logout below still reaches every one of them).
+    kiosk, kiosk_csrf = login(ca, agent="Apex-Kiosk/1")
+    kiosk_tokens = [
+        socket_token(ca if i % 2 else cb, kiosk, kiosk_csrf, agent="Apex-Kiosk/1")
+        for i in range(50)
+    ]
+    refused = cb.post(
+        "/api/v1/auth/session/token",
+        headers={
+            "User-Agent": "Apex-Kiosk/1",
+            "Cookie": f"apex_session={kiosk}",
+            "X-CSRF-Token": kiosk_csrf,
+        },
+    )
+    assert refused.status_code == 429, refused.text
+    assert 1 <= int(refused.headers["Retry-After"]) <= 300
+    assert "50 live WebSocket tokens" in refused.json()["detail"]
+    assert "access_token" not in refused.text
+    assert len(set(kiosk_tokens)) == 50
+    assert as_bearer(ca, kiosk_tokens[0]).status_code == 200
+    assert as_bearer(cb, kiosk_tokens[-1]).status_code == 200
+
     other, _ = login(ca, agent="Apex-Tablet/3")
     everywhere = cb.post(
         "/api/v1/auth/logout-everywhere",
@@ -1128,6 +1152,7 @@ def test_session_security_integration(
     assert everywhere.status_code == 204
     assert me(ca, laptop).status_code == 401
     assert as_bearer(cb, laptop_token).status_code == 401
+    assert [as_bearer(ca, t).status_code for t in kiosk_tokens] == [401] * 50
     assert me(cb, other, agent="Apex-Tablet/3").status_code == 401
     refreshed = ca.post("/api/v1/auth/refresh", json={"refresh_token": account["refresh_token"]})
     assert refreshed.status_code == 401  # refresh tokens went too

@@ -12,8 +12,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    Insert,
+    Column,
+    MetaData,
     String,
+    Table,
     Uuid,
     bindparam,
     delete,
@@ -25,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.schema import CreateTable
 
 from apex.identity.models import Organization
 from apex.kit.repository import Repository
@@ -37,26 +40,33 @@ from apex.usage.models import (
 )
 from apex.usage.spend import month_start, next_month
 
-
-def _new_ids(session: AsyncSession) -> Insert:
-    """INSERT INTO usage_record_ids … ON CONFLICT DO NOTHING RETURNING the ids that were new
-    (SQLite; PostgreSQL does the same in `_MOVE_NEW`)."""
-    return (
-        sqlite.insert(UsageRecordId)
-        .on_conflict_do_nothing(index_elements=["organization_id", "record_id"])
-        .returning(UsageRecordId.record_id)
-    )
-
-
 # The mapped attributes of a usage record and their column names (`attributes` is stored
 # in the `metadata` column), in table order: the COPY path writes them positionally.
 _ATTRIBUTES = [attribute.key for attribute in UsageRecord.__mapper__.column_attrs]
 _COLUMNS = [UsageRecord.__mapper__.column_attrs[key].columns[0].name for key in _ATTRIBUTES]
 _COLUMN_LIST = ", ".join(f'"{column}"' for column in _COLUMNS)
+_RECORDS: Table = UsageRecord.__table__  # type: ignore[assignment]
 STAGING = "usage_records_staging"  # the bulk path's transaction-local table
+# After `insert_new`, the staging table holds exactly the batch's new records, until the
+# transaction ends: the rollups (`RollupRepository.add`) aggregate it, never the whole table.
+STAGING_TABLE = Table(STAGING, MetaData(), *(Column(c.name, c.type) for c in _RECORDS.c))
 _CREATE_STAGING = (
     f"CREATE TEMP TABLE IF NOT EXISTS {STAGING} (LIKE usage_records INCLUDING DEFAULTS) "
     "ON COMMIT DELETE ROWS"
+)
+# SQLite has no LIKE nor ON COMMIT: the same columns, emptied at the start of each batch.
+_CREATE_STAGING_SQLITE = str(CreateTable(STAGING_TABLE).compile(dialect=sqlite.dialect())).replace(
+    "CREATE TABLE", "CREATE TEMP TABLE IF NOT EXISTS", 1
+)
+# SQLite cannot INSERT inside a WITH: the dedup keys first (`WHERE true` tells its parser
+# the ON CONFLICT belongs to the INSERT), then the staged records, the duplicates unstaged.
+_STAGED_IDS_SQLITE = text(
+    "INSERT INTO usage_record_ids (organization_id, record_id, occurred_at) "  # noqa: S608
+    f"SELECT organization_id, record_id, occurred_at FROM {STAGING} WHERE true "
+    "ON CONFLICT DO NOTHING RETURNING record_id"
+)
+_MOVE_STAGED_SQLITE = text(
+    f"INSERT INTO usage_records ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM {STAGING}"  # noqa: S608
 )
 # The dedup key and the records in one statement: only the staged records whose id was new
 # to usage_record_ids are stored.
@@ -85,10 +95,10 @@ class UsageRepository(Repository[UsageRecord]):
         ids inserted. The dedup key (`usage_record_ids`) is written in the same transaction
         and conflicts are skipped, so a retried batch adds nothing.
 
-        On PostgreSQL the rows are COPied (binary) into a transaction-local staging table
-        and moved with one `INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING`: the cost of
-        a COPY, with the duplicates reported. Elsewhere the new ids are inserted first, then
-        their records, both batched by SQLAlchemy into multi-row INSERTs."""
+        Both backends stage the rows in a transaction-local table, then move the new ones
+        with `INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING`, reporting the duplicates;
+        afterwards the staging table holds exactly the batch's new records. On PostgreSQL
+        the rows are COPied (binary) into it: the cost of a COPY."""
         if not rows:
             return set()
         if self.session.get_bind().dialect.name == "postgresql":
@@ -96,15 +106,34 @@ class UsageRepository(Repository[UsageRecord]):
                 {(month_start(row["occurred_at"]), row["retention_days"]) for row in rows}
             )
             return await self._copy_new(rows)
-        keys = [
-            {key: row[key] for key in ("organization_id", "record_id", "occurred_at")}
+        return await self._stage_new(rows)
+
+    async def _stage_new(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+        """SQLite: one executemany into the staging table (each value converted once), then
+        two statements inside the database, as `_MOVE_NEW` does in one on PostgreSQL."""
+        connection = await self.session.connection()
+        await connection.exec_driver_sql(_CREATE_STAGING_SQLITE)
+        await connection.execute(delete(STAGING_TABLE))  # an earlier batch's
+        staged = [
+            {column: row[key] for key, column in zip(_ATTRIBUTES, _COLUMNS, strict=True)}
             for row in rows
         ]
-        inserted = set((await self.session.scalars(_new_ids(self.session), keys)).all())
-        new = [row for row in rows if row["record_id"] in inserted]
-        if new:
-            await self.session.execute(insert(UsageRecord), new)
+        await connection.execute(insert(STAGING_TABLE), staged)
+        inserted = {record_id for (record_id,) in await connection.execute(_STAGED_IDS_SQLITE)}
+        await self._unstage([row["record_id"] for row in rows if row["record_id"] not in inserted])
+        await connection.execute(_MOVE_STAGED_SQLITE)
         return inserted
+
+    async def _unstage(self, record_ids: list[str]) -> None:
+        """Drop the staged records that were stored before (duplicates) from the staging table."""
+        if not record_ids:
+            return
+        if self.session.get_bind().dialect.name == "postgresql":  # one array, not N params
+            await self.session.execute(_DROP_STAGED, {"ids": record_ids})
+        else:
+            await self.session.execute(
+                delete(STAGING_TABLE).where(STAGING_TABLE.c.record_id.in_(record_ids))
+            )
 
     async def _copy_new(self, rows: Sequence[dict[str, Any]]) -> set[str]:
         """Afterwards the staging table holds exactly the records inserted, for the rollups
@@ -118,9 +147,7 @@ class UsageRepository(Repository[UsageRecord]):
         await driver.copy_records_to_table(STAGING, records=records, columns=_COLUMNS)
         moved = await connection.exec_driver_sql(_MOVE_NEW)
         inserted = {record_id for (record_id,) in moved}
-        stored_before = [row["record_id"] for row in rows if row["record_id"] not in inserted]
-        if stored_before:
-            await self.session.execute(_DROP_STAGED, {"ids": stored_before})
+        await self._unstage([row["record_id"] for row in rows if row["record_id"] not in inserted])
         return inserted
 
     async def by_record_id(self, organization_id: uuid.UUID, record_id: str) -> UsageRecord | None:

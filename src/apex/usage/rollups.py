@@ -18,19 +18,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    Column,
     ColumnElement,
     Executable,
     Float,
     FromClause,
     Insert,
     Integer,
-    MetaData,
     SQLColumnExpression,
     String,
     Table,
     and_,
-    bindparam,
     case,
     cast,
     delete,
@@ -56,7 +53,7 @@ from apex.usage.models import (
     UsageRollup,
 )
 from apex.usage.pricing import Tokens
-from apex.usage.repository import STAGING
+from apex.usage.repository import STAGING_TABLE
 from apex.usage.spend import (
     BreakdownRow,
     DayRow,
@@ -276,9 +273,6 @@ class _Definitions:
 
 
 RECORDS_TABLE: Table = UsageRecord.__table__  # type: ignore[assignment]
-# The staging table `UsageRepository.insert_new` COPies a batch into (PostgreSQL); after it,
-# the table holds exactly the batch's new records, until the transaction ends.
-STAGING_TABLE = Table(STAGING, MetaData(), *(Column(c.name, c.type) for c in RECORDS_TABLE.c))
 _OVER_RECORDS = _Definitions(RECORDS_TABLE)
 _OVER_STAGING = _Definitions(STAGING_TABLE)
 
@@ -382,19 +376,14 @@ class RollupRepository:
     ) -> None:
         """Add records to the rollups: the batch's new records (`record_ids`), or all of the
         organisation's, or those in `window` (then not to the all-time totals, which the
-        caller rebuilds from the hourly rows). On PostgreSQL a batch's are read from the
-        staging table, which holds exactly them (a few thousand rows, no index needed);
-        elsewhere by id."""
-        params: dict[str, Any] = {}
-        if record_ids is not None and self.session.get_bind().dialect.name == "postgresql":
-            over = _OVER_STAGING
-            where: list[ColumnElement[bool]] = []
+        caller rebuilds from the hourly rows). A batch's are read from the staging table,
+        which holds exactly them (a few thousand rows, no index needed): read from
+        `usage_records` by id they cost a scan of the organisation's records per batch."""
+        if record_ids is not None:
+            over, where = _OVER_STAGING, []
         else:
             over = _OVER_RECORDS
             where = [over.records.c.organization_id == organization_id]
-            if record_ids is not None:
-                where.append(over.records.c.record_id.in_(bindparam("ids", expanding=True)))
-                params["ids"] = list(record_ids)
             if window is not None:
                 occurred_at = over.records.c.occurred_at
                 where += [occurred_at >= window.start, occurred_at < window.end]
@@ -414,7 +403,7 @@ class RollupRepository:
                             over.total_values, over.records, where + counted),
                 )  # fmt: skip
         for statement in statements:
-            await self.session.execute(statement, params)
+            await self.session.execute(statement)
 
 
 def _totals_from_hours(session: AsyncSession, organization_id: uuid.UUID) -> Insert:

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import httpx
 import pytest
+import redis
 
 from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
 from tests.harness.browser import PHONE, Browser
@@ -264,6 +265,12 @@ def test_chat_streams_a_run_and_carries_on_when_its_instance_dies(
             browser.wait_until(lambda: _live_instance(browser) not in (None, live), 30,
                                "the page is live again on the other instance")  # fmt: skip
             browser.wait_for(".run .report", timeout=60)
+            # The reconnection reused the page's token, still valid: the browser session has
+            # minted exactly one (a flapping network does not eat its quota of 50).
+            store = redis.Redis.from_url(fresh_redis.url, decode_responses=True)
+            [minted] = store.keys("apex:session-tokens:*")
+            assert store.hlen(minted) == 1
+            store.close()
             assert_accessible(browser, "chat")
             shoot(browser, "chat")
             shown = [li.get_attribute("class") for li in browser.find_all(".run .steps li")]

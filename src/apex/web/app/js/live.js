@@ -30,7 +30,7 @@ export class Live {
     this.onState("connecting");
     let token;
     try {
-      token = await api.post("/auth/session/token");
+      token = await this.token();
     } catch (error) {
       if (error.status === 401 || error.status === 403) return this.onState("signed-out");
       return this.retry();
@@ -40,7 +40,8 @@ export class Live {
     this.socket = socket;
     socket.addEventListener("open", () => socket.send(JSON.stringify({ type: "auth", token: token.access_token })));
     socket.addEventListener("message", (message) => this.received(JSON.parse(message.data)));
-    socket.addEventListener("close", () => {
+    socket.addEventListener("close", (event) => {
+      if (event.code === 1008) this.minted = null; // refused (revoked, expired): a new one, or sign in
       if (this.socket !== socket) return;
       this.ready = false;
       clearTimeout(this.renewal);
@@ -48,7 +49,20 @@ export class Live {
     });
     // A new token before this one expires: the server closes a socket whose token has.
     clearTimeout(this.renewal);
-    this.renewal = setTimeout(() => socket.close(4000, "token renewal"), token.expires_in * 1000 - TOKEN_MARGIN_MS);
+    this.renewal = setTimeout(() => {
+      this.minted = null;
+      socket.close(4000, "token renewal");
+    }, token.expiresAt - TOKEN_MARGIN_MS - Date.now());
+  }
+
+  // The session's token, minted again only when it is near its end: reconnecting after a
+  // drop reuses it, so a flapping network does not fill the session's quota of live tokens.
+  async token() {
+    if (!this.minted || this.minted.expiresAt - TOKEN_MARGIN_MS <= Date.now()) {
+      const answer = await api.post("/auth/session/token");
+      this.minted = { access_token: answer.access_token, expiresAt: Date.now() + answer.expires_in * 1000 };
+    }
+    return this.minted;
   }
 
   retry() {

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
         default=1800, ge=-1, description="Seconds before a connection is replaced."
     )
     db_pool_pre_ping: bool = True
+    db_pool_ping_idle_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        description="With pre-ping on, ping only connections idle this long (0: every checkout).",
+    )
     db_connect_timeout: float = Field(default=5.0, gt=0)
     db_command_timeout: float = Field(default=30.0, gt=0)
     db_echo: bool = False

@@ -25,7 +25,7 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
 
 from apex.app import create_app
-from apex.kit.db import SessionDep
+from apex.kit.db import Database, SessionDep
 from apex.settings import Settings
 from tests.harness import ApexServer, PostgresCluster, RedisServer
 from tests.harness.procs import eventually, wait_until
@@ -384,6 +384,27 @@ async def test_connection_pooling_integration(fresh_postgres: PostgresCluster) -
         )
         assert first.status_code == 200
         assert [r.status_code for r in after] == [200] * 200
+
+    # Restarted while a pool sat idle, with nothing else using it to find out (no relay, no
+    # failed request): connections idle past APEX_DB_POOL_PING_IDLE_SECONDS (1 s) are pinged
+    # before use, so no unit of work meets a dead one. Back-to-back ones skip the ping.
+    database = Database(
+        Settings(database_url=url, environment="test", db_pool_size=5, db_max_overflow=0)
+    )
+
+    async def select_one() -> int:
+        async with database.unit_of_work() as session:
+            return int(await session.scalar(text("SELECT 1")) or 0)
+
+    try:
+        assert await asyncio.gather(*(select_one() for _ in range(5))) == [1] * 5
+        await asyncio.to_thread(fresh_postgres.kill)
+        fresh_postgres.start()
+        await asyncio.sleep(1.2)
+        after_idle = await asyncio.gather(*(select_one() for _ in range(5)), return_exceptions=True)
+        assert after_idle == [1] * 5, after_idle
+    finally:
+        await database.dispose()
 
 
 # --- 5. read/write splitting ------------------------------------------------------------------

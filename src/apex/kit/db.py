@@ -109,6 +109,9 @@ def ensure_sqlite_directory(url: str) -> None:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
+_USED_AT = "apex_used_at"  # when a pooled connection was opened or last checked in (monotonic)
+
+
 def ping_when_idle(engine: AsyncEngine, idle_seconds: float) -> AsyncEngine:
     """Check a pooled connection before use only if it sat idle `idle_seconds` or more.
 
@@ -138,9 +141,6 @@ def ping_when_idle(engine: AsyncEngine, idle_seconds: float) -> AsyncEngine:
     event.listen(engine.sync_engine, "checkin", used_now)
     event.listen(engine.sync_engine, "checkout", checkout)
     return engine
-
-
-_USED_AT = "apex_used_at"
 
 
 def create_engine(url: str, settings: Settings) -> AsyncEngine:

@@ -314,10 +314,11 @@ class RollupRepository:
         self.session = session
 
     async def add(self, organization_id: uuid.UUID, record_ids: Collection[str]) -> None:
-        """Add the records just stored (in this transaction) to every rollup."""
+        """Add the records just stored (in this transaction) to every rollup: those the
+        staging table holds, which are exactly `record_ids` (`UsageRepository.insert_new`)."""
         if record_ids:
             await self._lock(organization_id, exclusive=False)
-            await self._aggregate(organization_id, record_ids)
+            await self._aggregate(organization_id, staged=True)
 
     async def rebuild(self, organization_id: uuid.UUID, window: Window | None = None) -> int:
         """Recompute an organisation's rollups from its raw records (in this transaction),
@@ -331,7 +332,7 @@ class RollupRepository:
                 await self.session.execute(
                     delete(model).where(model.organization_id == organization_id)
                 )
-            await self._aggregate(organization_id, None)
+            await self._aggregate(organization_id, staged=False)
             return await self._calls(organization_id, _in(organization_id, _ALL_TIME))
         # The all-time rows of the hashes seen in the window are rebuilt from the hourly ones.
         await self.session.execute(
@@ -349,7 +350,7 @@ class RollupRepository:
                     model.hour < window.end,
                 )
             )
-        await self._aggregate(organization_id, None, window)
+        await self._aggregate(organization_id, staged=False, window=window)
         await self.session.execute(_totals_from_hours(self.session, organization_id))
         return await self._calls(organization_id, _in(organization_id, window))
 
@@ -371,15 +372,16 @@ class RollupRepository:
     async def _aggregate(
         self,
         organization_id: uuid.UUID,
-        record_ids: Collection[str] | None,
+        *,
+        staged: bool,
         window: Window | None = None,
     ) -> None:
-        """Add records to the rollups: the batch's new records (`record_ids`), or all of the
+        """Add records to the rollups: the batch's new records (`staged`), or all of the
         organisation's, or those in `window` (then not to the all-time totals, which the
         caller rebuilds from the hourly rows). A batch's are read from the staging table,
         which holds exactly them (a few thousand rows, no index needed): read from
         `usage_records` by id they cost a scan of the organisation's records per batch."""
-        if record_ids is not None:
+        if staged:
             over, where = _OVER_STAGING, []
         else:
             over = _OVER_RECORDS

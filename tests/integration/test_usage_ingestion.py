@@ -457,7 +457,7 @@ def test_meter_reads_a_month_from_the_rollups(
     expected = sum(Decimal(r["cost_usd"]) for r in october)
     assert Decimal(body["cost_usd"]) == expected
     assert (body["start"], body["end"]) == ("2026-10-01T00:00:00Z", "2026-11-01T00:00:00Z")
-    assert body["records_included"] == 100_000  # Free
+    assert (body["tier"], body["records_included"]) == ("free", 100_000)
     assert bad.status_code == 422
     assert "period" in bad.text
     assert [(e.status_code, "period" in e.text) for e in edges] == [(422, True), (422, True)]

@@ -202,13 +202,15 @@ async def usage_meter(
     month, window = service.month_of(period, request.app.state.clock.now())
     reading = await service.meter(session, principal.organization_id, window)
     organization = await organization_view(session, cache, principal.organization_id)
-    plan = plan_for(organization["tier"] if organization else "free")
+    tier = organization["tier"] if organization else "free"
+    plan = plan_for(tier)
     return UsageMeterOut(
         organization_id=principal.organization_id,
         period=month,
         start=window.start,
         end=window.end,
         records=reading.records,
+        tier=tier,
         records_included=plan.records_per_month,
         tokens=TokensOut(**dataclasses.asdict(reading.tokens)),
         cost_usd=nanos_to_usd(reading.cost_nanos),

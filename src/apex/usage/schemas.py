@@ -226,7 +226,8 @@ class UsageMeterOut(BaseModel):
     start: datetime
     end: datetime
     records: int
-    records_included: int | None = Field(description="The plan's records a month; null: no limit.")
+    tier: str = Field(description="The organisation's plan as this reading saw it.")
+    records_included: int | None = Field(description="That plan's records a month; null: no limit.")
     tokens: TokensOut
     cost_usd: Decimal
 

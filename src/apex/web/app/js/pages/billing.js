@@ -15,7 +15,10 @@ export async function billingPage() {
   const subscription = found ?? { tier: context.organization.tier, status: "managed", period_end: null };
   const returned = new URLSearchParams(location.search).get("checkout");
   if (returned) history.replaceState(null, "", `/${location.hash}`); // said once
-  if (returned === "done") awaitNewPlan(subscription.tier);
+  // Wait for the plan the meter read to move: the subscription is read from the database,
+  // the organisation's tier through the cache, invalidated a moment after the webhook's
+  // commit, so a page drawn in that moment shows the new plan over the old quota.
+  if (returned === "done") awaitNewPlan(meter.tier);
   if (returned === "canceled") toast("Checkout canceled: nothing was charged.");
   const tier = subscription.tier;
   const wanted = new URLSearchParams(location.hash.split("?")[1] ?? "").get("upgrade");

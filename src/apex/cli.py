@@ -105,6 +105,7 @@ def serve(
         ws_ping_interval=30.0,
         ws_ping_timeout=30.0,
         ws_max_size=64 * 1024,  # the gateway's frame limit (realtime.protocol.MAX_FRAME_BYTES)
+        ws_per_message_deflate=settings.websocket_compression,
     )
 
 

@@ -242,6 +242,12 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long WebSocket connections get to receive what is queued "
         "for them before they are closed with 1013 (reconnect elsewhere).",
     )
+    websocket_compression: bool = Field(
+        default=False,
+        description="Negotiate permessage-deflate with WebSocket clients that offer it. Off: "
+        "each connection would compress every frame again, for frames of a few hundred bytes "
+        "(the fan-out's largest cost, and ~40 KiB of zlib state a connection).",
+    )
     usage_maintenance_seconds: float = Field(
         default=3600.0,
         gt=0,

@@ -5,6 +5,7 @@ too polite to misbehave."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -14,6 +15,8 @@ from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.harness import ApexServer, RedisServer
 from tests.harness.procs import wait_until
@@ -103,6 +106,29 @@ def test_an_oversized_body_is_refused_before_it_is_read(server: ApexServer) -> N
         ingest = client.post("/api/v1/usage/events", content=json.dumps(big).encode(),
                              headers={"Content-Type": "application/json"})  # fmt: skip
         assert ingest.status_code == 401  # read and parsed; then the missing credentials
+
+
+def test_a_websocket_frame_over_64_kib_is_refused_and_frames_go_uncompressed(
+    server: ApexServer,
+) -> None:
+    """The gateway's frame limit holds before anything reads the frame (close 1009, even
+    before `auth`); permessage-deflate, offered by the client as browsers do, is declined
+    by default (APEX_WEBSOCKET_COMPRESSION)."""
+    url = server.base_url.replace("http://", "ws://") + "/ws"
+
+    async def scenario() -> tuple[str | None, int | None]:
+        async with connect(url, compression="deflate", max_size=None) as ws:
+            extensions = ws.response.headers.get("Sec-WebSocket-Extensions")
+            await ws.send("x" * (64 * 1024 + 1))
+            try:
+                async with asyncio.timeout(10):
+                    await ws.recv()
+            except ConnectionClosed as closed:
+                return extensions, closed.rcvd.code if closed.rcvd else None
+        return extensions, None
+
+    extensions, code = asyncio.run(scenario())
+    assert (extensions, code) == (None, 1009)
 
 
 def test_a_body_that_does_not_arrive_in_time_is_refused(server: ApexServer) -> None:

@@ -29,7 +29,9 @@ from tests.performance.report import write_section
 __all__ = ["redis_server", "start_apex"]
 CLIENTS = 1_000
 MESSAGES = 100
-INTERVAL = 0.005  # seconds between published messages: faster than any of them delivers
+# Seconds between published messages: a burst faster than any server delivers (its
+# throughput, its latency is queueing), then a pace every server keeps up with (latency).
+INTERVALS = (0.005, 0.050)
 LIMITER_CALLS = 2_000
 ROUNDS = 5
 
@@ -39,15 +41,20 @@ class Run:
     """One variant's fan-out: when each message was sent, and every delivery's latency."""
 
     name: str
+    interval: float
     sent: dict[int, float] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
-    def row(self) -> tuple[str, float, float, float, int]:
+    def row(self) -> tuple[str, float, float, float, float, int]:
         ordered = sorted(self.latencies)
         p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-        return (self.name, statistics.median(ordered) * 1000, p99 * 1000,
-                len(ordered) / self.seconds, len(ordered))  # fmt: skip
+        return (self.name, self.interval * 1000, statistics.median(ordered) * 1000,
+                p99 * 1000, len(ordered) / self.seconds, len(ordered))  # fmt: skip
+
+
+def runs_of(name: str) -> list[Run]:
+    return [Run(name, interval) for interval in INTERVALS]
 
 
 Opener = Callable[[int], Awaitable[ClientConnection]]
@@ -55,14 +62,16 @@ Parser = Callable[[str | bytes], int | None]
 
 
 async def fan_out(
-    run: Run, open_client: Opener, parse: Parser, publish: Callable[[int], Awaitable[None]]
-) -> None:
+    runs: list[Run], open_client: Opener, parse: Parser,
+    publish: Callable[[int], Awaitable[None]],
+) -> None:  # fmt: skip
+    """The same clients through each run in turn, `MESSAGES` published at its interval."""
     clients = []
     for n in range(CLIENTS):
         clients.append(await open_client(n))
     await asyncio.sleep(1)
 
-    async def receive(ws: ClientConnection) -> None:
+    async def receive(ws: ClientConnection, run: Run) -> None:
         seen = 0
         while seen < MESSAGES:
             index = parse(await ws.recv())
@@ -70,21 +79,23 @@ async def fan_out(
                 run.latencies.append(time.perf_counter() - run.sent[index])
                 seen += 1
 
-    receivers = [asyncio.create_task(receive(ws)) for ws in clients]
-    started = time.perf_counter()
-    for index in range(MESSAGES):
-        run.sent[index] = time.perf_counter()
-        await publish(index)
-        await asyncio.sleep(INTERVAL)
-    async with asyncio.timeout(120):
-        await asyncio.gather(*receivers)
-    run.seconds = time.perf_counter() - started
+    for number, run in enumerate(runs):
+        receivers = [asyncio.create_task(receive(ws, run)) for ws in clients]
+        started = time.perf_counter()
+        for index in range(number * MESSAGES, (number + 1) * MESSAGES):
+            run.sent[index] = time.perf_counter()
+            await publish(index)
+            await asyncio.sleep(run.interval)
+        async with asyncio.timeout(120):
+            await asyncio.gather(*receivers)
+        run.seconds = time.perf_counter() - started
+        await asyncio.sleep(0.5)
     for ws in clients:
         await ws.close()
 
 
-async def apex_run(servers: list[ApexServer], token: str) -> tuple[Run, float]:
-    run = Run("Apex: 3 instances, Redis channels")
+async def apex_run(servers: list[ApexServer], token: str) -> tuple[list[Run], float]:
+    runs = runs_of("Apex: 3 instances, Redis channels, uncompressed (its default)")
     urls = [s.base_url.replace("http://", "ws://") + "/ws" for s in servers]
     publisher = await connect(urls[0], subprotocols=[f"bearer.{token}"])  # type: ignore[list-item]
     await publisher.recv()  # connection_established
@@ -120,13 +131,14 @@ async def apex_run(servers: list[ApexServer], token: str) -> tuple[Run, float]:
             per_connection = (after - memory_before) / CLIENTS
         return ws
 
-    await fan_out(run, measured_open, parse, publish)
+    await fan_out(runs, measured_open, parse, publish)
     await publisher.close()
-    return run, per_connection
+    return runs, per_connection
 
 
-async def bare_run(port: int) -> Run:
-    run = Run("bare `websockets` broadcast, 1 process")
+async def bare_run(port: int, compression: str) -> list[Run]:
+    wire = "permessage-deflate" if compression == "deflate" else "uncompressed"
+    runs = runs_of(f"bare `websockets` broadcast, 1 process, {wire}")
     url = f"ws://127.0.0.1:{port}/"
     publisher = await connect(url)
 
@@ -136,14 +148,14 @@ async def bare_run(port: int) -> Run:
     async def publish(index: int) -> None:
         await publisher.send(f"pub {index}")
 
-    await fan_out(run, open_client, lambda raw: int(raw), publish)
+    await fan_out(runs, open_client, lambda raw: int(raw), publish)
     await publisher.close()
-    return run
+    return runs
 
 
-async def socketio_run(ports: list[int]) -> Run:
+async def socketio_run(ports: list[int]) -> list[Run]:
     """python-socketio over its Engine.IO v4 WebSocket transport, spoken directly."""
-    run = Run("python-socketio + Redis manager, 3 processes")
+    runs = runs_of("python-socketio + Redis manager, 3 processes, permessage-deflate")
 
     async def engine(port: int) -> ClientConnection:
         ws = await connect(f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket",
@@ -165,9 +177,9 @@ async def socketio_run(ports: list[int]) -> Run:
     async def publish(index: int) -> None:
         await publisher.send("42" + json.dumps(["publish", index]))
 
-    await fan_out(run, lambda n: engine(ports[n % len(ports)]), parse, publish)
+    await fan_out(runs, lambda n: engine(ports[n % len(ports)]), parse, publish)
     await publisher.close()
-    return run
+    return runs
 
 
 async def limiter_rates(url: str) -> tuple[float, float]:
@@ -209,13 +221,16 @@ def test_websocket_fan_out(
         server.stop()
 
     root = make_workdir("ws-baselines")
-    bare_port = free_port()
-    bare = start_python_server("tests.performance.ws_baselines", ["bare", str(bare_port)],
-                               root=root, log_path=root / "bare.log",
-                               ready_url=f"http://127.0.0.1:{bare_port}/health",
-                               what="bare websockets server", timeout=30)  # fmt: skip
-    bare_result = asyncio.run(bare_run(bare_port))
-    bare.terminate()
+    bare_results = []
+    for compression in ("none", "deflate"):
+        port = free_port()
+        bare = start_python_server("tests.performance.ws_baselines",
+                                   ["bare", str(port), compression], root=root,
+                                   log_path=root / f"bare-{compression}.log",
+                                   ready_url=f"http://127.0.0.1:{port}/health",
+                                   what="bare websockets server", timeout=30)  # fmt: skip
+        bare_results.append(asyncio.run(bare_run(port, compression)))
+        bare.terminate()
     ports = [free_port() for _ in range(3)]
     processes = [
         start_python_server(
@@ -233,26 +248,34 @@ def test_websocket_fan_out(
     for process in processes:
         process.terminate()
     apex_rate, raw_rate = asyncio.run(limiter_rates(redis_server.url))
-    for run in (apex, bare_result, socketio_result):  # every client got every message
-        assert len(run.latencies) == CLIENTS * MESSAGES, run.name
+    servers_runs = [apex, *bare_results, socketio_result]
+    for run in (run for runs in servers_runs for run in runs):  # every client got every message
+        assert len(run.latencies) == CLIENTS * MESSAGES, (run.name, run.interval)
 
-    rows = [run.row() for run in (apex, bare_result, socketio_result)]
-    lines = ["| server | fan-out p50 ms | p99 ms | delivered/s | deliveries |",
-             "|---|---:|---:|---:|---:|"]  # fmt: skip
-    lines += [f"| {n} | {p50:.1f} | {p99:.1f} | {rate:,.0f} | {count:,} |"
-              for n, p50, p99, rate, count in rows]  # fmt: skip
+    burst, paced = ([runs[n].row() for runs in servers_runs] for n in range(len(INTERVALS)))
+    lines = ["| server | every ms | fan-out p50 ms | p99 ms | delivered/s | deliveries |",
+             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [f"| {name} | {every:.0f} | {p50:.1f} | {p99:.1f} | {rate:,.0f} | {count:,} |"
+              for name, every, p50, p99, rate, count in [*burst, *paced]]  # fmt: skip
+    rate = [row[4] for row in burst]
     write_section(
         "realtime",
         "WebSocket fan-out: Apex vs a bare `websockets` broadcast and python-socketio",
         f"{CLIENTS:,} clients in one process, spread evenly over the servers' processes,\n"
-        f"all following one channel; a publisher sends {MESSAGES} messages, one every\n"
-        f"{INTERVAL * 1000:.0f} ms; latency from the publisher's send to each client's receipt\n"
+        f"all following one channel; a publisher sends {MESSAGES} messages one every "
+        f"{INTERVALS[0] * 1000:.0f} ms\n(faster than any server delivers: their throughput; "
+        f"latency there is queueing), then {MESSAGES}\none every {INTERVALS[1] * 1000:.0f} ms "
+        "(a pace all keep up with: their latency), to the same clients.\n"
+        "Latency from the publisher's send to each client's receipt\n"
         "(one clock). Apex stores each message in PostgreSQL before it fans out (the bare\n"
         "server and python-socketio store nothing); the clients, the servers and Redis share\n"
         "this machine's 2 cores, so the measuring client itself bounds every row (the bare\n"
-        "server's latency shows how much).\n\n" + "\n".join(lines) + "\n\n"
-        f"Delivered/s vs bare `websockets`: {rows[0][3] / rows[1][3]:.2f}x; vs python-socketio:\n"
-        f"{rows[0][3] / rows[2][3]:.2f}x. Memory per idle Apex connection (RSS growth of the\n"
+        "server's latency shows how much). The clients offer permessage-deflate, as browsers\n"
+        "do: Apex declines it by default (`APEX_WEBSOCKET_COMPRESSION`: compressing is per\n"
+        "connection, for every frame), the others accept it.\n\n" + "\n".join(lines) + "\n\n"
+        f"Delivered/s in the burst vs bare `websockets` uncompressed: {rate[0] / rate[1]:.2f}x,\n"
+        f"with deflate: {rate[0] / rate[2]:.2f}x; vs python-socketio: {rate[0] / rate[3]:.2f}x."
+        " Memory per idle Apex connection (RSS growth of the\n"
         f"three instances / connections): {per_connection / 1024:.1f} KiB.\n\n"
         f"Rate-limit decision (`FixedWindow.hit`, {ROUNDS * LIMITER_CALLS:,} sequential, in "
         f"rounds alternating with the raw call): "

@@ -1,7 +1,8 @@
 """The baselines of the WebSocket fan-out benchmark, each a server of its own:
 
-- `bare PORT`: a `websockets` server that broadcasts every `pub <text>` frame to all other
-  connections (`websockets.broadcast`): the floor of Python WebSocket fan-out, one process.
+- `bare PORT [deflate|none]`: a `websockets` server that broadcasts every `pub <text>` frame
+  to all other connections (`websockets.broadcast`): the floor of Python WebSocket fan-out,
+  one process; with permessage-deflate (its default) or without (as Apex by default).
 - `socketio PORT REDIS_URL`: python-socketio's ASGI server under uvicorn with its Redis
   manager, so several processes fan out together, as Apex's instances do.
 
@@ -22,7 +23,7 @@ def _more_files() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def bare(port: int) -> None:
+async def bare(port: int, compression: str | None) -> None:
     from websockets.asyncio.server import ServerConnection, broadcast, serve
     from websockets.http11 import Request, Response
 
@@ -42,7 +43,8 @@ async def bare(port: int) -> None:
         finally:
             connected.discard(connection)
 
-    async with serve(handler, "127.0.0.1", port, process_request=health, max_queue=None):
+    async with serve(handler, "127.0.0.1", port, process_request=health, max_queue=None,
+                     compression=compression):  # fmt: skip
         await asyncio.Future()
 
 
@@ -68,7 +70,7 @@ if __name__ == "__main__":
     _more_files()
     kind, port = sys.argv[1], int(sys.argv[2])
     if kind == "bare":
-        asyncio.run(bare(port))
+        asyncio.run(bare(port, None if sys.argv[3:] == ["none"] else "deflate"))
     else:
         import uvicorn
 

@@ -213,7 +213,7 @@ async def run_demo(
             batch.append(record)
             if len(batch) == batch_size:
                 async with database.unit_of_work() as session:
-                    report = await ingest(session, organization_id, batch)
+                    report = await ingest(session, organization_id, batch, now=clock.now())
                 accepted, duplicates = accepted + report.accepted, duplicates + report.duplicates
                 done += len(batch)
                 batch = []
@@ -221,7 +221,7 @@ async def run_demo(
                     on_ingest(done, total)
         if batch:
             async with database.unit_of_work() as session:
-                report = await ingest(session, organization_id, batch)
+                report = await ingest(session, organization_id, batch, now=clock.now())
             accepted, duplicates = accepted + report.accepted, duplicates + report.duplicates
             if on_ingest:
                 on_ingest(total, total)

@@ -67,7 +67,7 @@ def _outcomes(evaluations: list[alerts.Evaluation], rule_id: uuid.UUID) -> list[
 
 async def _ingest(database: Database, org: uuid.UUID, records: list[dict[str, Any]]) -> None:
     async with database.unit_of_work() as session:
-        report = await usage.ingest(session, org, records)
+        report = await usage.ingest(session, org, records, now=NOW)
     assert report.accepted == len(records), report.results[:3]
 
 

@@ -342,7 +342,7 @@ async def _after_partitioning(url: str, stored: int) -> None:
                 {"id": "new-1", "timestamp": "2027-02-01T10:00:00Z", "provider": "openai",
                  "model": "gpt-4o", "input_tokens": 5},
             ]  # fmt: skip
-            report = await service.ingest(session, org, sent)
+            report = await service.ingest(session, org, sent, now=NOW)
         assert (report.accepted, report.duplicates) == (1, 1)  # r007 was stored before
         if db.backend == "postgresql":
             async with db.unit_of_work() as session:

@@ -118,6 +118,7 @@ def test_a_websocket_frame_over_64_kib_is_refused_and_frames_go_uncompressed(
 
     async def scenario() -> tuple[str | None, int | None]:
         async with connect(url, compression="deflate", max_size=None) as ws:
+            assert ws.response is not None  # the handshake's answer
             extensions = ws.response.headers.get("Sec-WebSocket-Extensions")
             await ws.send("x" * (64 * 1024 + 1))
             try:

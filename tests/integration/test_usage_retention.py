@@ -16,13 +16,14 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from apex.kit.db import Database
 from apex.migrations import runner
 from apex.settings import Settings
 from apex.usage import service
 from apex.usage.maintenance import maintain
+from apex.usage.models import UsageRecord
 from apex.usage.rollups import MeterRepository, SpendRepository
 from apex.usage.spend import Window
 from tests.harness import ApexWorker, PostgresCluster, RedisServer
@@ -88,7 +89,12 @@ async def set_tier(db: Database, org: uuid.UUID, tier: str) -> None:
 
 async def ingest(db: Database, org: uuid.UUID, sent: list[Call]) -> dict[str, int]:
     async with db.unit_of_work() as session:
-        report = await service.ingest(session, org, [record(c) for c in sent])
+        report = await service.ingest(session, org, [record(c) for c in sent], now=NOW)
+    async with db.unit_of_work() as session:  # arrival stamped by the caller's clock
+        arrived = await session.scalars(
+            select(UsageRecord.ingested_at).where(UsageRecord.organization_id == org).distinct()
+        )
+        assert [stamp.astimezone(UTC) for stamp in arrived] == [NOW]
     return {"accepted": report.accepted, "duplicates": report.duplicates}
 
 

@@ -136,7 +136,7 @@ async def ingest_batches(
     for batch, crash in drawn:
         try:
             async with db.unit_of_work() as session:
-                await service.ingest(session, org, [record(c) for c in batch])
+                await service.ingest(session, org, [record(c) for c in batch], now=START)
                 if crash:
                     raise Crash
         except Crash:

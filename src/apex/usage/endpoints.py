@@ -54,7 +54,10 @@ async def ingest_usage(
     records are rejected (field and reason); the valid ones of the batch are kept. Records
     past the plan's monthly quota are rejected with field `records`, naming the quota."""
     quota = await _record_quota(request, session, cache, principal)
-    report = await service.ingest(session, principal.organization_id, body.records, quota=quota)
+    report = await service.ingest(
+        session, principal.organization_id, body.records, quota=quota,
+        now=request.app.state.clock.now(),
+    )  # fmt: skip
     count_ingested(request, session, principal.organization_id, report)
     # Serialised by pydantic-core in one call: a verdict per record, up to 10,000 of them.
     return Response(report.model_dump_json(), media_type="application/json")

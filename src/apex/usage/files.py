@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from apex.kit.clock import Clock, SystemClock
 from apex.kit.db import Database
 from apex.kit.failpoints import NO_FAILPOINTS, Failpoints
 from apex.usage import service
@@ -174,8 +175,10 @@ async def ingest_file(
     progress: Progress | None = None,
     restart: bool = False,
     failpoints: Failpoints = NO_FAILPOINTS,
+    clock: Clock | None = None,
 ) -> FileIngestResult:
     kind = _kind(path)
+    clock = clock or SystemClock()
     # Local file reads block briefly between awaits; this runs in the CLI, not in a server.
     total = path.stat().st_size  # noqa: ASYNC240
     offset, lines = (0, 0) if restart else _load_checkpoint(path, organization_id)
@@ -199,14 +202,17 @@ async def ingest_file(
             numbers.append(number)
             if len(batch) == batch_size:
                 catalogue = await _commit(
-                    database, organization_id, batch, numbers, result, catalogue, failpoints
-                )
+                    database, organization_id, batch, numbers, result, catalogue, failpoints,
+                    clock,
+                )  # fmt: skip
                 _save_checkpoint(path, organization_id, end, number)
                 if progress is not None:
                     progress(end, total)
             lines = number
         if batch:
-            await _commit(database, organization_id, batch, numbers, result, catalogue, failpoints)
+            await _commit(
+                database, organization_id, batch, numbers, result, catalogue, failpoints, clock
+            )
         _save_checkpoint(path, organization_id, handle.tell(), lines)
     if progress is not None:
         progress(total, total)
@@ -222,10 +228,13 @@ async def _commit(
     result: FileIngestResult,
     catalogue: Catalogue | None,
     failpoints: Failpoints,
+    clock: Clock,
 ) -> Catalogue:
     async with database.unit_of_work(primary=True) as session:
         catalogue = catalogue or await service.catalogue_for(session, organization_id)
-        report = await service.ingest(session, organization_id, batch, catalogue=catalogue)
+        report = await service.ingest(
+            session, organization_id, batch, catalogue=catalogue, now=clock.now()
+        )
         if failpoints.fires("ingest.kill_before_commit"):
             os.kill(os.getpid(), signal.SIGKILL)
     if failpoints.fires("ingest.kill_after_commit"):  # committed, checkpoint not yet written

@@ -152,8 +152,9 @@ class UsageImporter:
         readable = [line for line in batch if line.problem is None]
         async with self.database.unit_of_work(primary=True) as session:
             report = await service.ingest(
-                session, organization_id, [line.record for line in readable], quota=self.quota()
-            )
+                session, organization_id, [line.record for line in readable], quota=self.quota(),
+                now=self.clock.now(),
+            )  # fmt: skip
             problems = _problems(batch, readable, report)
             imports = ImportRepository(session)
             await imports.add_counts(

@@ -75,6 +75,7 @@ def _row(
     cost_nanos: int,
     source: str,
     retention_days: int,
+    now: datetime,
 ) -> dict[str, Any]:
     return {
         "id": new_id(),
@@ -98,7 +99,7 @@ def _row(
         "prefix_tokens": record.prefix_tokens,
         "end_user": record.end_user,
         "attributes": record.metadata,
-        "ingested_at": datetime.now(UTC),
+        "ingested_at": now,
         "retention_days": retention_days,
     }
 
@@ -136,6 +137,7 @@ async def ingest(
     organization_id: uuid.UUID,
     raw_records: Sequence[Any],
     *,
+    now: datetime,
     catalogue: Catalogue | None = None,
     quota: RecordQuota | None = None,
 ) -> IngestReport:
@@ -146,7 +148,8 @@ async def ingest(
     stored unpriced, with a warning: nothing the customer sent is dropped. With a `quota`,
     records past the plan's monthly quota are rejected (field `records`), and those that
     turn out to be duplicates, or whose transaction rolls back, give their units back.
-    Records are kept for the retention of the plan the organisation is on now."""
+    Records are kept for the retention of the plan the organisation is on now; `now` (the
+    caller's clock) is when they arrived."""
     catalogue = catalogue or await catalogue_for(session, organization_id)
     plan = quota.plan if quota is not None else await _plan_of(session, organization_id)
     results: list[RecordResult] = []
@@ -171,7 +174,9 @@ async def ingest(
         results.append(
             RecordResult(index=index, id=record.id, status="accepted", warnings=warnings)
         )
-        rows.append(_row(organization_id, record, cost_nanos, source.value, plan.retention_days))
+        rows.append(
+            _row(organization_id, record, cost_nanos, source.value, plan.retention_days, now)
+        )
     if quota is not None and quota.limit is not None:
         rows = await _within_quota(session, organization_id, quota, rows, pending, results)
     inserted = await UsageRepository(session).insert_new(rows)

@@ -110,13 +110,17 @@ def test_an_oversized_body_is_refused_before_it_is_read(server: ApexServer) -> N
 
 def test_a_websocket_frame_over_64_kib_is_refused_and_frames_go_uncompressed(
     server: ApexServer,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
 ) -> None:
     """The gateway's frame limit holds before anything reads the frame (close 1009, even
     before `auth`); permessage-deflate, offered by the client as browsers do, is declined
-    by default (APEX_WEBSOCKET_COMPRESSION)."""
-    url = server.base_url.replace("http://", "ws://") + "/ws"
+    by default and accepted with APEX_WEBSOCKET_COMPRESSION=true."""
+    compressing = start_apex(database_url, redis_server.url, websocket_compression="true")
 
-    async def scenario() -> tuple[str | None, int | None]:
+    async def scenario(apex: ApexServer) -> tuple[str | None, int | None]:
+        url = apex.base_url.replace("http://", "ws://") + "/ws"
         async with connect(url, compression="deflate", max_size=None) as ws:
             assert ws.response is not None  # the handshake's answer
             extensions = ws.response.headers.get("Sec-WebSocket-Extensions")
@@ -128,8 +132,10 @@ def test_a_websocket_frame_over_64_kib_is_refused_and_frames_go_uncompressed(
                 return extensions, closed.rcvd.code if closed.rcvd else None
         return extensions, None
 
-    extensions, code = asyncio.run(scenario())
+    extensions, code = asyncio.run(scenario(server))
     assert (extensions, code) == (None, 1009)
+    extensions, code = asyncio.run(scenario(compressing))
+    assert (str(extensions).split(";")[0], code) == ("permessage-deflate", 1009)
 
 
 def test_a_body_that_does_not_arrive_in_time_is_refused(server: ApexServer) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -26,6 +27,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.schema import CreateTable
 
@@ -68,6 +70,20 @@ _STAGED_IDS_SQLITE = text(
 _MOVE_STAGED_SQLITE = text(
     f"INSERT INTO usage_records ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM {STAGING}"  # noqa: S608
 )
+_STAGE_SQLITE = f"INSERT INTO {STAGING} ({_COLUMN_LIST}) VALUES ({', '.join('?' * len(_COLUMNS))})"  # noqa: S608
+
+
+@cache
+def _sqlite_converters(dialect: Dialect) -> list[Callable[[Any], Any] | None]:
+    """Each staged column's own bind conversion (as SQLAlchemy applies it), in table order:
+    the rows go to the driver's executemany as tuples, without a compiled statement's
+    per-row parameter processing (measured: three quarters of a batch's staging time)."""
+    return [
+        STAGING_TABLE.c[column].type.dialect_impl(dialect).bind_processor(dialect)
+        for column in _COLUMNS
+    ]
+
+
 # The dedup key and the records in one statement: only the staged records whose id was new
 # to usage_record_ids are stored.
 _MOVE_NEW = (
@@ -114,11 +130,15 @@ class UsageRepository(Repository[UsageRecord]):
         connection = await self.session.connection()
         await connection.exec_driver_sql(_CREATE_STAGING_SQLITE)
         await connection.execute(delete(STAGING_TABLE))  # an earlier batch's
+        convert = _sqlite_converters(connection.dialect)
         staged = [
-            {column: row[key] for key, column in zip(_ATTRIBUTES, _COLUMNS, strict=True)}
+            tuple(
+                value if to_sqlite is None else to_sqlite(value)
+                for to_sqlite, value in zip(convert, map(row.__getitem__, _ATTRIBUTES), strict=True)
+            )
             for row in rows
         ]
-        await connection.execute(insert(STAGING_TABLE), staged)
+        await connection.exec_driver_sql(_STAGE_SQLITE, staged)
         inserted = {record_id for (record_id,) in await connection.execute(_STAGED_IDS_SQLITE)}
         await self._unstage([row["record_id"] for row in rows if row["record_id"] not in inserted])
         await connection.execute(_MOVE_STAGED_SQLITE)

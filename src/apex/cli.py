@@ -487,8 +487,9 @@ def _report_finished_file(result: FileIngestResult) -> None:
     else:
         console.print(
             f"This file was ingested before: {records:,} records, {stored:,} already stored, "
-            f"{records - stored:,} not stored (rejected then). Run with --restart to send it "
-            "again and see why."
+            f"{records - stored:,} not in the store (rejected when it was sent, or removed "
+            "since: retention, or a store restored from a backup). Run with --restart to send it "
+            "again: what is stored counts as duplicates, the rest gets its verdict."
         )
 
 

@@ -96,11 +96,15 @@ _MOVE_NEW = (
 )
 
 
-def _copy_value(key: str, value: Any) -> Any:
-    """A value as asyncpg's binary COPY wants it (json columns take text)."""
-    if key == "attributes" and value is not None:
-        return json.dumps(value, separators=(",", ":"))
-    return value
+_JSON_AT = _ATTRIBUTES.index("attributes")
+
+
+def _copy_record(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A row as asyncpg's binary COPY wants it: table order, the json column as text."""
+    values = list(map(row.get, _ATTRIBUTES))
+    if values[_JSON_AT] is not None:
+        values[_JSON_AT] = json.dumps(values[_JSON_AT], separators=(",", ":"))
+    return tuple(values)
 
 
 class UsageRepository(Repository[UsageRecord]):
@@ -163,7 +167,7 @@ class UsageRepository(Repository[UsageRecord]):
         await connection.exec_driver_sql(f"TRUNCATE {STAGING}")  # an earlier batch's
         driver = (await connection.get_raw_connection()).driver_connection
         assert driver is not None
-        records = [tuple(_copy_value(key, row.get(key)) for key in _ATTRIBUTES) for row in rows]
+        records = list(map(_copy_record, rows))
         await driver.copy_records_to_table(STAGING, records=records, columns=_COLUMNS)
         moved = await connection.exec_driver_sql(_MOVE_NEW)
         inserted = {record_id for (record_id,) in moved}

@@ -14,7 +14,7 @@ from apex.billing.plans import Plan, plan_for
 from apex.identity.repository import OrganizationRepository
 from apex.kit.db import call_after_commit, call_after_rollback
 from apex.kit.errors import NotFound, ValidationFailed
-from apex.kit.ids import new_id
+from apex.kit.ids import new_ids
 from apex.usage.models import CostSource, PriceOverride, nanos_to_usd, usd_to_nanos
 from apex.usage.pricing import Catalogue, ModelPrice, Tokens, cost_of, default_catalogue
 from apex.usage.quota import RecordQuota
@@ -70,6 +70,7 @@ def _problems(exc: ValidationError) -> list[FieldProblem]:
 
 
 def _row(
+    row_id: uuid.UUID,
     organization_id: uuid.UUID,
     record: UsageRecordIn,
     cost_nanos: int,
@@ -78,7 +79,7 @@ def _row(
     now: datetime,
 ) -> dict[str, Any]:
     return {
-        "id": new_id(),
+        "id": row_id,
         "organization_id": organization_id,
         "record_id": record.id,
         "occurred_at": record.timestamp.astimezone(UTC),
@@ -155,6 +156,7 @@ async def ingest(
     results: list[RecordResult] = []
     rows: list[dict[str, Any]] = []
     pending: dict[str, int] = {}  # record id -> index in `results`
+    row_ids = iter(new_ids(len(raw_records)))
     for index, raw in enumerate(raw_records):
         if not isinstance(raw, dict):
             problem = FieldProblem(field="record", reason="must be a JSON object")
@@ -175,7 +177,15 @@ async def ingest(
             RecordResult(index=index, id=record.id, status="accepted", warnings=warnings)
         )
         rows.append(
-            _row(organization_id, record, cost_nanos, source.value, plan.retention_days, now)
+            _row(
+                next(row_ids),
+                organization_id,
+                record,
+                cost_nanos,
+                source.value,
+                plan.retention_days,
+                now,
+            )
         )
     if quota is not None and quota.limit is not None:
         rows = await _within_quota(session, organization_id, quota, rows, pending, results)

@@ -62,6 +62,9 @@ PROVIDER_ALIASES = {
 HOSTS = frozenset({"openrouter", "bedrock", "vertex_ai", "vertex", "google-vertex", "litellm",
                    "portkey", "helicone", "azure_ai"})  # fmt: skip
 _BEDROCK_REGION = re.compile(r"^(us|eu|apac|ap|global|us-gov|ca|jp|au)\.")
+# `models/gemini-1.5-flash` (the Gemini API), `projects/P/locations/L/publishers/google/models/
+# gemini-1.5-pro-002` (Vertex AI): the model is the last segment, its vendor the publisher.
+_RESOURCE_NAME = re.compile(r"^(?:.*/)?(?:publishers/(?P<vendor>[^/]+)/)?models/(?P<model>[^/]+)$")
 _BEDROCK_VENDORS = {"anthropic", "meta", "amazon", "mistral", "cohere", "deepseek", "openai"}
 
 
@@ -164,6 +167,9 @@ def _spellings(provider: str, model: str) -> Iterator[tuple[str, str]]:
     model = model.strip()
     yield provider, model
     name = model
+    if resource := _RESOURCE_NAME.match(name):  # Gemini API and Vertex resource names
+        yield from _spellings(resource["vendor"] or provider, resource["model"])
+        return
     if "/" in name:  # OpenRouter and LiteLLM: vendor/model (bedrock/anthropic.claude-…)
         vendor, rest = name.split("/", 1)
         vendor = PROVIDER_ALIASES.get(vendor.lower(), vendor.lower())

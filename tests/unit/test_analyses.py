@@ -152,6 +152,13 @@ def test_right_sizing_leaves_work_that_needs_its_model_alone() -> None:
     assert not run(
         "model_right_sizing", calls_of("tag", "openai", "gpt-4o", 49, input=300, output=3)
     )
+    # A fine-tune does the work it was tuned for: not moved to a model without the tuning
+    # (the same 500 calls on the base gpt-4o are right-sized).
+    assert not run(
+        "model_right_sizing",
+        calls_of("tag", "openai", "ft:gpt-4o-2024-08-06:acme::B2c3", 500, input=300, output=3),
+    )
+    assert run("model_right_sizing", calls_of("tag", "openai", "gpt-4o", 500, input=300, output=3))
 
 
 # --- prompt caching ------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from apex.usage.pricing import (
     parse_catalogue,
     read_catalogue_file,
 )
+from apex.usage.schemas import PriceIn
+from apex.usage.service import price_from
 
 pytestmark = pytest.mark.unit
 ENTRY = {
@@ -99,6 +101,50 @@ def test_dated_model_names_resolve_to_their_family() -> None:
     assert preview is not None
     assert preview.model == "gemini-2.5-flash"
     assert catalogue.find("anthropic", "gpt-4o") is None
+
+
+def test_a_fine_tune_is_priced_at_its_base_models_fine_tuned_rates() -> None:
+    # OpenAI bills a fine-tune of gpt-4o-mini at $0.30 in / $0.15 cached / $1.20 out per
+    # million tokens (the base model: $0.15 / $0.075 / $0.60).
+    catalogue = default_catalogue()
+    for logged in (
+        "ft:gpt-4o-mini-2024-07-18:acme:support-bot:9xYzAbC1",
+        "ft:gpt-4o-mini-2024-07-18:acme::B2c3dE4f",
+        "FT:GPT-4o-mini-2024-07-18:x::y",
+    ):
+        price = catalogue.find("openai", logged)
+        assert price is not None, logged
+        assert (price.name, price.fine_tuned) == ("openai/ft:gpt-4o-mini", True)
+    price = catalogue.find("openrouter", "openai/ft:gpt-4o-2024-08-06:acme::Q1")
+    assert price is not None
+    assert price.name == "openai/ft:gpt-4o"
+    tuned = catalogue.find("openai", "ft:gpt-4o-mini-2024-07-18:acme::B2c3dE4f")
+    assert tuned is not None
+    tokens = Tokens(input=1_000_000, cached_input=2_000_000, output=500_000)
+    assert cost_of(tuned, tokens) == Decimal("0.30") + Decimal("0.30") + Decimal("0.60")
+    # A fine-tune of a model without published fine-tuned rates stays unpriced, and the
+    # base model is not a fine-tune.
+    assert catalogue.find("openai", "ft:davinci-002:acme::x") is None
+    base = catalogue.find("openai", "gpt-4o-mini-2024-07-18")
+    assert base is not None
+    assert not base.fine_tuned
+    # A negotiated price for one fine-tune keeps it a fine-tune.
+    negotiated = price_from(
+        "openai",
+        "ft:gpt-4o-mini-2024-07-18:acme::B2c3dE4f",
+        PriceIn(input=Decimal("0.25"), output=Decimal(1)),
+        date(2026, 11, 1),
+    )
+    assert negotiated.fine_tuned
+    assert not price_from(
+        "openai",
+        "gpt-4o-mini",
+        PriceIn(input=Decimal("0.1"), output=Decimal("0.5")),
+        date(2026, 11, 1),
+    ).fine_tuned
+    # Nobody else's work is moved to a customer's fine-tune.
+    assert not [p for p in catalogue.candidates("openai") if p.fine_tuned]
+    assert {p.model for p in catalogue if p.fine_tuned} >= {"ft:gpt-4o", "ft:gpt-4o-mini"}
 
 
 def test_cost_counts_each_token_category_once() -> None:

@@ -93,6 +93,11 @@ class ModelPrice(BaseModel):
     )
     reasoning: bool = Field(default=False, description="bills hidden reasoning tokens as output")
     kind: Literal["chat", "embedding"] = "chat"
+    fine_tuned: bool = Field(
+        default=False,
+        description="the rates of a customer's fine-tune of a model (OpenAI's ft:BASE:…): "
+        "never a model to move work to, and its work is not moved to another model",
+    )
     aliases: tuple[str, ...] = Field(default=(), description="other names of the same model")
     derived: bool = Field(
         default=False, description="estimated from the organisation's reported costs"
@@ -161,12 +166,20 @@ def catalogue_provider(provider: str) -> str:
     return PROVIDER_ALIASES.get(provider.lower(), provider.lower())
 
 
+def is_fine_tune(model: str) -> bool:
+    """An OpenAI fine-tune's name: ft:BASE:ORG[:SUFFIX]:ID (or the catalogue's ft:BASE)."""
+    return model.lower().startswith("ft:")
+
+
 def _spellings(provider: str, model: str) -> Iterator[tuple[str, str]]:
     """The (provider, model) pairs a logged name may stand for, most literal first."""
     provider = PROVIDER_ALIASES.get(provider.lower(), provider.lower())
     model = model.strip()
     yield provider, model
     name = model
+    if is_fine_tune(name):  # priced at its base model's fine-tuned rates
+        yield provider, "ft:" + name[3:].split(":", 1)[0]
+        return
     if resource := _RESOURCE_NAME.match(name):  # Gemini API and Vertex resource names
         yield from _spellings(resource["vendor"] or provider, resource["model"])
         return
@@ -274,6 +287,7 @@ class Catalogue:
             and entry.status == "current"
             and entry.kind == "chat"
             and not entry.derived
+            and not entry.fine_tuned
         ]
 
 
@@ -429,6 +443,7 @@ def _litellm_entry(name: str, entry: dict[str, object], base: Catalogue, today: 
         status=known.status if known else "current",
         reasoning=bool(entry.get("supports_reasoning")) or bool(known and known.reasoning),
         kind="embedding" if entry.get("mode") == "embedding" else "chat",
+        fine_tuned=is_fine_tune(model),
     )
 
 

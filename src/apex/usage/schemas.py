@@ -180,6 +180,7 @@ class PriceOut(BaseModel):
     status: str
     reasoning: bool
     kind: str
+    fine_tuned: bool
     aliases: list[str]
     overridden: bool
 

@@ -16,7 +16,14 @@ from apex.kit.db import call_after_commit, call_after_rollback
 from apex.kit.errors import NotFound, ValidationFailed
 from apex.kit.ids import new_ids
 from apex.usage.models import CostSource, PriceOverride, nanos_to_usd, usd_to_nanos
-from apex.usage.pricing import Catalogue, ModelPrice, Tokens, cost_of, default_catalogue
+from apex.usage.pricing import (
+    Catalogue,
+    ModelPrice,
+    Tokens,
+    cost_of,
+    default_catalogue,
+    is_fine_tune,
+)
 from apex.usage.quota import RecordQuota
 from apex.usage.repository import PriceOverrideRepository, UsageRepository
 from apex.usage.rollups import Meter, MeterRepository, RollupRepository, SpendRepository
@@ -297,6 +304,7 @@ def _model_price(provider: str, model: str, body: PriceIn, today: date) -> Model
         batch_discount=body.batch_discount,
         price_date=today,
         source=body.source,
+        fine_tuned=is_fine_tune(model),
     )
 
 

@@ -418,7 +418,8 @@ def _model_right_sizing(analysis: Analysis, slice_: Slice) -> Recommendation | N
     provider that meets the workload's observed needs; the runner-up is named."""
     calls, tokens = slice_.calls, slice_.tokens
     if (
-        calls < RIGHT_SIZING_MIN_CALLS
+        slice_.price.fine_tuned  # what it was tuned for is not in another model
+        or calls < RIGHT_SIZING_MIN_CALLS
         or tokens.prompt > RIGHT_SIZING_MAX_AVG_PROMPT * calls
         or tokens.completion > RIGHT_SIZING_MAX_AVG_OUTPUT * calls
     ):

@@ -179,6 +179,58 @@ def test_rest_batches_are_idempotent_and_keep_good_records(
     assert _sum_and_count(postgres, database)[0] == 14
 
 
+def test_fine_tunes_are_priced_at_their_base_models_fine_tuned_rates(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    server = start_apex(database_url, redis_server.url)
+    database = database_name(database_url)
+    tuned = {"provider": "openai", "cached_input_tokens": 0, "reasoning_tokens": 0}
+    with server.client() as client:
+        headers = bearer(signup(client))
+        batch = [
+            # A fine-tune of gpt-4o-mini: $0.30 in, $1.20 out per million tokens (OpenAI's
+            # fine-tuned rates; the base model costs half): 1,000 x 0.30 + 100 x 1.20
+            # = 0.0003 + 0.00012 = $0.00042.
+            _record(1, model="ft:gpt-4o-mini-2024-07-18:acme:support-bot:9xYzAbC1", **tuned),
+            # A fine-tune of a model with no published fine-tuned rate: kept, unpriced.
+            _record(2, model="ft:davinci-002:acme::B2c3", **tuned),
+        ]
+        answer = client.post("/api/v1/usage/events", headers=headers, json={"records": batch})
+        assert answer.status_code == 200, answer.text
+        first, second = answer.json()["results"]
+        assert (first["status"], first["warnings"]) == ("accepted", [])
+        assert second["status"] == "accepted"
+        (warning,) = second["warnings"]
+        assert (
+            "PUT /api/v1/pricing/openai/ft:davinci-002, for all its fine-tunes"
+            in (warning["reason"])
+        )
+        # One negotiated price for the base covers every fine-tune of it:
+        # 1,000 x $2.00 + 100 x $4.00 per million = 0.002 + 0.0004 = $0.0024.
+        priced = client.put(
+            "/api/v1/pricing/openai/ft:davinci-002",
+            headers=headers,
+            json={"input": "2.00", "output": "4.00"},
+        )
+        assert priced.status_code == 200, priced.text
+        assert priced.json()["fine_tuned"] is True
+        later = _record(3, model="ft:davinci-002:acme:other-job:Q9", **tuned)
+        again = client.post("/api/v1/usage/events", headers=headers, json={"records": [later]})
+        assert again.json()["results"][0]["warnings"] == []
+    costs = postgres.sql(
+        "SELECT record_id, cost_nanos, cost_source FROM usage_records ORDER BY record_id",
+        database,
+    ).splitlines()
+    assert costs == [
+        "call-1|420000|catalogue",
+        "call-2|0|unpriced",
+        "call-3|2400000|catalogue",
+    ]
+
+
 def test_cli_ingest_resumes_after_kill_and_counts_each_record_once(
     postgres: PostgresCluster,
     database_url: str,

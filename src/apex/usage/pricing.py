@@ -171,14 +171,19 @@ def is_fine_tune(model: str) -> bool:
     return model.lower().startswith("ft:")
 
 
+def fine_tune_base(model: str) -> str | None:
+    """`ft:BASE` of a fine-tune's name, the catalogue entry pricing every fine-tune of BASE."""
+    return "ft:" + model[3:].split(":", 1)[0] if is_fine_tune(model) else None
+
+
 def _spellings(provider: str, model: str) -> Iterator[tuple[str, str]]:
     """The (provider, model) pairs a logged name may stand for, most literal first."""
     provider = PROVIDER_ALIASES.get(provider.lower(), provider.lower())
     model = model.strip()
     yield provider, model
     name = model
-    if is_fine_tune(name):  # priced at its base model's fine-tuned rates
-        yield provider, "ft:" + name[3:].split(":", 1)[0]
+    if tuned := fine_tune_base(name):  # priced at its base model's fine-tuned rates
+        yield provider, tuned
         return
     if resource := _RESOURCE_NAME.match(name):  # Gemini API and Vertex resource names
         yield from _spellings(resource["vendor"] or provider, resource["model"])

@@ -22,6 +22,7 @@ from apex.usage.pricing import (
     Tokens,
     cost_of,
     default_catalogue,
+    fine_tune_base,
     is_fine_tune,
 )
 from apex.usage.quota import RecordQuota
@@ -123,11 +124,14 @@ def _rejected(index: int, raw: Any, problems: list[FieldProblem]) -> RecordResul
 
 
 def _unpriced_warning(record: UsageRecordIn) -> FieldProblem:
+    where = "PUT /api/v1/pricing/{provider}/{model}"
+    if base := fine_tune_base(record.model):  # one price covers every fine-tune of the base
+        where = f"PUT /api/v1/pricing/{echo(record.provider)}/{echo(base)}, for all its fine-tunes"
     return FieldProblem(
         field="model",
         reason=f"{echo(record.provider)}/{echo(record.model)} is not in the pricing catalogue: "
         "stored unpriced and left out of the analyses until it has a price (send cost_usd, "
-        "or set one with PUT /api/v1/pricing/{provider}/{model})",
+        f"or set one with {where})",
     )
 
 

@@ -101,9 +101,9 @@ def serve(
         proxy_headers=True,
         lifespan="on",
         timeout_graceful_shutdown=10,
-        # WebSocket heartbeat: a ping every 30 s; a peer silent 30 s more is dropped.
-        ws_ping_interval=30.0,
-        ws_ping_timeout=30.0,
+        # WebSocket heartbeat: a ping every 30 s (default); a peer silent 30 s more is dropped.
+        ws_ping_interval=settings.websocket_ping_seconds,
+        ws_ping_timeout=settings.websocket_ping_seconds,
         ws_max_size=64 * 1024,  # the gateway's frame limit (realtime.protocol.MAX_FRAME_BYTES)
         ws_per_message_deflate=settings.websocket_compression,
     )

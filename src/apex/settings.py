@@ -248,6 +248,13 @@ class Settings(BaseSettings):
         "each connection would compress every frame again, for frames of a few hundred bytes "
         "(the fan-out's largest cost, and ~40 KiB of zlib state a connection).",
     )
+    websocket_ping_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="WebSocket heartbeat: a ping this often; a peer that has not answered "
+        "this long after it is dropped (30: dead at 60 s).",
+    )
     usage_maintenance_seconds: float = Field(
         default=3600.0,
         gt=0,

@@ -18,8 +18,10 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.harness import ApexServer, RedisServer
+from tests.harness import ApexServer, PostgresCluster, RedisServer
 from tests.harness.procs import wait_until
+from tests.integration.critical.conftest import database_name
+from tests.integration.critical.test_realtime import account, new_thread, open_session, switch
 
 SECURITY_HEADERS = {
     "strict-transport-security",
@@ -136,6 +138,49 @@ def test_a_websocket_frame_over_64_kib_is_refused_and_frames_go_uncompressed(
     assert (extensions, code) == (None, 1009)
     extensions, code = asyncio.run(scenario(compressing))
     assert (str(extensions).split(";")[0], code) == ("permessage-deflate", 1009)
+
+
+def test_a_burst_that_outlasts_the_heartbeat_keeps_its_connection(
+    postgres: PostgresCluster,
+    database_url: str,
+    redis_server: RedisServer,
+    start_apex: Callable[..., ApexServer],
+) -> None:
+    """500 messages sent at once take the server longer to store than its heartbeat (a ping
+    every 0.5 s, dead 0.5 s later): the answer to its ping, behind them on the wire, is read
+    at once, so the connection stays; every message is stored and echoed, in order."""
+    apex = start_apex(database_url, redis_server.url, websocket_ping_seconds="0.5")
+    owner = account(apex)
+    burst = 500
+
+    async def scenario() -> tuple[str, list[str], float]:
+        ws = await open_session(apex, owner["access_token"], keepalive=False)
+        thread_id = await new_thread(ws)
+        await switch(ws, thread_id)
+        started = time.monotonic()
+        for n in range(burst):
+            payload = {"thread_id": thread_id, "content": f"message {n}", "start_agent": False}
+            await ws.send(json.dumps({"type": "user_message", "id": f"m{n}", "payload": payload}))
+        echoed: list[str] = []
+        async with asyncio.timeout(300):
+            while len(echoed) < burst:
+                frame = json.loads(await ws.recv())  # ConnectionClosed here: dropped as dead
+                assert frame["type"] not in ("error", "rate_limited"), frame
+                if frame["type"] == "thread_message":
+                    echoed.append(frame["payload"]["message"]["content"])
+        took = time.monotonic() - started
+        await ws.close()
+        return thread_id, echoed, took
+
+    thread_id, echoed, took = asyncio.run(scenario())
+    assert echoed == [f"message {n}" for n in range(burst)]
+    assert took > 1.0, "the burst did not outlast the heartbeat: the test proves nothing"
+    stored = postgres.sql(
+        f"SELECT count(*) FROM messages WHERE thread_id = '{thread_id}'",  # noqa: S608
+        database_name(database_url),
+    )
+    assert int(stored) == burst
+    print(f"\nburst of {burst}: stored and echoed in {took:.1f}s (heartbeat 0.5 + 0.5 s)")
 
 
 def test_a_body_that_does_not_arrive_in_time_is_refused(server: ApexServer) -> None:

@@ -39,6 +39,9 @@ router = APIRouter()
 
 REVALIDATE_SECONDS = 60.0  # the token is checked again (expiry, denylist) at least this often
 UNCOUNTED = frozenset({"auth"})  # every other frame counts against the plan's limit
+# Frames read ahead of their handling, per connection: a burst of a full minute's messages
+# on the largest plan (1,000 of a few hundred bytes) fits; a flood of large frames does not.
+INBOX_BYTES = 512 * 1024
 INSTANCE = f"{socket.gethostname()}:{os.getpid()}"  # which `apex serve` holds a connection
 
 
@@ -222,43 +225,86 @@ async def _revalidate(connection: Connection) -> None:
             return
 
 
+class _Inbox:
+    """The frames a connection has sent and the gateway has not handled yet, at most
+    `limit` bytes of them: past that, reading stops until the handling catches up."""
+
+    def __init__(self, limit: int) -> None:
+        self.frames: asyncio.Queue[str | None] = asyncio.Queue()  # None: the peer left
+        self.limit = limit
+        self.size = 0
+        self.has_room = asyncio.Event()
+        self.has_room.set()
+
+    def put(self, text: str | None) -> None:
+        self.size += len(text or "")
+        if self.size >= self.limit:
+            self.has_room.clear()
+        self.frames.put_nowait(text)
+
+    async def get(self) -> str | None:
+        text = await self.frames.get()
+        self.size -= len(text or "")
+        if self.size < self.limit:
+            self.has_room.set()
+        return text
+
+
 async def _receive_all(connection: Connection) -> None:
-    websocket = connection.websocket
-    while not connection.closed.is_set():
-        try:
-            text = await websocket.receive_text()
-        except WebSocketDisconnect:
-            return
-        if len(text) > protocol.MAX_FRAME_BYTES:
-            limit = f"frames are limited to {protocol.MAX_FRAME_BYTES:,} bytes"
-            connection.reply(_error(connection, "frame", limit, None))
-            continue
-        try:
-            frame = ClientFrame.model_validate_json(text)
-        except ValidationError as exc:
-            connection.reply(_error(connection, _field(exc), _reason(exc), None))
-            continue
-        if frame.type not in UNCOUNTED and not await within_rate(connection, frame):
-            continue
-        handler = HANDLERS.get(frame.type)
-        if handler is None:
-            connection.reply(
-                _error(connection, "type", f"{frame.type} is not supported yet", frame.id)
-            )
-            continue
-        try:
-            await _handle_traced(connection, frame, handler)
-        except ValidationError as exc:
-            reason = _reason(exc)
-            connection.reply(_error(connection, _field(exc, "payload."), reason, frame.id))
-        except ApexError as exc:
-            field_name = str(exc.extra.get("field", "payload"))
-            connection.reply(_error(connection, field_name, exc.detail, frame.id))
-        except Exception:  # a bug, or a dependency failing in a way nobody mapped
-            log.exception("websocket_frame_failed", type=frame.type)
-            reason = "An unexpected error occurred; it has been logged. Reconnect and resume."
-            connection.reply(_error(connection, "type", reason, frame.id))
-            connection.close(protocol.SERVER_ERROR, "server error")
+    """Read the connection's frames as they arrive and handle them one at a time, in order.
+    Reading runs ahead of the handling (up to INBOX_BYTES): the server sees the client's
+    heartbeat pong at once, not after the burst of messages sent before it is stored, which
+    on a busy server can take longer than the heartbeat's timeout. Frames read before the
+    peer left are still handled."""
+    inbox = _Inbox(INBOX_BYTES)
+    handling = asyncio.create_task(_handle_all(connection, inbox))
+    try:
+        while not connection.closed.is_set() and not handling.done():
+            await inbox.has_room.wait()
+            try:
+                inbox.put(await connection.websocket.receive_text())
+            except WebSocketDisconnect:
+                break
+        inbox.put(None)
+        await handling
+    finally:
+        handling.cancel()
+
+
+async def _handle_all(connection: Connection, inbox: _Inbox) -> None:
+    while (text := await inbox.get()) is not None and not connection.closed.is_set():
+        await _handle_text(connection, text)
+
+
+async def _handle_text(connection: Connection, text: str) -> None:
+    if len(text) > protocol.MAX_FRAME_BYTES:
+        limit = f"frames are limited to {protocol.MAX_FRAME_BYTES:,} bytes"
+        connection.reply(_error(connection, "frame", limit, None))
+        return
+    try:
+        frame = ClientFrame.model_validate_json(text)
+    except ValidationError as exc:
+        connection.reply(_error(connection, _field(exc), _reason(exc), None))
+        return
+    if frame.type not in UNCOUNTED and not await within_rate(connection, frame):
+        return
+    handler = HANDLERS.get(frame.type)
+    if handler is None:
+        connection.reply(_error(connection, "type", f"{frame.type} is not supported yet", frame.id))
+        return
+    try:
+        await _handle_traced(connection, frame, handler)
+    except ValidationError as exc:
+        reason = _reason(exc)
+        connection.reply(_error(connection, _field(exc, "payload."), reason, frame.id))
+    except ApexError as exc:
+        field_name = str(exc.extra.get("field", "payload"))
+        connection.reply(_error(connection, field_name, exc.detail, frame.id))
+    except Exception:  # a bug, or a dependency failing in a way nobody mapped
+        log.exception("websocket_frame_failed", type=frame.type)
+        reason = "An unexpected error occurred; it has been logged. Reconnect and resume."
+        connection.reply(_error(connection, "type", reason, frame.id))
+        connection.close(protocol.SERVER_ERROR, "server error")
 
 
 async def _handle_traced(

@@ -69,8 +69,8 @@ async def open_session(
     server: ApexServer, token: str, *, keepalive: bool = True
 ) -> ClientConnection:
     """An authenticated connection. `keepalive=False` for a client that sends faster than the
-    server handles: the server reads its frames in order (TCP backpressure), so the client's
-    own pings wait behind its backlog and would time out the client, not the server."""
+    server handles: past the 512 KiB the server reads ahead of its handling, the client's
+    own pings wait behind its backlog (TCP backpressure) and would time out the client."""
     # Without keepalive the client may also not read for long (a publisher ignoring its
     # acks): an unbounded receive queue keeps its reader answering the server's pings.
     ws = await connect(

@@ -255,20 +255,31 @@ async def _receive_all(connection: Connection) -> None:
     Reading runs ahead of the handling (up to INBOX_BYTES): the server sees the client's
     heartbeat pong at once, not after the burst of messages sent before it is stored, which
     on a busy server can take longer than the heartbeat's timeout. Frames read before the
-    peer left are still handled."""
+    peer left are still handled; a handling that fails ends the connection, as it did when
+    reading waited for it."""
     inbox = _Inbox(INBOX_BYTES)
     handling = asyncio.create_task(_handle_all(connection, inbox))
+    reading = asyncio.create_task(_read_all(connection, inbox))
     try:
-        while not connection.closed.is_set() and not handling.done():
-            await inbox.has_room.wait()
-            try:
-                inbox.put(await connection.websocket.receive_text())
-            except WebSocketDisconnect:
-                break
-        inbox.put(None)
-        await handling
+        await asyncio.wait({handling, reading}, return_when=asyncio.FIRST_COMPLETED)
+        if handling.done():  # the connection was closed, or a handler failed unexpectedly
+            handling.result()
+            return
+        await reading  # the peer left (or reading failed: raised here)
+        await handling  # what it sent before leaving
     finally:
+        reading.cancel()
         handling.cancel()
+
+
+async def _read_all(connection: Connection, inbox: _Inbox) -> None:
+    while True:
+        await inbox.has_room.wait()
+        try:
+            inbox.put(await connection.websocket.receive_text())
+        except WebSocketDisconnect:
+            inbox.put(None)
+            return
 
 
 async def _handle_all(connection: Connection, inbox: _Inbox) -> None:

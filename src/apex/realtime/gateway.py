@@ -39,8 +39,9 @@ router = APIRouter()
 
 REVALIDATE_SECONDS = 60.0  # the token is checked again (expiry, denylist) at least this often
 UNCOUNTED = frozenset({"auth"})  # every other frame counts against the plan's limit
-# Frames read ahead of their handling, per connection: a burst of a full minute's messages
-# on the largest plan (1,000 of a few hundred bytes) fits; a flood of large frames does not.
+# Frames read ahead of their handling, per connection, counted in characters of their text
+# (ASCII: bytes; at most 4 bytes each otherwise): a burst of a full minute's messages on the
+# largest plan (1,000 of a few hundred characters) fits; a flood of large frames does not.
 INBOX_BYTES = 512 * 1024
 INSTANCE = f"{socket.gethostname()}:{os.getpid()}"  # which `apex serve` holds a connection
 
@@ -227,7 +228,7 @@ async def _revalidate(connection: Connection) -> None:
 
 class _Inbox:
     """The frames a connection has sent and the gateway has not handled yet, at most
-    `limit` bytes of them: past that, reading stops until the handling catches up."""
+    `limit` characters of them: past that, reading stops until the handling catches up."""
 
     def __init__(self, limit: int) -> None:
         self.frames: asyncio.Queue[str | None] = asyncio.Queue()  # None: the peer left

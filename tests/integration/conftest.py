@@ -7,16 +7,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 
 from apex.app import create_app
 from apex.kit.clock import Clock
+from apex.kit.db import Database
 from apex.settings import Settings
 from tests.harness import ApexServer, ApexWorker, HarnessError, PostgresCluster, RedisServer
 from tests.harness.payments import PaymentsServer
@@ -158,6 +162,26 @@ async def in_process_app(data_dir: Path, clock: Clock, **settings: Any) -> Async
     )
     async with application.router.lifespan_context(application):
         yield application
+
+
+def row_id(db: Database, value: uuid.UUID) -> uuid.UUID | str:
+    """A UUID as a raw SQL parameter of `db`'s backend (SQLite stores them as hex text)."""
+    return value.hex if db.backend == "sqlite" else value
+
+
+async def insert_organization(db: Database, name: str, tier: str, now: datetime) -> uuid.UUID:
+    """A new organisation, inserted in SQL (for tests that call the services directly)."""
+    organization_id = uuid.uuid4()
+    async with db.unit_of_work() as session:
+        await session.execute(
+            text(
+                "INSERT INTO organizations (id, name, slug, tier, created_at, updated_at) "
+                "VALUES (:id, :name, :slug, :tier, :now, :now)"
+            ),
+            {"id": row_id(db, organization_id), "name": name, "slug": organization_id.hex,
+             "tier": tier, "now": now},
+        )  # fmt: skip
+    return organization_id
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -28,6 +28,7 @@ from apex.usage.rollups import MeterRepository, SpendRepository
 from apex.usage.spend import Window
 from tests.harness import ApexWorker, PostgresCluster, RedisServer
 from tests.harness.procs import wait_until
+from tests.integration.conftest import insert_organization
 from tests.integration.critical.conftest import database_name
 from tests.integration.test_usage_rollups import assert_same, record
 from tests.unit.records import Call, aggregate
@@ -66,17 +67,7 @@ FREE_AFTER_DROPPED = {(2026, 12)}
 
 
 async def organization(db: Database, tier: str) -> uuid.UUID:
-    org = uuid.uuid4()
-    async with db.unit_of_work() as session:
-        await session.execute(
-            text(
-                "INSERT INTO organizations (id, name, slug, tier, created_at, updated_at) "
-                "VALUES (:id, 'Retention', :slug, :tier, :now, :now)"
-            ),
-            {"id": org.hex if db.backend == "sqlite" else org, "slug": org.hex,
-             "tier": tier, "now": NOW},
-        )  # fmt: skip
-    return org
+    return await insert_organization(db, "Retention", tier, NOW)
 
 
 async def set_tier(db: Database, org: uuid.UUID, tier: str) -> None:

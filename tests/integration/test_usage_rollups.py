@@ -21,7 +21,6 @@ from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import text
 
 from apex.kit.db import Database
 from apex.migrations import runner
@@ -30,6 +29,7 @@ from apex.usage import service
 from apex.usage.pricing import default_catalogue
 from apex.usage.rollups import MeterRepository, RollupRepository, SpendRepository
 from apex.usage.spend import SpendData, Window
+from tests.integration.conftest import insert_organization
 from tests.unit.records import Call, aggregate, costed
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
@@ -116,16 +116,7 @@ def assert_same(got: SpendData, want: SpendData) -> None:
 
 
 async def new_organization(db: Database) -> uuid.UUID:
-    org = uuid.uuid4()
-    async with db.unit_of_work() as session:
-        await session.execute(
-            text(
-                "INSERT INTO organizations (id, name, slug, tier, created_at, updated_at) "
-                "VALUES (:id, 'Rollups', :slug, 'mid', :now, :now)"
-            ),
-            {"id": org.hex if db.backend == "sqlite" else org, "slug": org.hex, "now": START},
-        )
-    return org
+    return await insert_organization(db, "Rollups", "mid", START)
 
 
 async def ingest_batches(

@@ -34,6 +34,7 @@ MESSAGES = 100
 # throughput, its latency is queueing), then a pace every server keeps up with (latency).
 INTERVALS = (0.005, 0.050)
 LIMITER_CALLS = 2_000
+ROUND_TRIPS = 300  # one at a time, for a chat message's latency with the machine at rest
 ROUNDS = 5
 
 
@@ -145,6 +146,43 @@ async def apex_run(servers: list[ApexServer], token: str) -> tuple[list[Run], fl
     return runs, per_connection
 
 
+async def round_trips(url: str, token: str) -> dict[str, list[float]]:
+    """One message at a time on an idle instance: `user_message` until the thread's other
+    follower receives it (stored in PostgreSQL, appended to the channel, relayed by Pub/Sub),
+    against `ping` until its `pong` (the gateway's own round trip, the floor)."""
+    publisher = await connect(url, subprotocols=[f"bearer.{token}"])  # type: ignore[list-item]
+    follower = await connect(url, subprotocols=[f"bearer.{token}"])  # type: ignore[list-item]
+    for ws in (publisher, follower):
+        await ws.recv()  # connection_established
+    await publisher.send(json.dumps({"type": "create_thread", "payload": {}}))
+    thread_id = json.loads(await publisher.recv())["payload"]["thread"]["id"]
+    await follower.send(json.dumps({"type": "switch_thread", "payload": {"thread_id": thread_id}}))
+    await follower.recv()  # thread_switched
+    taken: dict[str, list[float]] = {"user_message": [], "ping": []}
+    for n in range(ROUND_TRIPS):
+        payload = {"thread_id": thread_id, "content": f"rt{n}", "start_agent": False}
+        started = time.perf_counter()
+        await publisher.send(json.dumps({"type": "user_message", "payload": payload}))
+        while f'"content": "rt{n}"' not in str(await follower.recv()):
+            pass
+        taken["user_message"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        await publisher.send(json.dumps({"type": "ping", "id": f"p{n}", "payload": {}}))
+        while f'"reply_to": "p{n}"' not in str(await publisher.recv()):
+            pass
+        taken["ping"].append(time.perf_counter() - started)
+        await asyncio.sleep(0.01)
+    await publisher.close()
+    await follower.close()
+    return taken
+
+
+def percentiles_ms(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return statistics.median(ordered) * 1000, p99 * 1000
+
+
 async def bare_run(port: int, compression: str) -> list[Run]:
     wire = "permessage-deflate" if compression == "deflate" else "uncompressed"
     runs = runs_of(f"bare `websockets` broadcast, 1 process, {wire}")
@@ -225,6 +263,7 @@ def test_websocket_fan_out(
     servers = [start_apex(database_url, redis_server.url) for _ in range(3)]
     with servers[0].client() as client:
         token = bearer(signup(client))["Authorization"].removeprefix("Bearer ")
+    trips = asyncio.run(round_trips(servers[0].base_url.replace("http://", "ws://") + "/ws", token))
     apex, per_connection = asyncio.run(apex_run(servers, token))
     for server in servers:
         server.stop()
@@ -267,6 +306,7 @@ def test_websocket_fan_out(
     lines += [f"| {name} | {every:.0f} | {p50:.1f} | {p99:.1f} | {rate:,.0f} | {count:,} |"
               for name, every, p50, p99, rate, count in [*burst, *paced]]  # fmt: skip
     rate = [row[4] for row in burst]
+    (message_p50, message_p99), (ping_p50, ping_p99) = map(percentiles_ms, trips.values())
     write_section(
         "realtime",
         "WebSocket fan-out: Apex vs a bare `websockets` broadcast and python-socketio",
@@ -286,6 +326,11 @@ def test_websocket_fan_out(
         f"with deflate: {rate[0] / rate[2]:.2f}x; vs python-socketio: {rate[0] / rate[3]:.2f}x."
         " Memory per idle Apex connection (RSS growth of the\n"
         f"three instances / connections): {per_connection / 1024:.1f} KiB.\n\n"
+        f"A chat message, one at a time on an idle instance ({ROUND_TRIPS}): `user_message` "
+        "until the thread's other follower has it\n(stored in PostgreSQL, appended to the "
+        f"channel, relayed by Pub/Sub): p50 {message_p50:.2f} ms, p99 {message_p99:.2f} ms; "
+        f"`ping` until its `pong`\non the same connection (the gateway's floor): p50 "
+        f"{ping_p50:.2f} ms, p99 {ping_p99:.2f} ms.\n\n"
         f"Rate-limit decision (`FixedWindow.hit`, {ROUNDS * LIMITER_CALLS:,} sequential, in "
         f"rounds alternating with the raw call): "
         f"{apex_rate:,.0f}/s;\nraw `EVALSHA` of the same script: {raw_rate:,.0f}/s "

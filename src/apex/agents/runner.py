@@ -21,7 +21,6 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncSession
 
 import apex.models  # noqa: F401  (every table, so foreign keys between domains resolve)
 from apex.agents.budget import Budget
@@ -29,13 +28,13 @@ from apex.agents.events import RunEvents
 from apex.agents.limits import RunSlots
 from apex.agents.llm.base import BudgetExceeded
 from apex.agents.llm.resilience import LLMChain
-from apex.agents.models import STEPS, TERMINAL, AgentRun, AgentStep, RunStatus, StepStatus
+from apex.agents.models import STEPS, TERMINAL, AgentStep, RunStatus, StepStatus
 from apex.agents.pipeline import STEP_FUNCTIONS, RunCancelled, StepContext
 from apex.agents.repository import RunRepository, StepRepository
 from apex.agents.sandbox import AnalysisSandbox
 from apex.billing.plans import plan_for
-from apex.chat.models import Message, MessageRole
-from apex.chat.repository import MessageRepository
+from apex.chat import service as chat
+from apex.chat.models import MessageRole
 from apex.findings.service import record_findings
 from apex.identity.repository import OrganizationRepository
 from apex.kit.clock import Clock
@@ -266,23 +265,12 @@ async def _finish_step(
             run.finished_at = now
             run.report = output["report"]
             run.report_markdown = output["markdown"]
-            await _answer_in_thread(session, run, output["markdown"])
+            await chat.post_message(
+                session, organization_id=run.organization_id, thread_id=run.thread_id,
+                author_id=None, role=MessageRole.ASSISTANT, content=output["markdown"], now=now,
+            )  # fmt: skip
             await record_findings(session, run)
     return True
-
-
-async def _answer_in_thread(session: AsyncSession, run: AgentRun, markdown: str) -> None:
-    """The report is the assistant's answer to the question, in the run's thread."""
-    messages = MessageRepository(session)
-    await messages.add(
-        Message(
-            thread_id=run.thread_id,
-            organization_id=run.organization_id,
-            seq=await messages.next_seq(run.thread_id),
-            role=MessageRole.ASSISTANT.value,
-            content=markdown,
-        )
-    )
 
 
 async def _fail(

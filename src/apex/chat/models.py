@@ -27,6 +27,11 @@ class Thread(RecordModel):
         ForeignKey("users.id", ondelete="SET NULL"), index=True
     )
     title: Mapped[str] = mapped_column(String(200), default="New thread")
+    last_seq: Mapped[int] = mapped_column(
+        default=0,
+        server_default="0",
+        comment="seq of the thread's last message; a writer takes the next by raising it.",
+    )
 
 
 class Message(RecordModel):

@@ -2,11 +2,31 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, update
 
 from apex.chat.models import Message, Thread
 from apex.kit.repository import Repository
+from apex.kit.sql import greatest_of
+
+# Built once: constructing the statement cost more than running it (a chat message's hot path).
+_TAKE_NEXT_SEQ = (
+    update(Thread)
+    .where(Thread.id == bindparam("thread"), Thread.organization_id == bindparam("organization"))
+    .values(
+        last_seq=greatest_of(
+            Thread.last_seq,
+            select(func.coalesce(func.max(Message.seq), 0))
+            .where(Message.thread_id == Thread.id)
+            .scalar_subquery(),
+        )
+        + 1,
+        updated_at=bindparam("now"),
+    )
+    .returning(Thread.last_seq)
+    .execution_options(synchronize_session=False)
+)
 
 
 class ThreadRepository(Repository[Thread]):
@@ -29,21 +49,25 @@ class ThreadRepository(Repository[Thread]):
         )
         return (await self.session.scalars(statement)).all()
 
+    async def take_next_seq(
+        self, organization_id: uuid.UUID, thread_id: uuid.UUID, now: datetime
+    ) -> int | None:
+        """The seq of the organisation's thread's next message (None: no such thread), in
+        one statement. Raising `last_seq` locks the thread's row until the transaction
+        ends, so writers of one thread (people on several instances, a run's answer) take
+        turns instead of colliding on the unique (thread_id, seq) key: a writer that waited
+        reads the raised value. The thread's last stored message counts too, for messages
+        of writers that do not keep `last_seq` (the version before it, in a rolling
+        deploy; docs/migrations.md)."""
+        parameters = {"thread": thread_id, "organization": organization_id, "now": now}
+        seq: int | None = (
+            await self.session.execute(_TAKE_NEXT_SEQ, parameters)
+        ).scalar_one_or_none()
+        return seq
+
 
 class MessageRepository(Repository[Message]):
     model = Message
-
-    async def next_seq(self, thread_id: uuid.UUID) -> int:
-        """The seq of the thread's next message. The thread's row is locked until the
-        transaction ends, so writers of one thread (people on several instances, a run's
-        answer) take turns instead of colliding on the unique (thread_id, seq) key."""
-        await self.session.execute(
-            select(Thread.id).where(Thread.id == thread_id).with_for_update()
-        )
-        last = await self.session.scalar(
-            select(func.max(Message.seq)).where(Message.thread_id == thread_id)
-        )
-        return int(last or 0) + 1
 
     async def history(
         self, thread_id: uuid.UUID, before_seq: int | None, limit: int

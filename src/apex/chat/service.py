@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,7 +22,9 @@ async def start_thread(
 ) -> tuple[Thread, Message]:
     """A new thread of the organisation with its first message (seq 1)."""
     thread = await ThreadRepository(session).add(
-        Thread(organization_id=organization_id, created_by_id=created_by_id, title=title)
+        Thread(
+            organization_id=organization_id, created_by_id=created_by_id, title=title, last_seq=1
+        )
     )
     message = await MessageRepository(session).add(
         Message(
@@ -54,23 +57,34 @@ async def thread_of(
     return thread
 
 
-async def add_user_message(
-    session: AsyncSession, thread: Thread, author_id: uuid.UUID, content: str
+async def post_message(
+    session: AsyncSession,
+    *,
+    organization_id: uuid.UUID,
+    thread_id: uuid.UUID,
+    author_id: uuid.UUID | None,
+    role: MessageRole,
+    content: str,
+    now: datetime,
 ) -> Message:
-    """The next message of the thread (`next_seq` serialises the thread's writers)."""
-    repository = MessageRepository(session)
-    message = await repository.add(
+    """The next message of the organisation's thread; another organisation's thread is as
+    unknown as a missing one. Two statements: taking the seq (which serialises the
+    thread's writers and stamps the thread's `updated_at`), then the insert."""
+    seq = await ThreadRepository(session).take_next_seq(organization_id, thread_id, now)
+    if seq is None:
+        raise NotFound("No thread with this id.")
+    return await MessageRepository(session).add(
         Message(
-            thread_id=thread.id,
-            organization_id=thread.organization_id,
+            thread_id=thread_id,
+            organization_id=organization_id,
             author_id=author_id,
-            seq=await repository.next_seq(thread.id),
-            role=MessageRole.USER.value,
+            seq=seq,
+            role=role.value,
             content=content,
+            created_at=now,
+            updated_at=now,
         )
     )
-    thread.updated_at = message.created_at
-    return message
 
 
 THREADS_LISTED = 100

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import func, select
 
 from apex.kit.db import dialect_insert
+from apex.kit.sql import utc_day, utc_hour
 from apex.observability.models import TelemetryPoint
-from apex.usage.rollups import utc_day, utc_hour
 
 
 class TelemetryRepository:

@@ -12,7 +12,7 @@ from apex.agents.schemas import RunIn
 from apex.billing.feed import REVENUE_CHANNEL
 from apex.billing.plans import plan_for
 from apex.chat import service as chat
-from apex.chat.models import Message, Thread
+from apex.chat.models import Message, MessageRole, Thread
 from apex.identity.policy import allows
 from apex.identity.service import is_operator, organization_view, role_in
 from apex.kit.channels import envelope, thread_channel, user_channel
@@ -177,7 +177,7 @@ async def _rename_thread(connection: Connection, frame: ClientFrame) -> None:
     async with state.database.unit_of_work() as session:
         thread = await chat.thread_of(session, connection.organization_id, wanted.thread_id)
         thread.title = wanted.title
-    await _publish_thread(connection, thread, "thread_renamed", {"thread": _thread_out(thread)})
+    await _publish_thread(connection, thread.id, "thread_renamed", {"thread": _thread_out(thread)})
 
 
 async def _delete_thread(connection: Connection, frame: ClientFrame) -> None:
@@ -187,7 +187,7 @@ async def _delete_thread(connection: Connection, frame: ClientFrame) -> None:
     async with state.database.unit_of_work() as session:
         thread = await chat.thread_of(session, connection.organization_id, wanted.thread_id)
         await chat.delete_thread(session, thread)
-    await _publish_thread(connection, thread, "thread_deleted", {"thread_id": str(thread.id)})
+    await _publish_thread(connection, thread.id, "thread_deleted", {"thread_id": str(thread.id)})
 
 
 async def _user_message(connection: Connection, frame: ClientFrame) -> None:
@@ -196,21 +196,23 @@ async def _user_message(connection: Connection, frame: ClientFrame) -> None:
     A run the plan refuses (too many at once, or today) is an `error`; the message stays."""
     wanted = UserMessageIn.model_validate(frame.payload)
     await _require(connection, "agents:run" if wanted.start_agent else "threads:write")
-    thread, message = await _store_message(connection, wanted)
+    message = await _store_message(connection, wanted)
     await _publish_thread(
-        connection, thread, "thread_message", {"message": _message_out(message),
-                                               "client_id": frame.id},
+        connection, message.thread_id, "thread_message", {"message": _message_out(message),
+                                                          "client_id": frame.id},
     )  # fmt: skip
     if wanted.start_agent:
-        await _start_run(connection, frame, thread.id, wanted.content)
+        await _start_run(connection, frame, message.thread_id, wanted.content)
 
 
-async def _store_message(connection: Connection, wanted: UserMessageIn) -> tuple[Thread, Message]:
+async def _store_message(connection: Connection, wanted: UserMessageIn) -> Message:
     state = connection.websocket.app.state
     async with state.database.unit_of_work() as session:
-        thread = await chat.thread_of(session, connection.organization_id, wanted.thread_id)
-        message = await chat.add_user_message(session, thread, connection.user_id, wanted.content)
-    return thread, message
+        return await chat.post_message(
+            session, organization_id=connection.organization_id, thread_id=wanted.thread_id,
+            author_id=connection.user_id, role=MessageRole.USER, content=wanted.content,
+            now=state.clock.now(),
+        )  # fmt: skip
 
 
 async def _start_agent(connection: Connection, frame: ClientFrame) -> None:
@@ -262,11 +264,11 @@ async def _require(connection: Connection, permission: str) -> None:
 
 
 async def _publish_thread(
-    connection: Connection, thread: Thread, kind: str, payload: dict[str, Any]
+    connection: Connection, thread_id: uuid.UUID, kind: str, payload: dict[str, Any]
 ) -> None:
     state = connection.websocket.app.state
-    frame = envelope(kind, payload, state.clock.now(), thread_id=str(thread.id))
-    await state.channels.publish(thread_channel(thread.id), frame)
+    frame = envelope(kind, payload, state.clock.now(), thread_id=str(thread_id))
+    await state.channels.publish(thread_channel(thread_id), frame)
 
 
 HANDLERS = {

@@ -21,7 +21,11 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # A constant default: PostgreSQL stores it in the catalogue, no table rewrite.
+    # A constant default: PostgreSQL stores it in the catalogue, no table rewrite. The
+    # ALTER's lock is brief, but queued behind a long transaction on a thread it would stop
+    # every chat message: give up after 5 s instead (the revision is simply run again).
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("SET LOCAL lock_timeout = '5s'")
     with op.batch_alter_table("threads", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column(

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from apex.chat import service as chat
 from apex.chat.models import MessageRole
 from apex.kit.db import Database
-from apex.kit.errors import NotFound
+from apex.kit.errors import Conflict, NotFound
 from apex.migrations import runner
 from apex.settings import Settings
 from tests.integration.conftest import insert_organization, row_id
@@ -140,3 +140,50 @@ def test_another_organisations_thread_is_not_found_and_keeps_its_messages(
         assert (await _thread_row(db, thread_id))[0] == 1
 
     _run(empty_database, scenario)
+
+
+async def _until_a_statement_waits_for_a_lock(db: Database) -> None:
+    async with asyncio.timeout(20):
+        while True:
+            async with db.unit_of_work() as session:
+                waiting = await session.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND datname = current_database()"
+                    )
+                )
+            if waiting:
+                return
+            await asyncio.sleep(0.05)
+
+
+def test_a_message_racing_the_previous_version_is_refused_whole_then_goes_through(
+    database_url: str,
+) -> None:
+    """The case docs/migrations.md leaves open: the previous version locks the thread and
+    stores seq 2 without raising `last_seq`; a message of this version waiting on that lock
+    reads the messages as they were when it started, takes seq 2 too and is refused by the
+    unique key, storing nothing; sent again, it is seq 3."""
+
+    async def scenario(db: Database) -> None:
+        organization_id, thread_id = await _organization_with_thread(db)
+        async with db.unit_of_work() as previous_version:
+            await previous_version.execute(
+                text("SELECT id FROM threads WHERE id = :t FOR UPDATE"), {"t": thread_id}
+            )
+            waiting = asyncio.create_task(_post(db, organization_id, thread_id, "new", NOW))
+            await _until_a_statement_waits_for_a_lock(db)
+            await previous_version.execute(
+                text(
+                    "INSERT INTO messages (id, thread_id, organization_id, seq, role, content, "
+                    "created_at, updated_at) VALUES (:id, :t, :o, 2, 'user', 'old', :now, :now)"
+                ),
+                {"id": uuid.uuid4(), "t": thread_id, "o": organization_id, "now": NOW},
+            )
+        with pytest.raises(Conflict):
+            await waiting
+        assert await _seqs(db, thread_id) == [(1, "welcome"), (2, "old")]
+        assert await _post(db, organization_id, thread_id, "new", NOW) == 3
+        assert await _seqs(db, thread_id) == [(1, "welcome"), (2, "old"), (3, "new")]
+
+    _run(database_url, scenario)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -69,14 +70,14 @@ async def _post(
         return message.seq
 
 
-def _run(database_url: str, scenario: object) -> None:
+def _run(database_url: str, scenario: Callable[[Database], Awaitable[None]]) -> None:
     config = Settings(database_url=database_url, environment="test")
     runner.upgrade(config)
 
     async def in_one_loop() -> None:  # the pool's connections belong to this event loop
         db = Database(config)
         try:
-            await scenario(db)  # type: ignore[operator]
+            await scenario(db)
         finally:
             await db.dispose()
 

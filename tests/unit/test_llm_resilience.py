@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 from tenacity import RetryCallState
 
 from apex.agents.budget import Budget
-from apex.agents.llm.base import BudgetExceeded, LLMRequest, LLMResponse, LLMUnavailable
-from apex.agents.llm.resilience import CircuitBreaker, RetryPolicy
+from apex.agents.llm.base import (
+    BudgetExceeded,
+    LLMRejected,
+    LLMRequest,
+    LLMResponse,
+    LLMUnavailable,
+)
+from apex.agents.llm.resilience import CircuitBreaker, LLMChain, RetryPolicy
 from apex.kit.clock import FrozenClock
 from apex.usage.pricing import Tokens, default_catalogue
 
@@ -70,3 +79,59 @@ def test_budget_reserves_before_and_settles_to_actual_usage() -> None:
     with pytest.raises(BudgetExceeded, match="token budget exceeded"):
         budget.reserve(LLMRequest(system="", prompt="", max_tokens=990), price)
     assert budget.used_tokens == 25  # a refused reservation takes nothing
+
+
+class _Scripted:
+    """A provider that answers from a script: a response, an error to raise, or "hang"."""
+
+    name = "scripted"
+    model = "m"
+
+    def __init__(self, *outcomes: object) -> None:
+        self.outcomes = list(outcomes)
+        self.calls = 0
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        self.calls += 1
+        outcome = self.outcomes.pop(0)
+        if outcome == "hang":
+            await asyncio.Event().wait()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return LLMResponse("ok", self.name, "m", Tokens(input=1, output=1))
+
+    async def stream(self, request: LLMRequest, on_chunk: Any) -> LLMResponse:
+        return await self.complete(request)
+
+
+@pytest.mark.parametrize("probe_ends", ["rejected", "cancelled"])
+def test_a_probe_that_ends_without_an_answer_lets_the_next_call_probe(probe_ends: str) -> None:
+    """A probe the provider refuses (HTTP 4xx) or that is cancelled (the step's timeout)
+    says nothing about the provider being up: the next call probes, and its answer closes
+    the circuit. Before, such a probe left the circuit refusing every call for good."""
+    clock = FrozenClock()
+    probe = LLMRejected("HTTP 400", provider="scripted") if probe_ends == "rejected" else "hang"
+    provider = _Scripted(LLMUnavailable("HTTP 500", provider="scripted"), probe, "answer")
+    chain = LLMChain([provider], policy=RetryPolicy(attempts=1), breaker_threshold=1,
+                     breaker_reset_seconds=30, clock=clock)  # fmt: skip
+    request = LLMRequest(system="s", prompt="p")
+
+    async def scenario() -> None:
+        with pytest.raises(LLMUnavailable):
+            await chain.complete(request)  # the failure opens the circuit
+        clock.advance(30)
+        if probe_ends == "rejected":
+            with pytest.raises(LLMUnavailable):
+                await chain.complete(request)
+        else:
+            hung = asyncio.create_task(chain.complete(request))
+            await asyncio.sleep(0.01)
+            hung.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await hung
+        assert provider.calls == 2
+        answer = await chain.complete(request)  # probes again instead of "circuit open"
+        assert (answer.text, provider.calls) == ("ok", 3)
+        assert chain.breakers["scripted"].state == "closed"
+
+    asyncio.run(scenario())

@@ -77,13 +77,24 @@ class CircuitBreaker:
         return "open"
 
     def allow(self) -> bool:
+        return self.admit() is not None
+
+    def admit(self) -> str | None:
+        """Let a call through: "closed", or "probe" (the one call after the reset time,
+        whose outcome decides the state), or None (open: no call)."""
         state = self.state
         if state == "closed":
-            return True
+            return "closed"
         if state == "half_open" and not self._probing:
             self._probing = True
-            return True
-        return False
+            return "probe"
+        return None
+
+    def release_probe(self) -> None:
+        """The probe ended without saying whether the provider is up (cancelled, or the
+        provider refused the request itself): the next call probes instead. Without this a
+        probe that ends that way would leave the circuit refusing every call for good."""
+        self._probing = False
 
     def record_success(self) -> None:
         if self.opened_at is not None:
@@ -149,7 +160,8 @@ class LLMChain:
             reraise=True,
         ):
             with attempt:
-                if not breaker.allow():
+                admitted = breaker.admit()
+                if admitted is None:
                     raise CircuitOpen(f"{provider.name}: circuit open", provider=provider.name)
                 attempts += 1
                 started = time.perf_counter()
@@ -164,6 +176,10 @@ class LLMChain:
                 except LLMUnavailable:
                     breaker.record_failure()
                     self._measure(provider.name, "error", started)
+                    raise
+                except BaseException:
+                    if admitted == "probe":
+                        breaker.release_probe()
                     raise
                 breaker.record_success()
                 response.cost_usd = self._cost(response)

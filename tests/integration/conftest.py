@@ -4,15 +4,16 @@ function-scoped `fresh_*` fixtures."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from fastapi import FastAPI
@@ -162,6 +163,23 @@ async def in_process_app(data_dir: Path, clock: Clock, **settings: Any) -> Async
     )
     async with application.router.lifespan_context(application):
         yield application
+
+
+T = TypeVar("T")
+
+
+def with_database(config: Settings, scenario: Callable[[Database], Awaitable[T]]) -> T:
+    """`scenario(db)` in one event loop (the pool's connections belong to it), then the
+    pool is closed: for tests that call the services directly."""
+
+    async def in_one_loop() -> T:
+        db = Database(config)
+        try:
+            return await scenario(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(in_one_loop())
 
 
 def row_id(db: Database, value: uuid.UUID) -> uuid.UUID | str:

@@ -22,7 +22,7 @@ from apex.kit.db import Database
 from apex.kit.errors import Conflict, NotFound
 from apex.migrations import runner
 from apex.settings import Settings
-from tests.integration.conftest import insert_organization, row_id
+from tests.integration.conftest import insert_organization, row_id, with_database
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
 WRITERS = 40
@@ -73,15 +73,7 @@ async def _post(
 def _run(database_url: str, scenario: Callable[[Database], Awaitable[None]]) -> None:
     config = Settings(database_url=database_url, environment="test")
     runner.upgrade(config)
-
-    async def in_one_loop() -> None:  # the pool's connections belong to this event loop
-        db = Database(config)
-        try:
-            await scenario(db)
-        finally:
-            await db.dispose()
-
-    asyncio.run(in_one_loop())
+    with_database(config, scenario)
 
 
 def test_writers_racing_on_one_thread_take_consecutive_seqs(empty_database: str) -> None:

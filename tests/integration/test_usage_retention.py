@@ -11,7 +11,6 @@ pass had detached but not dropped. Replaying a dropped record does not bring it 
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -28,7 +27,7 @@ from apex.usage.rollups import MeterRepository, SpendRepository
 from apex.usage.spend import Window
 from tests.harness import ApexWorker, PostgresCluster, RedisServer
 from tests.harness.procs import wait_until
-from tests.integration.conftest import insert_organization
+from tests.integration.conftest import insert_organization, with_database
 from tests.integration.critical.conftest import database_name
 from tests.integration.test_usage_rollups import assert_same, record
 from tests.unit.records import Call, aggregate
@@ -184,14 +183,7 @@ def test_retention_keeps_each_plans_months_and_the_rollups_of_what_remains(
     config = Settings(database_url=empty_database, environment="test")
     runner.upgrade(config)
 
-    async def in_one_loop() -> list[set[str]]:
-        db = Database(config)
-        try:
-            return await scenario(db)
-        finally:
-            await db.dispose()
-
-    free, mid, changed = asyncio.run(in_one_loop())
+    free, mid, changed = with_database(config, scenario)
     assert free == {c.id for c in months("free", FREE_KEPT)}
     assert mid == {c.id for c in months("mid", MID_KEPT)}
     assert changed == {c.id for c in months("early", EARLY_KEPT) + months("late", FREE_AFTER_KEPT)}

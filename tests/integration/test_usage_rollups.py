@@ -11,7 +11,6 @@ rollups from the raw records.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import uuid
 from dataclasses import replace
@@ -29,7 +28,7 @@ from apex.usage import service
 from apex.usage.pricing import default_catalogue
 from apex.usage.rollups import MeterRepository, RollupRepository, SpendRepository
 from apex.usage.spend import SpendData, Window
-from tests.integration.conftest import insert_organization
+from tests.integration.conftest import insert_organization, with_database
 from tests.unit.records import Call, aggregate, costed
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
@@ -161,14 +160,7 @@ def check(
         async with db.unit_of_work() as session:
             assert_same(await SpendRepository(session).fetch(org, window), want)
 
-    async def in_one_loop() -> None:  # the pool's connections belong to this event loop
-        db = Database(config)
-        try:
-            await scenario(db)
-        finally:
-            await db.dispose()
-
-    asyncio.run(in_one_loop())
+    with_database(config, scenario)
 
 
 def test_rollups_equal_the_raw_records_after_random_batches_and_crashes(

@@ -14,19 +14,25 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
+from sqlalchemy import text
 
-from apex.usage.files import checkpoint_path
+from apex.kit.db import Database
+from apex.migrations import runner
+from apex.settings import Settings
+from apex.usage.files import FileFormatError, checkpoint_path, ingest_file
 from apex.usage.schemas import MAX_BATCH
 from tests.harness import ApexServer, PostgresCluster, RedisServer
 from tests.harness.procs import ManagedProcess, wait_until
-from tests.integration.conftest import SharedMail
+from tests.integration.conftest import SharedMail, insert_organization, with_database
 from tests.integration.critical.conftest import bearer, database_name, signup
 
 # gpt-4o: $2.50 input, $1.25 cached input, $10.00 output per million tokens (pricing.json).
 # 1,000 input + 2,000 cached + 100 output + 50 reasoning tokens
 #   = 0.0025 + 0.0025 + 0.0015 = $0.0065 = 6,500,000 nano-dollars.
 GPT4O_CALL_NANOS = 6_500_000
+NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
 
 
 def _record(n: int, **overrides: Any) -> dict[str, Any]:
@@ -44,14 +50,18 @@ def _record(n: int, **overrides: Any) -> dict[str, Any]:
     }
 
 
+# Records stored and their cost, and what the rollups say of them: one statement, so one
+# snapshot even while batches commit.
+STORED_AND_ROLLED_UP = (
+    "SELECT count(*), coalesce(sum(cost_nanos), 0), "
+    "(SELECT coalesce(sum(calls), 0) FROM usage_rollups), "
+    "(SELECT coalesce(sum(cost_nanos), 0) FROM usage_rollups) FROM usage_records"
+)
+
+
 def _sum_and_count(postgres: PostgresCluster, database: str) -> tuple[int, int]:
     """Records stored and their cost; the rollups must say the same (same transaction)."""
-    both = postgres.sql(  # one statement: one snapshot, even while batches commit
-        "SELECT count(*), coalesce(sum(cost_nanos), 0), "
-        "(SELECT coalesce(sum(calls), 0) FROM usage_rollups), "
-        "(SELECT coalesce(sum(cost_nanos), 0) FROM usage_rollups) FROM usage_records",
-        database,
-    )
+    both = postgres.sql(STORED_AND_ROLLED_UP, database)
     count, total, rolled_count, rolled_total = both.strip().split("|")
     assert (rolled_count, rolled_total) == (count, total), "the rollups differ from the records"
     return int(count), int(total)
@@ -513,3 +523,46 @@ def test_meter_reads_a_month_from_the_rollups(
     assert bad.status_code == 422
     assert "period" in bad.text
     assert [(e.status_code, "period" in e.text) for e in edges] == [(422, True), (422, True)]
+
+
+def test_a_bad_line_stops_the_file_after_every_batch_before_it_is_stored(
+    empty_database: str, tmp_path: Path
+) -> None:
+    """`ingest_file` reads the next batch while the previous one is being stored (in a
+    thread, on PostgreSQL): a line that is not JSON in the third batch still leaves the
+    first two stored and checkpointed, and each verdict names its own line."""
+    config = Settings(database_url=empty_database, environment="test")
+    runner.upgrade(config)
+    path = tmp_path / "usage.jsonl"
+    lines = [json.dumps(_record(n)) for n in range(300)]
+    lines[149] = json.dumps(_record(149, input_tokens=-1))  # line 150: rejected, named
+    lines[250] = '{"id": "call-250", '  # line 251: not JSON, in the third batch of 100
+    path.write_text("\n".join(lines) + "\n")
+
+    async def scenario(db: Database) -> None:
+        organization_id = await insert_organization(db, "Files", "mid", NOW)
+        with pytest.raises(FileFormatError, match="line 251"):
+            await ingest_file(db, organization_id, path, batch_size=100)
+        assert await _stored(db) == (199, 199 * GPT4O_CALL_NANOS)
+        assert json.loads(checkpoint_path(path).read_text())["lines"] == 200
+
+        lines[250] = json.dumps(_record(250))
+        path.write_text("\n".join(lines) + "\n")  # a changed file starts from its top
+        result = await ingest_file(db, organization_id, path, batch_size=100)
+        assert (result.accepted, result.duplicates, result.rejected) == (100, 199, 1)
+        assert [(line, problem.errors[0].field) for line, problem in result.problems] == [
+            (150, "input_tokens")
+        ]
+        assert await _stored(db) == (299, 299 * GPT4O_CALL_NANOS)
+
+    with_database(config, scenario)
+
+
+async def _stored(db: Database) -> tuple[int, int]:
+    """Records stored and their cost, checked against the rollups (same transaction)."""
+    async with db.unit_of_work() as session:
+        count, total, rolled_count, rolled_total = (
+            await session.execute(text(STORED_AND_ROLLED_UP))
+        ).one()
+    assert (rolled_count, rolled_total) == (count, total), "the rollups differ from the records"
+    return int(count), int(total)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
@@ -83,9 +84,9 @@ def _row(
     record: UsageRecordIn,
     cost_nanos: int,
     source: str,
-    retention_days: int,
     now: datetime,
 ) -> dict[str, Any]:
+    """The row of an accepted record; `store_batch` adds its retention class."""
     return {
         "id": row_id,
         "organization_id": organization_id,
@@ -109,7 +110,6 @@ def _row(
         "end_user": record.end_user,
         "attributes": record.metadata,
         "ingested_at": now,
-        "retention_days": retention_days,
     }
 
 
@@ -144,6 +144,17 @@ def _costed(record: UsageRecordIn, catalogue: Catalogue) -> tuple[int, CostSourc
     return usd_to_nanos(cost_of(price, tokens_of(record))), CostSource.CATALOGUE
 
 
+@dataclass
+class PreparedBatch:
+    """A batch validated and costed, not stored yet: each element's verdict so far, and the
+    rows of the records to store. Made without the database (`prepare_batch`), so a file
+    import prepares its next batch while the previous one is being stored."""
+
+    results: list[RecordResult]
+    rows: list[dict[str, Any]]
+    pending: dict[str, int]  # record id -> its verdict's index in `results`
+
+
 async def ingest(
     session: AsyncSession,
     organization_id: uuid.UUID,
@@ -153,20 +164,25 @@ async def ingest(
     catalogue: Catalogue | None = None,
     quota: RecordQuota | None = None,
 ) -> IngestReport:
-    """Validate and store a batch; every element gets its own verdict. Bad records (and
-    elements that are not objects) are rejected with the field and the reason; the good
-    ones are kept. A record id the organisation sent before (in an earlier batch or earlier
-    in this one) is a duplicate and changes nothing. A record of a model without a price is
-    stored unpriced, with a warning: nothing the customer sent is dropped. With a `quota`,
-    records past the plan's monthly quota are rejected (field `records`), and those that
-    turn out to be duplicates, or whose transaction rolls back, give their units back.
-    Records are kept for the retention of the plan the organisation is on now; `now` (the
-    caller's clock) is when they arrived."""
+    """Validate and store a batch; every element gets its own verdict (`prepare_batch`,
+    then `store_batch`)."""
     catalogue = catalogue or await catalogue_for(session, organization_id)
-    plan = quota.plan if quota is not None else await _plan_of(session, organization_id)
+    prepared = prepare_batch(raw_records, catalogue=catalogue, organization_id=organization_id,
+                             now=now)  # fmt: skip
+    return await store_batch(session, organization_id, prepared, quota=quota)
+
+
+def prepare_batch(
+    raw_records: Sequence[Any], *, catalogue: Catalogue, organization_id: uuid.UUID, now: datetime
+) -> PreparedBatch:
+    """Validate and cost a batch. Bad records (and elements that are not objects) are
+    rejected with the field and the reason; the good ones are kept. A record id repeated
+    within the batch is a duplicate. A record of a model without a price is kept unpriced,
+    with a warning: nothing the customer sent is dropped. `now` (the caller's clock) is when
+    the records arrived. CPU only: safe to run in a thread."""
     results: list[RecordResult] = []
     rows: list[dict[str, Any]] = []
-    pending: dict[str, int] = {}  # record id -> index in `results`
+    pending: dict[str, int] = {}
     row_ids = iter(new_ids(len(raw_records)))
     for index, raw in enumerate(raw_records):
         if not isinstance(raw, dict):
@@ -187,17 +203,26 @@ async def ingest(
         results.append(
             RecordResult(index=index, id=record.id, status="accepted", warnings=warnings)
         )
-        rows.append(
-            _row(
-                next(row_ids),
-                organization_id,
-                record,
-                cost_nanos,
-                source.value,
-                plan.retention_days,
-                now,
-            )
-        )
+        rows.append(_row(next(row_ids), organization_id, record, cost_nanos, source.value, now))
+    return PreparedBatch(results, rows, pending)
+
+
+async def store_batch(
+    session: AsyncSession,
+    organization_id: uuid.UUID,
+    batch: PreparedBatch,
+    *,
+    quota: RecordQuota | None = None,
+) -> IngestReport:
+    """Store a prepared batch (once: its verdicts are completed in place). A record id the
+    organisation sent before (in an earlier batch) is a duplicate and changes nothing.
+    With a `quota`, records past the plan's monthly quota are rejected (field `records`),
+    and those that turn out to be duplicates, or whose transaction rolls back, give their
+    units back. Records are kept for the retention of the plan the organisation is on now."""
+    plan = quota.plan if quota is not None else await _plan_of(session, organization_id)
+    results, rows, pending = batch.results, batch.rows, batch.pending
+    for row in rows:
+        row["retention_days"] = plan.retention_days
     if quota is not None and quota.limit is not None:
         rows = await _within_quota(session, organization_id, quota, rows, pending, results)
     inserted = await UsageRepository(session).insert_new(rows)

@@ -101,6 +101,7 @@ def serve(
         proxy_headers=True,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=settings.http_keepalive_seconds,
         # WebSocket heartbeat: a ping every 30 s (default); a peer silent 30 s more is dropped.
         ws_ping_interval=settings.websocket_ping_seconds,
         ws_ping_timeout=settings.websocket_ping_seconds,

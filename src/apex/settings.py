@@ -436,6 +436,15 @@ class Settings(BaseSettings):
     body_read_timeout_seconds: float = Field(
         default=30.0, gt=0, le=3600, description="Time a client has to send its request body."
     )
+    http_keepalive_seconds: int = Field(
+        default=75,
+        ge=1,
+        le=3600,
+        description="How long an idle HTTP connection stays open. Longer than the proxy's and "
+        "the clients' own idle timeouts (nginx upstream 30 s in deploy/nginx.conf, load "
+        "balancers 60 s, httpx 5 s): the side that closes an idle connection must be the one "
+        "that would reuse it, or a request sent as the server closes is lost (a 502).",
+    )
     failpoints: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Named fault-injection points to trigger (tests only; refused in production).",

@@ -258,3 +258,33 @@ def test_twenty_concurrent_100_mb_uploads_do_not_grow_the_server(
     grown = (peak - idle) / MIB
     print(f"\n20 x 100 MB uploads: idle RSS {idle / MIB:.0f} MB, peak +{grown:.1f} MB")
     assert grown < 50
+
+
+def test_an_idle_connection_outlives_the_clients_own_idle_timeout(server: ApexServer) -> None:
+    """httpx drops an idle connection after 5 s, nginx's upstream pool (deploy/nginx.conf)
+    after 30 s; Apex keeps it longer (APEX_HTTP_KEEPALIVE_SECONDS), so a client never sends
+    a request on a connection the server is closing. Idle 6 s, the same socket still gets
+    its answer."""
+    request = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        answers = []
+        for pause in (0, 6):
+            time.sleep(pause)
+            sock.sendall(request)
+            answers.append(_one_answer(sock))
+    assert [status(answer) if answer else None for answer in answers] == [200, 200]
+
+
+def _one_answer(sock: socket.socket) -> str:
+    """One whole HTTP answer (head and Content-Length body) from a kept-alive socket; ""
+    when the server closed the connection instead."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        if not (chunk := sock.recv(65536)):
+            return ""
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += sock.recv(65536)
+    return (head + b"\r\n\r\n" + body).decode("latin-1")

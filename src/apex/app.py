@@ -41,7 +41,7 @@ from apex.kit.cache import TwoLevelCache
 from apex.kit.channels import Channels
 from apex.kit.clock import Clock, SystemClock
 from apex.kit.db import Database
-from apex.kit.errors import install_error_handlers
+from apex.kit.error_handlers import install_error_handlers
 from apex.kit.failpoints import Failpoints
 from apex.kit.heap import freeze_startup_heap
 from apex.kit.http import RequestLimits, document_limits
@@ -49,8 +49,8 @@ from apex.kit.limits import FixedWindow, Quota
 from apex.kit.mail import Mailer, create_mailer
 from apex.kit.outbox import OutboxRelay
 from apex.kit.queue import JobQueue
+from apex.kit.read_your_writes import ReadYourWrites
 from apex.kit.redis import create_redis
-from apex.kit.replicas import ReadYourWrites
 from apex.migrations import runner
 from apex.observability import endpoints as observability_endpoints
 from apex.observability import health

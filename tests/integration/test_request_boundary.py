@@ -19,7 +19,8 @@ from sqlalchemy import func, select
 
 from apex.app import create_app
 from apex.identity.models import Organization
-from apex.kit.db import SessionDep, call_after_commit, call_after_rollback
+from apex.kit.db import call_after_commit, call_after_rollback
+from apex.kit.deps import SessionDep
 from apex.kit.errors import RateLimited
 from apex.kit.repository import Repository
 from apex.settings import Settings

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -572,3 +574,38 @@ async def _stored(db: Database) -> tuple[int, int]:
         ).one()
     assert (rolled_count, rolled_total) == (count, total), "the rollups differ from the records"
     return int(count), int(total)
+
+
+def test_apex_ingest_starts_without_the_web_framework_redis_or_an_http_client(
+    tmp_path: Path,
+) -> None:
+    """What `apex ingest` loads into the embedded store: a command that touches neither
+    HTTP nor Redis does not pay for importing their libraries at every start."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APEX_")}
+    env["APEX_DATA_DIR"] = str(tmp_path / "data")
+    apex = [sys.executable, "-m", "apex"]
+    migrated = subprocess.run([*apex, "migrate", "upgrade"], env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+    assert migrated.returncode == 0, migrated.stderr
+    with sqlite3.connect(tmp_path / "data" / "apex.db") as connection:
+        connection.execute(
+            "INSERT INTO organizations (id, name, slug, tier, created_at, updated_at) VALUES "
+            "(?, 'Lean', 'lean', 'mid', '2026-11-01 00:00:00', '2026-11-01 00:00:00')",
+            (uuid.uuid4().hex,),
+        )
+    path = tmp_path / "usage.jsonl"
+    path.write_text(json.dumps(_record(1)) + "\n")
+    done = subprocess.run(
+        [*apex, "ingest", str(path), "--org", "lean"],
+        env=env | {"PYTHONPROFILEIMPORTTIME": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 accepted" in done.stderr
+    imported = [line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:") and "|" in line]  # fmt: skip
+    assert "apex.usage.files" in imported  # the list is the command's imports
+    packages = {name.split(".")[0] for name in imported}
+    assert packages & {"fastapi", "starlette", "redis", "httpx"} == set()

@@ -8,7 +8,8 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from apex.kit.clock import FrozenClock, SystemClock, UtcInstant
-from apex.kit.errors import ApexError, Conflict, RateLimited, ServiceUnavailable, _field_path
+from apex.kit.error_handlers import _field_path
+from apex.kit.errors import ApexError, Conflict, RateLimited, ServiceUnavailable
 from apex.kit.ids import new_id, new_ids
 
 

@@ -14,7 +14,7 @@ from apex.agents.models import AgentRun, RunStatus
 from apex.agents.repository import RunRepository, StepRepository
 from apex.agents.schemas import EventOut, ReportOut, RunIn, RunOut, StepOut
 from apex.identity.deps import Principal, RequirePermission
-from apex.kit.db import SessionDep
+from apex.kit.deps import SessionDep
 from apex.kit.errors import Conflict
 from apex.usage.models import nanos_to_usd
 

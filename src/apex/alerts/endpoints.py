@@ -24,7 +24,7 @@ from apex.alerts.schemas import (
     RulePatch,
 )
 from apex.identity.deps import Principal, RequirePermission
-from apex.kit.db import SessionDep
+from apex.kit.deps import SessionDep
 from apex.kit.sealing import Sealer
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from apex.audit.repository import AuditRepository
 from apex.identity.deps import Principal, RequirePermission
 from apex.kit.clock import UtcInstant
-from apex.kit.db import SessionDep
+from apex.kit.deps import SessionDep
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 

@@ -48,7 +48,8 @@ from apex.billing.tasks import COLLECT_TASK
 from apex.identity.deps import CurrentOperator, Principal, RequirePermission
 from apex.identity.repository import OrganizationRepository, UserRepository
 from apex.kit.clock import UtcInstant
-from apex.kit.db import Database, SessionDep
+from apex.kit.db import Database
+from apex.kit.deps import SessionDep
 from apex.kit.errors import (
     BadRequest,
     Conflict,

@@ -12,7 +12,7 @@ from apex.chat import service
 from apex.chat.schemas import ChannelPositionOut, MessageOut, ThreadHistoryOut, ThreadOut
 from apex.identity.deps import Principal, RequirePermission
 from apex.kit.channels import thread_channel
-from apex.kit.db import SessionDep
+from apex.kit.deps import SessionDep
 
 router = APIRouter(prefix="/api/v1", tags=["chat"])
 Reader = Annotated[Principal, RequirePermission("reports:read")]

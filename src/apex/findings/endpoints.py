@@ -13,7 +13,7 @@ from apex.findings.models import Finding, FindingStatus
 from apex.findings.repository import FindingRepository, SavingsMeasurementRepository
 from apex.findings.schemas import DismissIn, FindingOut, SavingOut
 from apex.identity.deps import Principal, RequirePermission
-from apex.kit.db import SessionDep
+from apex.kit.deps import SessionDep
 from apex.usage.models import nanos_to_usd
 
 router = APIRouter(prefix="/api/v1/findings", tags=["findings"])

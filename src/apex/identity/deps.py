@@ -32,7 +32,7 @@ from apex.identity.sessions import (
 )
 from apex.identity.tokens import AccessClaims, decode_access_token
 from apex.kit.cache import TwoLevelCache
-from apex.kit.db import SessionDep
+from apex.kit.deps import SessionDep
 from apex.kit.errors import Forbidden, RateLimited, Unauthorized
 
 _bearer = HTTPBearer(auto_error=False)

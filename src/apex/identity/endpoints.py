@@ -48,15 +48,15 @@ from apex.identity.schemas import (
 )
 from apex.identity.sessions import COOKIE, LIVE_TOKENS_PER_SESSION, BrowserSession, TooManyTokens
 from apex.identity.tokens import issue_access_token
-from apex.kit.db import SessionDep
+from apex.kit.deps import SessionDep
 from apex.kit.digest import sha256_hex
+from apex.kit.error_handlers import error_response
 from apex.kit.errors import (
     BadRequest,
     Forbidden,
     NotFound,
     RateLimited,
     Unauthorized,
-    error_response,
 )
 from apex.kit.mail import send_after_commit
 

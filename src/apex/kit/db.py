@@ -16,10 +16,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import structlog
-from fastapi import Depends, Request
 from greenlet import getcurrent, greenlet
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy import event, text
@@ -347,14 +346,3 @@ def translate_db_error(exc: BaseException) -> BaseException:
 def _constraint_name(exc: IntegrityError) -> str | None:
     diag = getattr(getattr(exc.orig, "__cause__", None), "constraint_name", None)
     return diag or getattr(exc.orig, "constraint_name", None)
-
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    database: Database = request.app.state.database
-    async with database.unit_of_work() as session:
-        yield session
-
-
-# scope="function": commit (or roll back) before the response is sent, so a client that
-# got a 2xx can read its write from any instance, and a failed commit is an error response.
-SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

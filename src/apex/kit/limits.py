@@ -14,8 +14,11 @@ never a lockout (a delay is capped, and a success clears it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from redis.asyncio import Redis
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
 
 # KEYS[1] window counter; ARGV: limit, cost, ttl ms. Returns {allowed, used}.
 _HIT = """

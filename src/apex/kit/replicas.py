@@ -3,7 +3,8 @@
 A `RoutingSession` sends plain SELECTs to a healthy replica and everything else — flushes,
 INSERT/UPDATE/DELETE, `SELECT ... FOR UPDATE`, raw SQL — to the primary. Once a session has
 written, all its later statements go to the primary (read-your-writes within a session);
-`Database` extends that to a principal for `APEX_READ_YOUR_WRITES_SECONDS` after a commit.
+`apex.kit.read_your_writes` extends that to a principal for `APEX_READ_YOUR_WRITES_SECONDS`
+after a commit.
 
 `ReplicaSet.monitor()` measures each replica's replay lag against the primary's WAL position
 history (lag = how long ago the primary passed the position the replica has replayed) and
@@ -24,8 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sqlalchemy import Select, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
@@ -177,33 +176,3 @@ class RoutingAsyncSession(AsyncSession):
 
     async def get(self, *args: Any, **kwargs: Any) -> Any:
         return await self._fallback(lambda: super(RoutingAsyncSession, self).get(*args, **kwargs))
-
-
-class ReadYourWrites:
-    """After a principal's transaction wrote and committed, send that principal's reads to
-    the primary for `window` seconds, on every instance (the mark lives in Redis)."""
-
-    def __init__(self, redis: Redis, window: float) -> None:
-        self.redis = redis
-        self.window = window
-
-    @staticmethod
-    def _key(principal: str) -> str:
-        return f"apex:ryw:{principal}"
-
-    async def apply(self, session: AsyncSession, principal: str) -> None:
-        info = session.sync_session.info
-        if info.get(ROUTER) is None or self.window <= 0:
-            return
-        info[PRINCIPAL] = principal
-        try:
-            if await self.redis.exists(self._key(principal)):
-                info[USE_PRIMARY] = True
-        except RedisError:
-            info[USE_PRIMARY] = True  # cannot tell: be safe
-
-    async def after_commit(self, info: dict[str, Any]) -> None:
-        principal = info.get(PRINCIPAL)
-        if principal and info.get(WROTE):
-            with contextlib.suppress(RedisError):
-                await self.redis.set(self._key(principal), "1", px=int(self.window * 1000))

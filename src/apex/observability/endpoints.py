@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from apex.identity.deps import CurrentOperator, Principal, RequirePermission
 from apex.kit.clock import UtcInstant
-from apex.kit.db import SessionDep
+from apex.kit.deps import SessionDep
 from apex.kit.errors import Forbidden, NotFound, ServiceUnavailable, ValidationFailed
 from apex.observability.health import HealthMonitor, HealthReport
 from apex.observability.logstore import as_line

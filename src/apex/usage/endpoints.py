@@ -15,7 +15,8 @@ from apex.billing.plans import plan_for
 from apex.identity.deps import CacheDep, Principal, RequirePermission
 from apex.identity.service import organization_view
 from apex.kit.cache import TwoLevelCache
-from apex.kit.db import SessionDep, call_after_commit
+from apex.kit.db import call_after_commit
+from apex.kit.deps import SessionDep
 from apex.kit.errors import NotFound, UnsupportedMediaType
 from apex.usage import service
 from apex.usage.imports import UsageImporter

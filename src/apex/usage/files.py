@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from apex.kit.clock import Clock, SystemClock
 from apex.kit.db import Database
 from apex.kit.failpoints import NO_FAILPOINTS, Failpoints
@@ -376,6 +374,8 @@ def upload_file(url: str, api_key: str, path: Path, *, timeout: float = 3600) ->
     """Stream the file to a server's import endpoint (gzip) and fetch the problem lines.
     The key travels in the Authorization header only. Raises httpx.HTTPError, or
     RemoteRefused with the server's answer."""
+    import httpx  # only this mode speaks HTTP: the rest of the CLI starts without it
+
     headers = {
         "Authorization": f"Bearer {api_key}",
         "Content-Type": "application/x-ndjson",

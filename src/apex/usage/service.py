@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,7 +26,6 @@ from apex.usage.pricing import (
     fine_tune_base,
     is_fine_tune,
 )
-from apex.usage.quota import RecordQuota
 from apex.usage.repository import PriceOverrideRepository, UsageRepository
 from apex.usage.rollups import Meter, MeterRepository, RollupRepository, SpendRepository
 from apex.usage.schemas import (
@@ -47,6 +46,9 @@ from apex.usage.schemas import (
     echo,
 )
 from apex.usage.spend import BreakdownRow, Window, month_start, next_month
+
+if TYPE_CHECKING:  # the quota counts in Redis, which the CLI does not use
+    from apex.usage.quota import RecordQuota
 
 
 def tokens_of(record: UsageRecordIn) -> Tokens:

@@ -25,7 +25,8 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
 
 from apex.app import create_app
-from apex.kit.db import Database, SessionDep
+from apex.kit.db import Database
+from apex.kit.deps import SessionDep
 from apex.settings import Settings
 from tests.harness import ApexServer, PostgresCluster, RedisServer
 from tests.harness.procs import eventually, wait_until

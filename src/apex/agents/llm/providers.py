@@ -47,11 +47,12 @@ IDLE_CONNECTION_SECONDS = 2.0
 
 
 def _http_client(sdk: ModuleType) -> Any:
-    """The SDK's own HTTP client and limits, letting idle connections go sooner."""
+    """The SDK's own HTTP client and connection limits, letting idle connections go sooner."""
+    limits = sdk.DEFAULT_CONNECTION_LIMITS
     return sdk.DefaultAsyncHttpxClient(
         limits=httpx.Limits(
-            max_connections=1000,
-            max_keepalive_connections=100,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=IDLE_CONNECTION_SECONDS,
         )
     )

@@ -15,10 +15,11 @@ export async function billingPage() {
   const subscription = found ?? { tier: context.organization.tier, status: "managed", period_end: null };
   const returned = new URLSearchParams(location.search).get("checkout");
   if (returned) history.replaceState(null, "", `/${location.hash}`); // said once
-  // Wait for the plan the meter read to move: the subscription is read from the database,
-  // the organisation's tier through the cache, invalidated a moment after the webhook's
-  // commit, so a page drawn in that moment shows the new plan over the old quota.
-  if (returned === "done") awaitNewPlan(meter.tier);
+  // Wait for the plan to move: the subscription is read from the database, the
+  // organisation's tier (the meter's quota) through the cache, and the gateway's webhooks
+  // move them one after the other, so a page drawn in between shows one plan's name over
+  // the other's quota.
+  if (returned === "done") awaitNewPlan(meter.tier, subscription.tier);
   if (returned === "canceled") toast("Checkout canceled: nothing was charged.");
   const tier = subscription.tier;
   const wanted = new URLSearchParams(location.hash.split("?")[1] ?? "").get("upgrade");
@@ -115,18 +116,24 @@ async function change(tier, button) {
   }
 }
 
-// Back from the gateway's page: the plan changes when its webhook arrives (seconds).
-function awaitNewPlan(tier) {
+// Back from the gateway's page: the plan changes when its webhooks arrive (seconds). The
+// page is drawn again once what it shows has moved and the organisation's tier (what every
+// limit and the meter read) and the subscription's agree, so the redrawn page agrees with
+// itself whichever of the two moved first.
+function awaitNewPlan(drawnTier, drawnSubscriptionTier) {
   toast("Card saved: your new plan starts as soon as the payment is confirmed.");
   let tries = 0;
   const poll = setInterval(async () => {
     tries += 1;
-    // The organisation's tier, not the subscription's: it is what every limit and the meter
-    // read (through the cache), so once it has moved the redrawn page agrees with itself.
-    const now = await api.get("/organizations/current").catch(() => null);
-    if ((now && now.tier !== tier) || tries >= 30) {
+    const [now, sub] = await Promise.all([
+      api.get("/organizations/current").catch(() => null),
+      api.get("/billing/subscription").catch(() => null),
+    ]);
+    const moved = now && (now.tier !== drawnTier || (sub && sub.tier !== drawnSubscriptionTier));
+    const agree = now && (!sub || sub.tier === now.tier);
+    if ((moved && agree) || tries >= 30) {
       clearInterval(poll);
-      if (now && now.tier !== tier && location.hash.startsWith("#/billing")) {
+      if (moved && agree && location.hash.startsWith("#/billing")) {
         await loadContext();
         window.dispatchEvent(new HashChangeEvent("hashchange"));
       }

@@ -1,8 +1,7 @@
 """`apex ingest FILE`: usage records from JSONL or CSV, in batches, resumable.
 
 Each batch is one transaction through the same validation and storage as the REST API
-(`service.prepare_batch`, `service.store_batch`). On PostgreSQL the next batch is read and
-validated in a thread while the database stores the previous one. After a
+(`service.prepare_batch`, `service.store_batch`). After a
 batch commits, the byte offset reached is written to `FILE.apex-ingest.json`; a run started
 again on the same (unchanged) file continues from there. Record ids keep it exact even if the
 process dies after a batch committed and before the checkpoint was written: the batch is
@@ -201,14 +200,13 @@ async def ingest_file(
         def read_next() -> _Batch | None:
             return _next_batch(records, batch_size, catalogue, organization_id, clock)
 
-        ahead = database.backend == "postgresql"
-        upcoming = _read_ahead(read_next, ahead)
+        upcoming = _read_ahead(read_next)
         while (batch := await upcoming) is not None:
-            upcoming = _read_ahead(read_next, ahead)
+            upcoming = _read_ahead(read_next)
             try:
                 await _commit(database, organization_id, batch, result, failpoints)
             except BaseException:
-                await _settled(upcoming)  # the reading thread is done with the file
+                await _settled(upcoming)
                 raise
             lines = batch.last_line
             _save_checkpoint(path, organization_id, batch.end, lines)
@@ -254,19 +252,15 @@ def _next_batch(
     return _Batch(prepared, numbers, end, numbers[-1])
 
 
-def _read_ahead(read: Callable[[], _Batch | None], ahead: bool) -> asyncio.Future[_Batch | None]:
-    """The next batch. With `ahead`, read and validated in a thread while PostgreSQL stores
-    the previous one (its client waits on a socket, without the GIL): 9-17% more records a
-    second for 40,000 records, measured (docs/benchmarks.md). SQLite's driver binds values
-    holding the GIL, and there the thread made the embedded store slower: the batch is read
-    in this thread, its error (a bad line) raised only where it is awaited, as from the
-    thread, so the batches before it are stored first."""
-    if ahead:
-        return asyncio.ensure_future(asyncio.to_thread(read))
+def _read_ahead(read: Callable[[], _Batch | None]) -> asyncio.Future[_Batch | None]:
+    """The next batch, read before the current one is stored; its error (a bad line) is
+    raised only where it is awaited, so the batches before it are stored first. (Reading it
+    in a thread while PostgreSQL stored the previous one measured 9-17% faster, but one CI
+    run saw `apex ingest --restart` hang with it, cause not found: it is off until found.)"""
     future: asyncio.Future[_Batch | None] = asyncio.get_running_loop().create_future()
     try:
         future.set_result(read())
-    except Exception as exc:  # raised where it is awaited, as from the thread
+    except Exception as exc:
         future.set_exception(exc)
     return future
 

@@ -8,8 +8,10 @@ idle connection costs an Apex instance, and the rate-limit decision against a ra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
+import os
 import resource
 import statistics
 import time
@@ -47,12 +49,33 @@ class Run:
     sent: dict[int, float] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    server_cpu: float = 0.0  # CPU seconds of the server's own processes during the run
+    client_cpu: float = 0.0  # CPU seconds of this process (the measuring clients)
 
-    def row(self) -> tuple[str, float, float, float, float, int]:
+    def row(self) -> tuple[str, float, float, float, float, int, float, float]:
         ordered = sorted(self.latencies)
         p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
         return (self.name, self.interval * 1000, statistics.median(ordered) * 1000,
-                p99 * 1000, len(ordered) / self.seconds, len(ordered))  # fmt: skip
+                p99 * 1000, len(ordered) / self.seconds, len(ordered),
+                self.server_cpu / len(ordered) * 1e6, self.client_cpu / self.seconds)  # fmt: skip
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User and system CPU time each of the processes `pids` has used so far."""
+    used = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            used[pid] = sum(psutil.Process(pid).cpu_times()[:2])
+    return used
+
+
+def with_children(pid: int) -> list[int]:
+    """A server and its children (PostgreSQL's backends)."""
+    return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+
+
+def cpu_used(pids: Callable[[], list[int]], since: dict[int, float]) -> float:
+    return sum(used - since.get(pid, 0.0) for pid, used in cpu_seconds(pids()).items())
 
 
 def runs_of(name: str) -> list[Run]:
@@ -65,9 +88,10 @@ Parser = Callable[[str | bytes], int | None]
 
 async def fan_out(
     runs: list[Run], open_client: Opener, parse: Parser,
-    publish: Callable[[int], Awaitable[None]],
+    publish: Callable[[int], Awaitable[None]], servers: Callable[[], list[int]],
 ) -> None:  # fmt: skip
-    """The same clients through each run in turn, `MESSAGES` published at its interval."""
+    """The same clients through each run in turn, `MESSAGES` published at its interval;
+    the CPU the `servers` processes and this one use during each run is counted."""
     clients = []
     for n in range(CLIENTS):
         clients.append(await open_client(n))
@@ -88,6 +112,7 @@ async def fan_out(
     for number, run in enumerate(runs):
         receivers = [asyncio.create_task(receive(ws, run)) for ws in clients]
         started = time.perf_counter()
+        server_cpu, client_cpu = cpu_seconds(servers()), cpu_seconds([os.getpid()])
         for index in range(number * MESSAGES, (number + 1) * MESSAGES):
             run.sent[index] = time.perf_counter()
             await publish(index)
@@ -95,13 +120,17 @@ async def fan_out(
         async with asyncio.timeout(120):
             await asyncio.gather(*receivers)
         run.seconds = time.perf_counter() - started
+        run.server_cpu = cpu_used(servers, server_cpu)
+        run.client_cpu = cpu_used(lambda: [os.getpid()], client_cpu)
         await asyncio.sleep(0.5)
     for ws in clients:
         await ws.close()
     gc.unfreeze()
 
 
-async def apex_run(servers: list[ApexServer], token: str) -> tuple[list[Run], float]:
+async def apex_run(
+    servers: list[ApexServer], token: str, redis_pid: int, postgres_pid: int
+) -> tuple[list[Run], float]:
     runs = runs_of("Apex: 3 instances, Redis channels, uncompressed (its default)")
     urls = [s.base_url.replace("http://", "ws://") + "/ws" for s in servers]
     publisher = await connect(urls[0], subprotocols=[f"bearer.{token}"])  # type: ignore[list-item]
@@ -141,7 +170,11 @@ async def apex_run(servers: list[ApexServer], token: str) -> tuple[list[Run], fl
             per_connection = (after - memory_before) / CLIENTS
         return ws
 
-    await fan_out(runs, measured_open, parse, publish)
+    def server_pids() -> list[int]:  # the instances, and the Redis and PostgreSQL they use
+        instances = [s.process.pid for s in servers]  # type: ignore[union-attr]
+        return [*instances, redis_pid, *with_children(postgres_pid)]
+
+    await fan_out(runs, measured_open, parse, publish, server_pids)
     await publisher.close()
     return runs, per_connection
 
@@ -183,7 +216,7 @@ def percentiles_ms(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered) * 1000, p99 * 1000
 
 
-async def bare_run(port: int, compression: str) -> list[Run]:
+async def bare_run(port: int, compression: str, pid: int) -> list[Run]:
     wire = "permessage-deflate" if compression == "deflate" else "uncompressed"
     runs = runs_of(f"bare `websockets` broadcast, 1 process, {wire}")
     url = f"ws://127.0.0.1:{port}/"
@@ -195,13 +228,14 @@ async def bare_run(port: int, compression: str) -> list[Run]:
     async def publish(index: int) -> None:
         await publisher.send(f"pub {index}")
 
-    await fan_out(runs, open_client, lambda raw: int(raw), publish)
+    await fan_out(runs, open_client, lambda raw: int(raw), publish, lambda: [pid])
     await publisher.close()
     return runs
 
 
-async def socketio_run(ports: list[int]) -> list[Run]:
-    """python-socketio over its Engine.IO v4 WebSocket transport, spoken directly."""
+async def socketio_run(ports: list[int], pids: list[int]) -> list[Run]:
+    """python-socketio over its Engine.IO v4 WebSocket transport, spoken directly; `pids`:
+    its processes and the Redis they share."""
     runs = runs_of("python-socketio + Redis manager, 3 processes, permessage-deflate")
 
     async def engine(port: int) -> ClientConnection:
@@ -224,7 +258,7 @@ async def socketio_run(ports: list[int]) -> list[Run]:
     async def publish(index: int) -> None:
         await publisher.send("42" + json.dumps(["publish", index]))
 
-    await fan_out(runs, lambda n: engine(ports[n % len(ports)]), parse, publish)
+    await fan_out(runs, lambda n: engine(ports[n % len(ports)]), parse, publish, lambda: pids)
     await publisher.close()
     return runs
 
@@ -264,7 +298,9 @@ def test_websocket_fan_out(
     with servers[0].client() as client:
         token = bearer(signup(client))["Authorization"].removeprefix("Bearer ")
     trips = asyncio.run(round_trips(servers[0].base_url.replace("http://", "ws://") + "/ws", token))
-    apex, per_connection = asyncio.run(apex_run(servers, token))
+    redis_pid = redis_server.process.pid  # type: ignore[union-attr]
+    postgres_pid = postgres.process.pid  # type: ignore[union-attr]
+    apex, per_connection = asyncio.run(apex_run(servers, token, redis_pid, postgres_pid))
     for server in servers:
         server.stop()
 
@@ -277,7 +313,7 @@ def test_websocket_fan_out(
                                    log_path=root / f"bare-{compression}.log",
                                    ready_url=f"http://127.0.0.1:{port}/health",
                                    what="bare websockets server", timeout=30)  # fmt: skip
-        bare_results.append(asyncio.run(bare_run(port, compression)))
+        bare_results.append(asyncio.run(bare_run(port, compression, bare.pid)))
         bare.terminate()
     ports = [free_port() for _ in range(3)]
     processes = [
@@ -292,7 +328,8 @@ def test_websocket_fan_out(
         )
         for port in ports
     ]
-    socketio_result = asyncio.run(socketio_run(ports))
+    socketio_pids = [process.pid for process in processes] + [redis_pid]
+    socketio_result = asyncio.run(socketio_run(ports, socketio_pids))
     for process in processes:
         process.terminate()
     apex_rate, raw_rate = asyncio.run(limiter_rates(redis_server.url))
@@ -301,11 +338,14 @@ def test_websocket_fan_out(
         assert len(run.latencies) == CLIENTS * MESSAGES, (run.name, run.interval)
 
     burst, paced = ([runs[n].row() for runs in servers_runs] for n in range(len(INTERVALS)))
-    lines = ["| server | every ms | fan-out p50 ms | p99 ms | delivered/s | deliveries |",
-             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    lines += [f"| {name} | {every:.0f} | {p50:.1f} | {p99:.1f} | {rate:,.0f} | {count:,} |"
-              for name, every, p50, p99, rate, count in [*burst, *paced]]  # fmt: skip
+    lines = ["| server | every ms | fan-out p50 ms | p99 ms | delivered/s | deliveries "
+             "| server CPU µs a delivery | measuring client busy |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [f"| {name} | {every:.0f} | {p50:.1f} | {p99:.1f} | {rate:,.0f} | {count:,} "
+              f"| {cpu:.1f} | {busy:.0%} |"
+              for name, every, p50, p99, rate, count, cpu, busy in [*burst, *paced]]  # fmt: skip
     rate = [row[4] for row in burst]
+    cpu = [row[6] for row in burst]
     (message_p50, message_p99), (ping_p50, ping_p99) = map(percentiles_ms, trips.values())
     write_section(
         "realtime",
@@ -323,8 +363,15 @@ def test_websocket_fan_out(
         "do: Apex declines it by default (`APEX_WEBSOCKET_COMPRESSION`: compressing is per\n"
         "connection, for every frame), the others accept it.\n\n" + "\n".join(lines) + "\n\n"
         f"Delivered/s in the burst vs bare `websockets` uncompressed: {rate[0] / rate[1]:.2f}x,\n"
-        f"with deflate: {rate[0] / rate[2]:.2f}x; vs python-socketio: {rate[0] / rate[3]:.2f}x."
-        " Memory per idle Apex connection (RSS growth of the\n"
+        f"with deflate: {rate[0] / rate[2]:.2f}x; vs python-socketio: {rate[0] / rate[3]:.2f}x.\n"
+        "Server CPU a delivery counts the user and system time of the server's own processes\n"
+        "during the run (Apex: its instances, Redis and PostgreSQL; python-socketio: its\n"
+        "processes and Redis); the measuring client's busy share is its CPU time over the\n"
+        "run's wall time: near 100%, the client, one process on one core, is what limits\n"
+        "delivered/s, whichever server it measures. In the burst, Apex spent "
+        f"{cpu[0]:.1f} µs of CPU a delivery,\nthe bare server {cpu[1]:.1f} µs, python-socketio "
+        f"{cpu[3]:.1f} µs ({cpu[3] / cpu[0]:.2f}x Apex's).\n"
+        "Memory per idle Apex connection (RSS growth of the\n"
         f"three instances / connections): {per_connection / 1024:.1f} KiB.\n\n"
         f"A chat message, one at a time on an idle instance ({ROUND_TRIPS}): `user_message` "
         "until the thread's other follower has it\n(stored in PostgreSQL, appended to the "

@@ -14,7 +14,6 @@ from tests.harness.procs import (
     ServiceProcess,
     free_port,
     make_workdir,
-    register_dir,
     tail,
 )
 
@@ -25,7 +24,6 @@ class ApexServer(ServiceProcess):
     def __init__(self, env: dict[str, str], *, name: str = "apex") -> None:
         super().__init__()
         self.root = make_workdir(name)
-        register_dir(self.root)
         self.log_path = self.root / "apex.log"
         self.port = free_port()
         self.env = {
@@ -93,7 +91,6 @@ class ApexWorker(ServiceProcess):
     def __init__(self, env: dict[str, str], *, name: str = "worker") -> None:
         super().__init__()
         self.root = make_workdir(name)
-        register_dir(self.root)
         self.log_path = self.root / "worker.log"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("APEX_")},

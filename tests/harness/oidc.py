@@ -10,7 +10,6 @@ from tests.harness.procs import (
     ServiceProcess,
     free_port,
     make_workdir,
-    register_dir,
     start_python_server,
 )
 
@@ -19,7 +18,6 @@ class OidcProvider(ServiceProcess):
     def __init__(self, *, client_id: str, client_secret: str, redirect_uri: str) -> None:
         super().__init__()
         self.root = make_workdir("oidc")
-        register_dir(self.root)
         self.port = free_port()
         self.client_id, self.client_secret, self.redirect_uri = (
             client_id,

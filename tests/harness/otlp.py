@@ -10,7 +10,6 @@ from tests.harness.procs import (
     ServiceProcess,
     free_port,
     make_workdir,
-    register_dir,
     start_python_server,
 )
 
@@ -19,7 +18,6 @@ class OtlpReceiver(ServiceProcess):
     def __init__(self) -> None:
         super().__init__()
         self.root = make_workdir("otlp")
-        register_dir(self.root)
         self.port = free_port()
         self.log_path = self.root / "receiver.log"
 

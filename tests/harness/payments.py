@@ -12,7 +12,6 @@ from tests.harness.procs import (
     ServiceProcess,
     free_port,
     make_workdir,
-    register_dir,
     start_python_server,
 )
 
@@ -24,7 +23,6 @@ class PaymentsServer(ServiceProcess):
     def __init__(self) -> None:
         super().__init__()
         self.root = make_workdir("payments")
-        register_dir(self.root)
         self.port = free_port()
         self.log_path = self.root / "payments.log"
 

@@ -15,7 +15,6 @@ from tests.harness.procs import (
     ServiceProcess,
     free_port,
     make_workdir,
-    register_dir,
     run_as,
     tail,
     wait_until,
@@ -63,7 +62,6 @@ class PostgresCluster(ServiceProcess):
         self.bin = postgres_bin_dir()
         self.user = _os_user()
         self.root = make_workdir(f"pg-{name}", owner=self.user)
-        register_dir(self.root)
         self.data_dir = self.root / "data"
         self.log_path = self.root / "postgres.log"
         self.port = port or free_port()

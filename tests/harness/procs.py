@@ -48,7 +48,10 @@ def free_port() -> int:
 
 
 def make_workdir(kind: str, owner: str | None = None) -> Path:
+    """A folder of this run's, removed when the test process ends (if its user has not
+    removed it before)."""
     path = Path(tempfile.mkdtemp(prefix=f"{HARNESS_PREFIX}{RUN_ID}-{kind}-"))
+    register_dir(path)
     if owner is not None:
         entry = pwd.getpwnam(owner)
         os.chown(path, entry.pw_uid, entry.pw_gid)

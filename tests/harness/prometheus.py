@@ -15,7 +15,6 @@ from tests.harness.procs import (
     ServiceProcess,
     free_port,
     make_workdir,
-    register_dir,
     tail,
 )
 
@@ -25,7 +24,6 @@ class PrometheusServer(ServiceProcess):
         """`jobs`: name → (host:port targets, bearer token or None)."""
         super().__init__()
         self.root = make_workdir("prometheus")
-        register_dir(self.root)
         self.port = free_port()
         self.log_path = self.root / "prometheus.log"
         self.jobs = jobs

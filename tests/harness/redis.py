@@ -11,7 +11,6 @@ from tests.harness.procs import (
     ServiceProcess,
     free_port,
     make_workdir,
-    register_dir,
     tail,
     wait_until,
 )
@@ -46,7 +45,6 @@ class RedisServer(ServiceProcess):
             raise HarnessError("redis-server is not installed (Debian package redis-server)")
         self.binary = binary
         self.root = make_workdir("redis")
-        register_dir(self.root)
         self.log_path = self.root / "redis.log"
         self.port = port or free_port()
 

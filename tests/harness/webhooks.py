@@ -11,7 +11,6 @@ from tests.harness.procs import (
     ServiceProcess,
     free_port,
     make_workdir,
-    register_dir,
     start_python_server,
 )
 
@@ -20,7 +19,6 @@ class WebhookReceiver(ServiceProcess):
     def __init__(self) -> None:
         super().__init__()
         self.root = make_workdir("webhooks")
-        register_dir(self.root)
         self.port = free_port()
         self.log_path = self.root / "receiver.log"
 

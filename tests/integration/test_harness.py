@@ -92,14 +92,18 @@ _CHILD = textwrap.dedent(
     import json, sys, time
     sys.path.insert(0, {repo!r})
     from tests.harness import PostgresCluster, RedisServer, free_port
-    from tests.harness.procs import install_signal_handlers
+    from tests.harness.procs import install_signal_handlers, make_workdir
+    from tests.harness.smtp import SmtpServer
     install_signal_handlers()
     pg = PostgresCluster(name="orphan-check").init().start()
     rs = RedisServer().start()
+    mail = SmtpServer().start()  # a service that never removes its folder itself
+    scratch = make_workdir("scratch")  # a folder a test made for its own servers' logs
     others = "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
     pids = [int(p) for p in pg.sql(others).split()]
-    print(json.dumps({{"pids": [pg.process.pid, rs.process.pid, *pids],
-                       "dirs": [str(pg.root), str(rs.root)]}}), flush=True)
+    print(json.dumps({{"pids": [pg.process.pid, rs.process.pid, mail.process.pid, *pids],
+                       "dirs": [str(pg.root), str(rs.root), str(mail.workdir), str(scratch)]}}),
+          flush=True)
     if sys.argv[1] == "raise":
         sys.stdin.readline()  # the parent has seen everything running
         raise SystemExit("test failed inside the child")
@@ -149,7 +153,7 @@ def test_no_process_outlives_the_test_run(ending: str, tmp_path: Path) -> None:
         pid for pid in started["pids"] if _pid_alive(pid)
     ]
     if ending != "sigkill":  # a killed process cannot clean its folders; its servers still die
-        assert not any(Path(d).exists() for d in started["dirs"])
+        assert [d for d in started["dirs"] if Path(d).exists()] == []
 
 
 def test_free_port_is_bindable() -> None:

@@ -11,14 +11,17 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 import redis
+import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from apex.kit.channels import Channels, envelope, thread_channel
 from tests.harness import ApexServer, ApexWorker, PostgresCluster, RedisServer
 from tests.harness.nginx import NginxServer
 from tests.integration.critical.conftest import bearer, database_name, set_tier, signup
@@ -643,3 +646,73 @@ def test_sigterm_drains_websockets_with_1013(
     assert (code, waited < 6) == (1013, True), waited
     assert server.process is not None
     assert not server.process.alive()
+
+
+async def stalled_session(server: ApexServer, token: str, thread_id: str) -> ClientConnection:
+    """A connection following `thread_id` whose client then stops reading: a small receive
+    buffer, and a client library that stops reading its socket once a frame waits unread."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024)  # before connect: the window
+    sock.connect((host, int(port)))
+    sock.setblocking(False)
+    ws = await connect(ws_url(server), sock=sock, max_queue=1, ping_interval=None)
+    await ws.send(json.dumps({"type": "auth", "token": token}))
+    await receive_type(ws, "connection_established")
+    await switch(ws, thread_id)
+    return ws
+
+
+def test_a_follower_that_stops_reading_is_closed_with_1013_and_holds_no_one_back(
+    database_url: str, redis_server: RedisServer, start_apex: Callable[..., ApexServer]
+) -> None:
+    """Backpressure: once a connection's send queue is full because its client stopped
+    reading, the gateway closes it with 1013 instead of queueing its events without bound;
+    a follower of the same thread on the same instance still gets every event, in order."""
+    server = start_apex(database_url, redis_server.url)
+    person = account(server)
+    published = 3_000  # of about 4 KB: more than the socket buffers and the 1,000 queued
+    text = "x" * 4_000
+
+    async def scenario() -> tuple[list[int], list[int], int | None, str]:
+        reader = await open_session(server, person["access_token"])
+        thread_id, start = await follow_new_thread(reader)
+        stalled = await stalled_session(server, person["access_token"], thread_id)
+        channel = thread_channel(thread_id)
+        client = aioredis.Redis.from_url(redis_server.url)
+        channels = Channels(client)
+        read = asyncio.create_task(
+            collect(reader, channel, lambda events: len(events) == published)
+        )
+        for n in range(published):
+            data = envelope("partial_result", {"n": n, "text": text}, datetime.now(UTC),
+                            thread_id=thread_id)  # fmt: skip
+            await channels.publish(channel, data)
+        await client.aclose()
+        everything = [event["seq"] - start for event in await read]
+        # Only now does the stalled client read: what the server had sent before giving up
+        # on it, then its close frame.
+        got: list[int] = []
+        received = None  # the close frame, if one comes
+        with contextlib.suppress(TimeoutError):
+            try:
+                async with asyncio.timeout(30):
+                    while True:
+                        frame = json.loads(await stalled.recv())
+                        if frame.get("channel") == channel:
+                            got.append(frame["seq"] - start)
+            except ConnectionClosed as closed:
+                received = closed.rcvd
+        await reader.close()
+        return (
+            everything,
+            got,
+            received.code if received else None,
+            received.reason if received else "",
+        )
+
+    everything, got, code, reason = asyncio.run(scenario())
+    assert everything == list(range(1, published + 1))
+    assert (code, "too slow" in reason) == (1013, True), (code, reason)
+    assert 0 < len(got) < published, len(got)
+    assert got == list(range(1, len(got) + 1))  # what it was sent came in order, no gap

@@ -1,7 +1,8 @@
 """WebSocket fan-out: 1,000 clients spread over three `apex serve` instances (PostgreSQL,
 redis-server) follow one thread while a publisher posts messages to it; against a bare
 `websockets` broadcast server (one process) and python-socketio with its Redis manager
-(three processes), measured with the same clients in the same run. Also: the memory an
+(three processes), measured with the same clients (a lean frame reader, `ws_client.py`)
+in the same run, with the CPU each side spends. Also: the memory an
 idle connection costs an Apex instance, and the rate-limit decision against a raw
 `EVALSHA` of the same script."""
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 import psutil
 import redis.asyncio as aioredis
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from apex.kit.limits import _HIT, FixedWindow
 from tests.harness import ApexServer, PostgresCluster, RedisServer
@@ -28,6 +29,7 @@ from tests.harness.procs import free_port, make_workdir, start_python_server
 from tests.integration.conftest import redis_server, start_apex
 from tests.integration.critical.conftest import bearer, signup
 from tests.performance.report import write_section
+from tests.performance.ws_client import LeanClient, lean_connect
 
 __all__ = ["redis_server", "start_apex"]
 CLIENTS = 1_000
@@ -82,8 +84,39 @@ def runs_of(name: str) -> list[Run]:
     return [Run(name, interval) for interval in INTERVALS]
 
 
-Opener = Callable[[int], Awaitable[ClientConnection]]
-Parser = Callable[[str | bytes], int | None]
+Opener = Callable[[int], Awaitable[LeanClient]]
+Parser = Callable[[str], int | None]
+
+
+def countdown(count: int, done: asyncio.Event) -> Callable[[], None]:
+    """What sets `done` on its `count`-th call."""
+    left = count
+
+    def one() -> None:
+        nonlocal left
+        left -= 1
+        if left == 0:
+            done.set()
+
+    return one
+
+
+def recorder(run: Run, parse: Parser, finished: Callable[[], None]) -> Callable[[str], None]:
+    """What one client does with each message of `run`: note its latency; `finished` once
+    it has all `MESSAGES`."""
+    seen = 0
+
+    def on_text(text: str) -> None:
+        nonlocal seen
+        index = parse(text)
+        if index is None:
+            return
+        run.latencies.append(time.perf_counter() - run.sent[index])
+        seen += 1
+        if seen == MESSAGES:
+            finished()
+
+    return on_text
 
 
 async def fan_out(
@@ -101,16 +134,11 @@ async def fan_out(
     gc.freeze()
     await asyncio.sleep(1)
 
-    async def receive(ws: ClientConnection, run: Run) -> None:
-        seen = 0
-        while seen < MESSAGES:
-            index = parse(await ws.recv())
-            if index is not None:
-                run.latencies.append(time.perf_counter() - run.sent[index])
-                seen += 1
-
     for number, run in enumerate(runs):
-        receivers = [asyncio.create_task(receive(ws, run)) for ws in clients]
+        everyone = asyncio.Event()
+        finished = countdown(len(clients), everyone)
+        for ws in clients:
+            ws.on_text = recorder(run, parse, finished)
         started = time.perf_counter()
         server_cpu, client_cpu = cpu_seconds(servers()), cpu_seconds([os.getpid()])
         for index in range(number * MESSAGES, (number + 1) * MESSAGES):
@@ -118,7 +146,7 @@ async def fan_out(
             await publish(index)
             await asyncio.sleep(run.interval)
         async with asyncio.timeout(120):
-            await asyncio.gather(*receivers)
+            await everyone.wait()
         run.seconds = time.perf_counter() - started
         run.server_cpu = cpu_used(servers, server_cpu)
         run.client_cpu = cpu_used(lambda: [os.getpid()], client_cpu)
@@ -139,17 +167,15 @@ async def apex_run(
     thread_id = json.loads(await publisher.recv())["payload"]["thread"]["id"]
     memory_before = sum(psutil.Process(s.process.pid).memory_info().rss for s in servers)  # type: ignore[union-attr]
 
-    async def open_client(n: int) -> ClientConnection:
-        ws = await connect(urls[n % len(urls)], subprotocols=[f"bearer.{token}"],  # type: ignore[list-item]
-                           max_queue=None)  # fmt: skip
+    async def open_client(n: int) -> LeanClient:
+        ws = await lean_connect(urls[n % len(urls)], subprotocol=f"bearer.{token}")
         await ws.recv()  # connection_established
         await ws.send(json.dumps({"type": "switch_thread", "payload": {"thread_id": thread_id}}))
         return ws
 
-    def parse(raw: str | bytes) -> int | None:
+    def parse(text: str) -> int | None:
         # Read like the baselines' frames, without decoding the whole envelope: a full JSON
         # parse of 1,000 frames a message made the measuring client Apex's bottleneck.
-        text = str(raw)
         if not text.startswith('{"type": "thread_message"'):
             return None
         start = text.index('"content": "') + len('"content": "')
@@ -161,7 +187,7 @@ async def apex_run(
 
     per_connection = 0.0
 
-    async def measured_open(n: int) -> ClientConnection:
+    async def measured_open(n: int) -> LeanClient:
         nonlocal per_connection
         ws = await open_client(n)
         if n == CLIENTS - 1:
@@ -222,8 +248,8 @@ async def bare_run(port: int, compression: str, pid: int) -> list[Run]:
     url = f"ws://127.0.0.1:{port}/"
     publisher = await connect(url)
 
-    async def open_client(n: int) -> ClientConnection:
-        return await connect(url, max_queue=None)
+    async def open_client(n: int) -> LeanClient:
+        return await lean_connect(url)
 
     async def publish(index: int) -> None:
         await publisher.send(f"pub {index}")
@@ -238,18 +264,16 @@ async def socketio_run(ports: list[int], pids: list[int]) -> list[Run]:
     its processes and the Redis they share."""
     runs = runs_of("python-socketio + Redis manager, 3 processes, permessage-deflate")
 
-    async def engine(port: int) -> ClientConnection:
-        ws = await connect(f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket",
-                           max_queue=None)  # fmt: skip
-        assert str(await ws.recv()).startswith("0")  # open
+    async def engine(port: int) -> LeanClient:
+        ws = await lean_connect(f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket")
+        assert (await ws.recv()).startswith("0")  # open
         await ws.send("40")  # connect to namespace /
-        assert str(await ws.recv()).startswith("40")
+        assert (await ws.recv()).startswith("40")
         return ws
 
     publisher = await engine(ports[0])
 
-    def parse(raw: str | bytes) -> int | None:
-        text = str(raw)
+    def parse(text: str) -> int | None:
         if not text.startswith("42"):
             return None  # pings are answered by nobody: the run ends before they matter
         event, data = json.loads(text[2:])
@@ -358,17 +382,20 @@ def test_websocket_fan_out(
         "Latency from the publisher's send to each client's receipt\n"
         "(one clock). Apex stores each message in PostgreSQL before it fans out (the bare\n"
         "server and python-socketio store nothing); the clients, the servers and Redis share\n"
-        "this machine's 2 cores, so the measuring client itself bounds every row (the bare\n"
-        "server's latency shows how much). The clients offer permessage-deflate, as browsers\n"
-        "do: Apex declines it by default (`APEX_WEBSOCKET_COMPRESSION`: compressing is per\n"
-        "connection, for every frame), the others accept it.\n\n" + "\n".join(lines) + "\n\n"
+        "this machine's 2 cores. The clients read frames straight off their sockets\n"
+        "(`tests/performance/ws_client.py`: under half the CPU a message that\n"
+        "`websockets`' client took, which bounded every row). They offer permessage-deflate,\n"
+        "as browsers do: Apex declines it by default (`APEX_WEBSOCKET_COMPRESSION`:\n"
+        "compressing is per connection, for every frame), the others accept it.\n\n"
+        + "\n".join(lines)
+        + "\n\n"
         f"Delivered/s in the burst vs bare `websockets` uncompressed: {rate[0] / rate[1]:.2f}x,\n"
         f"with deflate: {rate[0] / rate[2]:.2f}x; vs python-socketio: {rate[0] / rate[3]:.2f}x.\n"
         "Server CPU a delivery counts the user and system time of the server's own processes\n"
         "during the run (Apex: its instances, Redis and PostgreSQL; python-socketio: its\n"
         "processes and Redis); the measuring client's busy share is its CPU time over the\n"
-        "run's wall time: near 100%, the client, one process on one core, is what limits\n"
-        "delivered/s, whichever server it measures. In the burst, Apex spent "
+        "run's wall time: near 100%, the client, one process on one core, limits what that\n"
+        "row can show. In the burst, Apex spent "
         f"{cpu[0]:.1f} µs of CPU a delivery,\nthe bare server {cpu[1]:.1f} µs, python-socketio "
         f"{cpu[3]:.1f} µs ({cpu[3] / cpu[0]:.2f}x Apex's).\n"
         "Memory per idle Apex connection (RSS growth of the\n"

@@ -681,15 +681,37 @@ def test_a_follower_that_stops_reading_is_closed_with_1013_and_holds_no_one_back
         channel = thread_channel(thread_id)
         client = aioredis.Redis.from_url(redis_server.url)
         channels = Channels(client)
-        read = asyncio.create_task(
-            collect(reader, channel, lambda events: len(events) == published)
-        )
+        everything: list[int] = []
+        progress = asyncio.Condition()
+
+        async def read_all() -> None:
+            try:
+                async with asyncio.timeout(120):
+                    while len(everything) < published:
+                        frame = json.loads(await reader.recv())
+                        if frame.get("channel") == channel:
+                            everything.append(frame["seq"] - start)
+                            async with progress:
+                                progress.notify_all()
+            finally:
+                async with progress:
+                    progress.notify_all()
+
+        read = asyncio.create_task(read_all())
         for n in range(published):
             data = envelope("partial_result", {"n": n, "text": text}, datetime.now(UTC),
                             thread_id=thread_id)  # fmt: skip
             await channels.publish(channel, data)
+
+            # The reader keeps up (a loaded machine must not make it the slow one); the
+            # stalled connection falls behind, since nothing reads it.
+            def caught_up(behind_by_at_most_300: int = n + 1 - 300) -> bool:
+                return len(everything) >= behind_by_at_most_300 or read.done()
+
+            async with progress:
+                await progress.wait_for(caught_up)
         await client.aclose()
-        everything = [event["seq"] - start for event in await read]
+        await read
         # Only now does the stalled client read: what the server had sent before giving up
         # on it, then its close frame.
         got: list[int] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -154,6 +155,8 @@ def test_no_process_outlives_the_test_run(ending: str, tmp_path: Path) -> None:
     ]
     if ending != "sigkill":  # a killed process cannot clean its folders; its servers still die
         assert [d for d in started["dirs"] if Path(d).exists()] == []
+    for folder in started["dirs"]:  # this test started the child: what it left is ours to remove
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_free_port_is_bindable() -> None:

@@ -107,3 +107,19 @@ def test_audit_trail_records_what_changed_and_cannot_be_rewritten(
 
 def bearer_of(account: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {account['access_token']}"}
+
+
+def test_an_action_filter_postgresql_cannot_store_is_refused_naming_the_field(
+    database_url: str, redis_server: RedisServer, start_apex: Callable[..., ApexServer]
+) -> None:
+    """A NUL in `action` (PostgreSQL text cannot hold one) answers 422 naming `action`, not
+    a 500 from the driver; found by the OpenAPI fuzz test."""
+    server = start_apex(database_url, redis_server.url)
+    client = server.client()
+    headers = bearer_of(signup(client).json())
+    answer = client.get("/api/v1/audit", params={"action": "auth.\x00"}, headers=headers)
+    assert answer.status_code == 422, answer.text
+    assert [e["field"] for e in answer.json()["errors"]] == ["action"]
+    assert (
+        client.get("/api/v1/audit", params={"action": "auth."}, headers=headers).status_code == 200
+    )

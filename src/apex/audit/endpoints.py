@@ -13,6 +13,7 @@ from apex.audit.repository import AuditRepository
 from apex.identity.deps import Principal, RequirePermission
 from apex.kit.clock import UtcInstant
 from apex.kit.deps import SessionDep
+from apex.kit.text import Text
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 
@@ -36,7 +37,7 @@ async def audit_trail(
     session: SessionDep,
     actor_id: Annotated[uuid.UUID | None, Query(description="Only what this user did.")] = None,
     action: Annotated[
-        str | None,
+        Text | None,
         Query(
             max_length=60, description="An action (auth.login) or a prefix ending in '.' (auth.)."
         ),

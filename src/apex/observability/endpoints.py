@@ -15,6 +15,7 @@ from apex.identity.deps import CurrentOperator, Principal, RequirePermission
 from apex.kit.clock import UtcInstant
 from apex.kit.deps import SessionDep
 from apex.kit.errors import Forbidden, NotFound, ServiceUnavailable, ValidationFailed
+from apex.kit.text import Text
 from apex.observability.health import HealthMonitor, HealthReport
 from apex.observability.logstore import as_line
 from apex.observability.metrics import CONTENT_TYPE, Metrics
@@ -109,13 +110,13 @@ class LogLine(BaseModel):
 async def aggregated_logs(
     request: Request,
     _: CurrentOperator,
-    level: Annotated[str | None, Query(max_length=10)] = None,
-    service: Annotated[str | None, Query(max_length=50)] = None,
-    process: Annotated[str | None, Query(max_length=100)] = None,
+    level: Annotated[Text | None, Query(max_length=10)] = None,
+    service: Annotated[Text | None, Query(max_length=50)] = None,
+    process: Annotated[Text | None, Query(max_length=100)] = None,
     trace_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$")] = None,
-    request_id: Annotated[str | None, Query(max_length=128)] = None,
-    organization_id: Annotated[str | None, Query(max_length=36)] = None,
-    event: Annotated[str | None, Query(max_length=200)] = None,
+    request_id: Annotated[Text | None, Query(max_length=128)] = None,
+    organization_id: Annotated[Text | None, Query(max_length=36)] = None,
+    event: Annotated[Text | None, Query(max_length=200)] = None,
     since: Annotated[UtcInstant | None, Query(description="Default: until - 1 hour.")] = None,
     until: Annotated[UtcInstant | None, Query(description="Default: now.")] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,

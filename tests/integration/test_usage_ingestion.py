@@ -609,3 +609,17 @@ def test_apex_ingest_starts_without_the_web_framework_redis_or_an_http_client(
     assert "apex.usage.files" in imported  # the list is the command's imports
     packages = {name.split(".")[0] for name in imported}
     assert packages & {"fastapi", "starlette", "redis", "httpx"} == set()
+
+
+def test_a_record_id_postgresql_cannot_store_is_refused_naming_the_field(
+    database_url: str, redis_server: RedisServer, start_apex: Callable[..., ApexServer]
+) -> None:
+    """A NUL in the path's record id answers 422 naming `record_id`, not a 500 from the
+    driver (PostgreSQL text cannot hold a NUL)."""
+    server = start_apex(database_url, redis_server.url)
+    with server.client() as client:
+        headers = bearer(signup(client))
+        answer = client.get("/api/v1/usage/events/a%00b", headers=headers)
+        assert answer.status_code == 422, answer.text
+        assert [e["field"] for e in answer.json()["errors"]] == ["record_id"]
+        assert client.get("/api/v1/usage/events/ab", headers=headers).status_code == 404

@@ -18,6 +18,7 @@ from apex.kit.cache import TwoLevelCache
 from apex.kit.db import call_after_commit
 from apex.kit.deps import SessionDep
 from apex.kit.errors import NotFound, UnsupportedMediaType
+from apex.kit.text import Text
 from apex.usage import service
 from apex.usage.imports import UsageImporter
 from apex.usage.models import nanos_to_usd
@@ -182,7 +183,7 @@ async def get_import_problems(
 
 @router.get("/usage/events/{record_id}", response_model=UsageRecordOut)
 async def get_usage_record(
-    record_id: Annotated[str, Path(min_length=1, max_length=200)],
+    record_id: Annotated[Text, Path(min_length=1, max_length=200)],
     principal: Annotated[Principal, RequirePermission("usage:read")],
     session: SessionDep,
 ) -> UsageRecordOut:

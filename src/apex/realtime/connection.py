@@ -1,10 +1,15 @@
 """One WebSocket connection: what it follows, and the one task that writes to its socket.
 
 The writer takes from one bounded queue: live events from the hub, replies, and "catch up
-on this channel" orders. A channel being caught up buffers its live events until its
-history has been sent, then drops what the history already had, so history and live events
-merge without gap or duplicate. A consumer too slow to drain its queue is closed (1013)
-instead of growing memory without bound.
+on this channel" orders. A live event that finds the writer idle, nothing queued and its
+channel exactly one `seq` behind is written at once, in the hub's loop over followers, as
+`websockets.broadcast` does: no queue hand-off, no task switch per delivery. A write that
+would wait (the socket's buffer is full) is handed to the writer, ahead of anything after it.
+
+A channel being caught up buffers its live events until its history has been sent, then
+drops what the history already had, so history and live events merge without gap or
+duplicate. A consumer too slow to drain its queue is closed (1013) instead of growing memory
+without bound.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +44,17 @@ class Cursor:
 
 
 @dataclass(frozen=True)
+class Unfinished:
+    """A send begun at once that had to wait (`waiting`: what it waits on): the writer
+    finishes it before anything queued after it."""
+
+    sending: Coroutine[Any, Any, None]
+    waiting: object
+    cursor: Cursor
+    event: Event
+
+
+@dataclass(frozen=True)
 class CatchUp:
     """Send `channel`'s events after `seq` (then its live ones); `announce`: answer `resumed`."""
 
@@ -45,6 +62,9 @@ class CatchUp:
     seq: int
     epoch: str | None
     announce: bool
+
+
+Item = dict[str, Any] | Event | CatchUp | Unfinished
 
 
 class Connection:
@@ -58,7 +78,8 @@ class Connection:
         self.clock: Clock = websocket.app.state.clock
         self.sent = websocket.app.state.metrics.websocket_messages  # frames out, counted
         self.token_id: str | None = claims.token_id
-        self.queue: asyncio.Queue[dict[str, Any] | Event | CatchUp] = asyncio.Queue(SEND_QUEUE)
+        self.queue: asyncio.Queue[Item] = asyncio.Queue(SEND_QUEUE)
+        self.writing = False  # the writer is delivering an item
         self.cursors: dict[str, Cursor] = {}
         self.thread: str | None = None  # the channel of the open thread
         self.closed = asyncio.Event()
@@ -79,7 +100,12 @@ class Connection:
     # --- what others call ------------------------------------------------------------------
 
     def offer(self, event: Event) -> None:
-        if event.channel in self.cursors:
+        cursor = self.cursors.get(event.channel)
+        if cursor is None:
+            return
+        if self._next_in_line(cursor, event):
+            self._send_at_once(cursor, event)
+        else:
             self._enqueue(event)
 
     def reply(self, frame: dict[str, Any]) -> None:
@@ -102,7 +128,7 @@ class Connection:
         self.close(protocol.TRY_AGAIN_LATER, "server restarting: reconnect and resume")
         await asyncio.wait_for(self.finished.wait(), max(0.1, deadline - loop.time()))
 
-    def _enqueue(self, item: dict[str, Any] | Event | CatchUp) -> None:
+    def _enqueue(self, item: Item) -> None:
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -124,19 +150,70 @@ class Connection:
         self.cursors.pop(channel, None)
         await self.hub.unsubscribe(channel, self)
 
+    # --- a live event written at once --------------------------------------------------
+
+    def _next_in_line(self, cursor: Cursor, event: Event) -> bool:
+        """Nothing is ahead of `event`: the writer is idle with nothing queued, the channel
+        is not being caught up, and the event is the next `seq` of the epoch being sent."""
+        return (
+            not self.writing
+            and self.queue.empty()
+            and cursor.pending is None
+            and event.seq == cursor.seq + 1
+            and event.epoch == cursor.epoch
+            and not self.closed.is_set()
+        )
+
+    def _send_at_once(self, cursor: Cursor, event: Event) -> None:
+        """Run the send up to its first wait; almost always it has none (the frame went to
+        the socket's buffer). If it waits, the writer finishes it; if it fails, the event
+        goes to the writer, whose send fails the same way and ends the connection as any
+        failed send does."""
+        sending = self.websocket.send_text(event.frame)
+        try:
+            waiting = sending.send(None)
+        except StopIteration:
+            cursor.seq = event.seq
+            return
+        except Exception:
+            self._enqueue(event)
+            return
+        self._enqueue(Unfinished(sending, waiting, cursor, event))
+
+    async def _finish(self, unfinished: Unfinished) -> None:
+        """Drive a send begun at once to its end, as a task would have."""
+        sending, waiting = unfinished.sending, unfinished.waiting
+        try:
+            while True:
+                if isinstance(waiting, asyncio.Future):
+                    await asyncio.wait([waiting])  # its outcome is read by the send itself
+                else:  # a bare yield (`asyncio.sleep(0)`)
+                    await asyncio.sleep(0)
+                try:
+                    waiting = sending.send(None)
+                except StopIteration:
+                    break
+        finally:
+            sending.close()  # a no-op once finished; stops it if the writer is cancelled
+        unfinished.cursor.seq = unfinished.event.seq
+
     # --- the writer ------------------------------------------------------------------------
 
     async def send_all(self) -> None:
         while True:
             item = await self.queue.get()
+            self.writing = True
             try:
                 await self._deliver(item)
             finally:
+                self.writing = False
                 self.queue.task_done()
 
-    async def _deliver(self, item: dict[str, Any] | Event | CatchUp) -> None:
+    async def _deliver(self, item: Item) -> None:
         if isinstance(item, dict):
             await self._send(item)
+        elif isinstance(item, Unfinished):
+            await self._finish(item)
         elif isinstance(item, CatchUp):
             await self._catch_up(item)
         elif (cursor := self.cursors.get(item.channel)) is not None:

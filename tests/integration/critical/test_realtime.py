@@ -738,3 +738,42 @@ def test_a_follower_that_stops_reading_is_closed_with_1013_and_holds_no_one_back
     assert (code, "too slow" in reason) == (1013, True), (code, reason)
     assert 0 < len(got) < published, len(got)
     assert got == list(range(1, len(got) + 1))  # what it was sent came in order, no gap
+
+
+def test_a_follower_that_pauses_reading_then_reads_again_gets_every_event_in_order(
+    database_url: str, redis_server: RedisServer, start_apex: Callable[..., ApexServer]
+) -> None:
+    """A client that stops reading for a while fills its socket's buffers, so the gateway's
+    writes to it have to wait; once it reads again it gets every event published meanwhile,
+    in order, with no gap or duplicate, and is not closed (it never fell 1,000 behind)."""
+    server = start_apex(database_url, redis_server.url)
+    person = account(server)
+    # 600 of about 16 KB: 9.6 MB, more than the kernel's send buffer can take (4 MB here)
+    # and the transport's 64 KiB, so writes wait; fewer than the 1,000 a connection queues.
+    published = 600
+    text = "x" * 16_000
+
+    async def scenario() -> list[int]:
+        owner = await open_session(server, person["access_token"])
+        thread_id, start = await follow_new_thread(owner)
+        paused = await stalled_session(server, person["access_token"], thread_id)
+        channel = thread_channel(thread_id)
+        client = aioredis.Redis.from_url(redis_server.url)
+        channels = Channels(client)
+        for n in range(published):
+            data = envelope("partial_result", {"n": n, "text": text}, datetime.now(UTC),
+                            thread_id=thread_id)  # fmt: skip
+            await channels.publish(channel, data)
+        await client.aclose()
+        await asyncio.sleep(0.5)  # the gateway meets the full buffers before anyone reads
+        got: list[int] = []
+        async with asyncio.timeout(60):
+            while not got or got[-1] < published:  # until the last one
+                frame = json.loads(await paused.recv())
+                if frame.get("channel") == channel:
+                    got.append(frame["seq"] - start)
+        await paused.close()
+        await owner.close()
+        return got
+
+    assert asyncio.run(scenario()) == list(range(1, published + 1))

@@ -663,6 +663,23 @@ async def stalled_session(server: ApexServer, token: str, thread_id: str) -> Cli
     return ws
 
 
+async def thread_with_stalled_follower(
+    server: ApexServer, token: str
+) -> tuple[ClientConnection, ClientConnection, str, int]:
+    """A new thread followed by a reading session and a stalled one (`stalled_session`):
+    both sessions, the thread's id and its channel's seq when they began following."""
+    reader = await open_session(server, token)
+    thread_id, start = await follow_new_thread(reader)
+    return reader, await stalled_session(server, token, thread_id), thread_id, start
+
+
+async def publish_partial(channels: Channels, thread_id: str, n: int, text: str) -> None:
+    """Publish the `n`th partial result of about len(text) bytes to the thread's channel."""
+    data = envelope("partial_result", {"n": n, "text": text}, datetime.now(UTC),
+                    thread_id=thread_id)  # fmt: skip
+    await channels.publish(thread_channel(thread_id), data)
+
+
 def test_a_follower_that_stops_reading_is_closed_with_1013_and_holds_no_one_back(
     database_url: str, redis_server: RedisServer, start_apex: Callable[..., ApexServer]
 ) -> None:
@@ -675,9 +692,9 @@ def test_a_follower_that_stops_reading_is_closed_with_1013_and_holds_no_one_back
     text = "x" * 4_000
 
     async def scenario() -> tuple[list[int], list[int], int | None, str]:
-        reader = await open_session(server, person["access_token"])
-        thread_id, start = await follow_new_thread(reader)
-        stalled = await stalled_session(server, person["access_token"], thread_id)
+        reader, stalled, thread_id, start = await thread_with_stalled_follower(
+            server, person["access_token"]
+        )
         channel = thread_channel(thread_id)
         client = aioredis.Redis.from_url(redis_server.url)
         channels = Channels(client)
@@ -699,9 +716,7 @@ def test_a_follower_that_stops_reading_is_closed_with_1013_and_holds_no_one_back
 
         read = asyncio.create_task(read_all())
         for n in range(published):
-            data = envelope("partial_result", {"n": n, "text": text}, datetime.now(UTC),
-                            thread_id=thread_id)  # fmt: skip
-            await channels.publish(channel, data)
+            await publish_partial(channels, thread_id, n, text)
 
             # The reader keeps up (a loaded machine must not make it the slow one); the
             # stalled connection falls behind, since nothing reads it.
@@ -754,16 +769,14 @@ def test_a_follower_that_pauses_reading_then_reads_again_gets_every_event_in_ord
     text = "x" * 16_000
 
     async def scenario() -> list[int]:
-        owner = await open_session(server, person["access_token"])
-        thread_id, start = await follow_new_thread(owner)
-        paused = await stalled_session(server, person["access_token"], thread_id)
+        owner, paused, thread_id, start = await thread_with_stalled_follower(
+            server, person["access_token"]
+        )
         channel = thread_channel(thread_id)
         client = aioredis.Redis.from_url(redis_server.url)
         channels = Channels(client)
         for n in range(published):
-            data = envelope("partial_result", {"n": n, "text": text}, datetime.now(UTC),
-                            thread_id=thread_id)  # fmt: skip
-            await channels.publish(channel, data)
+            await publish_partial(channels, thread_id, n, text)
         await client.aclose()
         await asyncio.sleep(0.5)  # the gateway meets the full buffers before anyone reads
         got: list[int] = []

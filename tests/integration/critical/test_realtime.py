@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -663,6 +664,14 @@ async def stalled_session(server: ApexServer, token: str, thread_id: str) -> Cli
     return ws
 
 
+def largest_send_buffer() -> int:
+    """The most a TCP socket's send buffer may grow to on this machine (Linux's tcp_wmem)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        return 4 * 1024 * 1024  # Linux's default
+
+
 async def thread_with_stalled_follower(
     server: ApexServer, token: str
 ) -> tuple[ClientConnection, ClientConnection, str, int]:
@@ -763,10 +772,10 @@ def test_a_follower_that_pauses_reading_then_reads_again_gets_every_event_in_ord
     in order, with no gap or duplicate, and is not closed (it never fell 1,000 behind)."""
     server = start_apex(database_url, redis_server.url)
     person = account(server)
-    # 600 of about 16 KB: 9.6 MB, more than the kernel's send buffer can take (4 MB here)
-    # and the transport's 64 KiB, so writes wait; fewer than the 1,000 a connection queues.
+    # 600 events of twice in all what the kernel's send buffer may grow to (4 MB here; at
+    # least 16 KB each), so the gateway's writes wait; fewer than the 1,000 it queues.
     published = 600
-    text = "x" * 16_000
+    text = "x" * max(16_000, 2 * largest_send_buffer() // published)
 
     async def scenario() -> list[int]:
         owner, paused, thread_id, start = await thread_with_stalled_follower(

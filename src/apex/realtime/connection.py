@@ -185,7 +185,7 @@ class Connection:
         sending, waiting = unfinished.sending, unfinished.waiting
         try:
             while True:
-                if isinstance(waiting, asyncio.Future):
+                if asyncio.isfuture(waiting):  # what a Task accepts, duck-typed as asyncio does
                     await asyncio.wait([waiting])  # its outcome is read by the send itself
                 else:  # a bare yield (`asyncio.sleep(0)`)
                     await asyncio.sleep(0)
